@@ -1,0 +1,16 @@
+"""thousand-landmarks: dense facial landmark detection for the Thousand Facial Landmarks task.
+
+Coordinate convention (the only one used in this package)
+--------------------------------------------------------
+Points are ``(x, y)`` pairs in **continuous pixel coordinates**: pixel column ``i`` spans ``[i, i + 1)``, so the
+centre of pixel ``(i, j)`` is at ``(i + 0.5, j + 0.5)``, the image spans ``[0, W] x [0, H]``, ``x`` grows to the
+right and ``y`` grows downward. A horizontal flip maps ``x -> W - x``. Arrays of points are ``float32`` of shape
+``[K, 2]`` or ``[N, K, 2]`` unless a docstring says otherwise (the contest's integer labels are stored as ``int16``).
+Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x``) are converted at the boundary.
+
+Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and
+affine maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training),
+``predict``, ``metrics``, ``submission``, ``viz``, ``synthetic``, ``validate``, ``params``, ``pipeline``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""Preprocessed crop cache: each image decoded and resampled once, stored as a memory-mapped ``uint8`` array.
+
+A cache folder ``<cache_dir>/crops-<key>/`` holds
+
+- ``images.npy``: ``uint8 [N, Sc, Sc, 3]`` crops of each image's box *expanded* by ``margin`` on every side
+  (``Sc = size + 2 * round(margin * size)``), so augmentation can rotate and shift without black borders;
+- ``frames.npy``: ``float64 [N, 4]``, each image's (unexpanded) crop frame ``(x0, y0, side, size)``
+  (``geometry.CropFrame``), the exact map back to original pixels;
+- ``points.npy`` (when labels were given): ``float32 [N, K, 2]`` landmarks in crop pixels of that frame;
+- ``meta.json``: names, key inputs, shapes; written last, so a folder without it is incomplete and rebuilt.
+
+The key is a SHA-1 of the cache format, the image folder, file names with their sizes and modification times, the
+geometry parameters and, when given, the label and frame arrays; anything that changes rebuilds the cache, and the
+same inputs reuse it across epochs, notebooks and runs. ``clean_cache`` removes caches; ``cache_size`` reports sizes.
+``python -m landmarks_lib.cache --info|--clean [DIR]`` does both from the shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import geometry
+from .images import load_image
+
+FORMAT = "crops-v1"
+
+
+@dataclass
+class CropCache:
+    """An opened cache (arrays memory-mapped read-only). ``pad`` = ``(Sc - size) // 2``: the crop frame's origin in
+    cache pixels."""
+
+    path: str
+    names: list
+    images: np.ndarray
+    frames: np.ndarray
+    points: np.ndarray | None
+    size: int
+    pad: int
+
+    def __len__(self):
+        return len(self.names)
+
+
+def _hash_array(h, a):
+    if a is None:
+        h.update(b"none")
+    else:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+
+
+def cache_key(image_dir, names, crop_mode, size, margin, face_scale, points=None, frames=None) -> str:
+    """SHA-1 (first 20 hex digits) of everything the cached crops depend on (see the module docstring)."""
+    h = hashlib.sha1()
+    h.update(f"{FORMAT}|{os.path.abspath(image_dir)}|{crop_mode}|{int(size)}|{float(margin)!r}|"
+             f"{float(face_scale)!r}".encode())
+    for n in names:
+        try:
+            st = os.stat(os.path.join(image_dir, n))
+            h.update(f"{n}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{n}|missing\n".encode())
+    _hash_array(h, points)
+    _hash_array(h, frames)
+    return h.hexdigest()[:20]
+
+
+def _crop_one(args):
+    path, mode, size, margin, face_scale, pts, frame_row = args
+    image = load_image(path)
+    h, w = image.shape[:2]
+    if frame_row is not None:
+        frame = geometry.CropFrame.from_array(frame_row)
+    else:
+        frame = geometry.make_frame(mode, w, h, size, points=pts, face_scale=face_scale)
+    big = frame.expand(margin)
+    return geometry.crop_image(image, big), frame.as_array()
+
+
+def _open(path) -> CropCache:
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    images = np.load(os.path.join(path, "images.npy"), mmap_mode="r")
+    frames = np.load(os.path.join(path, "frames.npy"))
+    pts_path = os.path.join(path, "points.npy")
+    points = np.load(pts_path, mmap_mode="r") if os.path.exists(pts_path) else None
+    size = int(meta["size"])
+    return CropCache(path, meta["names"], images, frames, points, size, (images.shape[1] - size) // 2)
+
+
+def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: float = 0.0,
+              face_scale: float = 1.25, points=None, frames=None, num_workers: int = 0,
+              progress: bool = True, desc: str = "caching crops") -> CropCache:
+    """Open the cache for these inputs, building it first if needed.
+
+    Args:
+        image_dir: folder of the images.
+        names: ``N`` file names in ``image_dir``.
+        crop_mode: ``centre``, ``letterbox`` or ``face`` (``geometry.make_frame``); ignored where ``frames`` is given.
+        size: crop side in pixels.
+        cache_dir: parent folder of caches (created).
+        margin: extra border kept around each crop, as a share of the crop.
+        points: optional ``[N, K, 2]`` landmarks in original pixels: stored in crop pixels, and used to place
+            ``face`` crops.
+        frames: optional ``float64 [N, 4]`` frames to use instead of ``crop_mode`` (e.g. face boxes placed by a
+            coarse model's predictions).
+        num_workers: processes decoding images (0 = ``min(4, cores)``; 1 = in this process).
+    Returns:
+        ``CropCache``.
+    Raises:
+        images.ImageError: an image cannot be read (the message names it).
+        ValueError: ``face`` mode without points or frames.
+    """
+    if crop_mode == "face" and points is None and frames is None:
+        raise ValueError("crop_mode 'face' needs landmarks or frames to place the crops")
+    names = list(names)
+    key = cache_key(image_dir, names, crop_mode, size, margin, face_scale, points, frames)
+    path = os.path.join(cache_dir, f"crops-{key}")
+    if os.path.exists(os.path.join(path, "meta.json")):
+        return _open(path)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".crops-{key}.", dir=cache_dir)
+    try:
+        n = len(names)
+        sc = int(size) + 2 * int(round(margin * size))
+        images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
+                                           shape=(n, sc, sc, 3))
+        out_frames = np.zeros((n, 4), np.float64)
+        pts = None if points is None else np.asarray(points, dtype=np.float64)
+        jobs = ((os.path.join(image_dir, names[i]), crop_mode, int(size), float(margin), float(face_scale),
+                 None if pts is None else pts[i], None if frames is None else np.asarray(frames[i]))
+                for i in range(n))
+        workers = num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
+        bar = _progress(n, desc, progress)
+        if workers == 1 or n < 64:
+            results = map(_crop_one, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(_crop_one, jobs, chunksize=32)
+        try:
+            for i, (crop, frame) in enumerate(results):
+                images[i] = crop
+                out_frames[i] = frame
+                bar.update(1)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        images.flush()
+        del images
+        np.save(os.path.join(tmp, "frames.npy"), out_frames)
+        if pts is not None:
+            np.save(os.path.join(tmp, "points.npy"),
+                    geometry.frames_to_crop(pts, out_frames).astype(np.float32))
+        meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
+                "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
+                "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            # Another process finished the same cache first: use theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _open(path)
+
+
+def _progress(total, desc, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
+
+
+def cache_size(cache_dir) -> dict:
+    """``{folder name: bytes}`` of every cache under ``cache_dir`` (empty if it does not exist)."""
+    out = {}
+    if not os.path.isdir(cache_dir):
+        return out
+    for name in sorted(os.listdir(cache_dir)):
+        p = os.path.join(cache_dir, name)
+        if os.path.isdir(p):
+            out[name] = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
+        else:
+            out[name] = os.path.getsize(p)
+    return out
+
+
+def clean_cache(cache_dir) -> int:
+    """Remove every cache (crop caches, parsed landmark tables, temporary folders) under ``cache_dir``; returns the
+    bytes freed. Only entries this package writes (``crops-*``, ``.crops-*``, ``landmarks-*``) are touched."""
+    freed = 0
+    for name, size in cache_size(cache_dir).items():
+        if name.startswith(("crops-", ".crops-", "landmarks-")):
+            p = os.path.join(cache_dir, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+            freed += size
+    return freed
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .params import default_cache_dir
+
+    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.cache", description=__doc__.split("\n")[0])
+    ap.add_argument("cache_dir", nargs="?", default=None, help="default: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--info", action="store_true", help="list caches and their sizes (the default)")
+    g.add_argument("--clean", action="store_true", help="remove all caches")
+    a = ap.parse_args(argv)
+    d = a.cache_dir or default_cache_dir()
+    if a.clean:
+        print(f"removed {clean_cache(d) / 2**20:.1f} MiB from {d}")
+        return 0
+    sizes = cache_size(d)
+    for name, size in sizes.items():
+        print(f"{size / 2**20:10.1f} MiB  {name}")
+    print(f"{sum(sizes.values()) / 2**20:10.1f} MiB  total in {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

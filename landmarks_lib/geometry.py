@@ -1,0 +1,289 @@
+"""Crop geometry: square boxes in original-image pixels, their maps to crop pixels and back.
+
+All coordinates follow the package convention (see ``landmarks_lib.__init__``): continuous pixels, pixel ``i``
+spans ``[i, i + 1)``. A crop is the square box ``[x0, x0 + side) x [y0, y0 + side)`` of the original image
+resampled to ``size x size`` pixels, so
+
+    crop = (original - (x0, y0)) * size / side          original = crop * side / size + (x0, y0)
+
+The box may extend past the image (letterbox crops do); pixels outside the image are zero (black).
+
+Crop modes (parameter ``crop_mode``):
+
+- ``centre``: the course baseline: scale the shorter side to ``size`` and take the centre square.
+- ``letterbox``: scale the longer side to ``size`` and pad, so the whole image is kept.
+- ``face``: a square around the face, placed from landmarks: from the ground truth when training and from a coarse
+  model's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of the
+  landmarks' bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+CROP_MODES = ("centre", "letterbox", "face")
+
+
+@dataclass(frozen=True)
+class CropFrame:
+    """The map between an original image and a square crop of it.
+
+    Attributes:
+        x0, y0: top-left corner of the box in original pixels (continuous convention); may be negative.
+        side: side of the box in original pixels (> 0).
+        size: side of the crop in crop pixels (> 0).
+    """
+
+    x0: float
+    y0: float
+    side: float
+    size: int
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per original pixel."""
+        return self.size / self.side
+
+    def to_crop(self, points: np.ndarray) -> np.ndarray:
+        """Map points ``[..., 2]`` (x, y) from original pixels to crop pixels; float64 in, float64 out."""
+        p = np.asarray(points, dtype=np.float64)
+        return (p - np.array([self.x0, self.y0])) * self.scale
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map points ``[..., 2]`` (x, y) from crop pixels back to original pixels (exact inverse of ``to_crop``)."""
+        p = np.asarray(points, dtype=np.float64)
+        return p / self.scale + np.array([self.x0, self.y0])
+
+    def expand(self, margin: float) -> "CropFrame":
+        """The same centre with ``margin * side`` added on every side, at ``size + 2 * round(margin * size)`` pixels.
+
+        The extra pixels are a whole number on each side, so the original crop sits at an integer offset inside.
+        """
+        pad = int(round(margin * self.size))
+        side = self.side * (self.size + 2 * pad) / self.size
+        d = self.side * pad / self.size
+        return CropFrame(self.x0 - d, self.y0 - d, side, self.size + 2 * pad)
+
+    def as_array(self) -> np.ndarray:
+        """``float64 [4]``: ``(x0, y0, side, size)``."""
+        return np.array([self.x0, self.y0, self.side, self.size], dtype=np.float64)
+
+    @staticmethod
+    def from_array(a) -> "CropFrame":
+        """Inverse of ``as_array``."""
+        return CropFrame(float(a[0]), float(a[1]), float(a[2]), int(round(float(a[3]))))
+
+
+def frames_to_original(crop_points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Vectorised ``CropFrame.to_original``.
+
+    Args:
+        crop_points: ``[N, K, 2]`` crop pixels.
+        frames: ``float64 [N, 4]`` rows of ``CropFrame.as_array``.
+    Returns:
+        ``float64 [N, K, 2]`` original pixels.
+    """
+    f = np.asarray(frames, dtype=np.float64)
+    scale = (f[:, 3] / f[:, 2])[:, None, None]
+    return np.asarray(crop_points, dtype=np.float64) / scale + f[:, None, 0:2]
+
+
+def frames_to_crop(points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Vectorised ``CropFrame.to_crop``: ``[N, K, 2]`` original pixels -> ``float64 [N, K, 2]`` crop pixels."""
+    f = np.asarray(frames, dtype=np.float64)
+    scale = (f[:, 3] / f[:, 2])[:, None, None]
+    return (np.asarray(points, dtype=np.float64) - f[:, None, 0:2]) * scale
+
+
+def centre_frame(width: int, height: int, size: int) -> CropFrame:
+    """Course-baseline crop: the centre square of side ``min(width, height)`` scaled to ``size``."""
+    side = float(min(width, height))
+    return CropFrame((width - side) / 2.0, (height - side) / 2.0, side, int(size))
+
+
+def letterbox_frame(width: int, height: int, size: int) -> CropFrame:
+    """The whole image: the square of side ``max(width, height)`` centred on it, scaled to ``size`` (padded)."""
+    side = float(max(width, height))
+    return CropFrame((width - side) / 2.0, (height - side) / 2.0, side, int(size))
+
+
+def face_frame(points: np.ndarray, size: int, face_scale: float = 1.25) -> CropFrame:
+    """A square around landmarks: centred on their bounding box, side ``face_scale`` times its longer side.
+
+    Args:
+        points: ``[K, 2]`` original pixels; NaN rows are ignored.
+        size: crop side in pixels.
+        face_scale: box side over the landmarks' bounding-box longer side.
+    Raises:
+        ValueError: if no point is finite.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    p = p[np.isfinite(p).all(axis=1)]
+    if len(p) == 0:
+        raise ValueError("face_frame: no finite landmarks to place the crop")
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    side = max(float((hi - lo).max()) * face_scale, 1.0)
+    cx, cy = (lo + hi) / 2.0
+    return CropFrame(cx - side / 2.0, cy - side / 2.0, side, int(size))
+
+
+def make_frame(mode: str, width: int, height: int, size: int, points=None, face_scale: float = 1.25) -> CropFrame:
+    """Dispatch on ``crop_mode`` (``centre``, ``letterbox``, ``face``); ``face`` needs ``points [K, 2]``.
+
+    Raises:
+        ValueError: unknown mode, or ``face`` without points.
+    """
+    if mode == "centre":
+        return centre_frame(width, height, size)
+    if mode == "letterbox":
+        return letterbox_frame(width, height, size)
+    if mode == "face":
+        if points is None:
+            raise ValueError("crop_mode 'face' needs landmarks (ground truth or a coarse prediction)")
+        return face_frame(points, size, face_scale)
+    raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
+
+
+def crop_image(image: np.ndarray, frame: CropFrame) -> np.ndarray:
+    """Resample the box of ``frame`` from ``image`` into a ``size x size`` crop.
+
+    Uses PIL's ``resize(box=...)`` (bilinear, antialiased when shrinking), whose box is in the same continuous pixel
+    convention as ours. Pixels outside the image are black.
+
+    Args:
+        image: ``uint8 [H, W, 3]`` RGB.
+        frame: the crop.
+    Returns:
+        ``uint8 [size, size, 3]``.
+    """
+    h, w = image.shape[:2]
+    x1, y1 = frame.x0 + frame.side, frame.y0 + frame.side
+    # Pad so the box lies inside the (padded) image; PIL refuses boxes that leave the image.
+    pl = int(np.ceil(max(0.0, -frame.x0))) + 1
+    pt = int(np.ceil(max(0.0, -frame.y0))) + 1
+    pr = int(np.ceil(max(0.0, x1 - w))) + 1
+    pb = int(np.ceil(max(0.0, y1 - h))) + 1
+    padded = np.zeros((h + pt + pb, w + pl + pr, 3), dtype=np.uint8)
+    padded[pt:pt + h, pl:pl + w] = image
+    box = (frame.x0 + pl, frame.y0 + pt, x1 + pl, y1 + pt)
+    out = Image.fromarray(padded).resize((frame.size, frame.size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- affine matrices
+def affine_matrix(angle_deg: float = 0.0, scale: float = 1.0, tx: float = 0.0, ty: float = 0.0,
+                  centre=(0.0, 0.0), flip_width: float | None = None) -> np.ndarray:
+    """A ``float64 [3, 3]`` homogeneous map of points in pixels: optional flip, then rotation and scale about
+    ``centre``, then translation.
+
+    ``flip_width=W`` first mirrors ``x -> W - x`` (our convention). Positive angles rotate counter-clockwise on screen
+    (y grows downward). Apply to ``[K, 2]`` points with ``apply_affine``.
+    """
+    m = np.eye(3)
+    if flip_width is not None:
+        m = np.array([[-1.0, 0, flip_width], [0, 1, 0], [0, 0, 1]]) @ m
+    a = np.deg2rad(angle_deg)
+    c, s = np.cos(a) * scale, np.sin(a) * scale
+    cx, cy = centre
+    rs = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
+    t1 = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1.0]])
+    t2 = np.array([[1, 0, cx + tx], [0, 1, cy + ty], [0, 0, 1.0]])
+    return t2 @ rs @ t1 @ m
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a ``[3, 3]`` (or ``[2, 3]``) affine map to points ``[..., 2]``; float64 out."""
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    return p @ m[:2, :2].T + m[:2, 2]
+
+
+# ----------------------------------------------------------------------------------------- mirror permutation
+def normalise_shapes(points: np.ndarray) -> np.ndarray:
+    """Remove translation and scale: each shape ``[K, 2]`` of ``[N, K, 2]`` centred on its mean, divided by its RMS
+    distance to it. NaN points are ignored in the statistics and stay NaN. Returns ``float64 [N, K, 2]``."""
+    p = np.asarray(points, dtype=np.float64)
+    c = np.nanmean(p, axis=1, keepdims=True)
+    q = p - c
+    s = np.sqrt(np.nanmean((q ** 2).sum(-1), axis=1))[:, None, None]
+    return q / np.maximum(s, 1e-12)
+
+
+def mean_shape(points: np.ndarray) -> np.ndarray:
+    """Robust mean of normalised shapes (``normalise_shapes``): the per-coordinate median, ``float64 [K, 2]``."""
+    return np.nanmedian(normalise_shapes(points), axis=0)
+
+
+def _pair_greedy(cost: np.ndarray) -> np.ndarray:
+    """Involutive matching: pairs ``{i, j}`` (``i == j`` allowed) taken greedily by ascending symmetric cost."""
+    k = len(cost)
+    iu = np.triu_indices(k)
+    order = np.argsort(cost[iu], kind="stable")
+    perm = -np.ones(k, dtype=np.int64)
+    left = k
+    for idx in order:
+        i, j = iu[0][idx], iu[1][idx]
+        if perm[i] < 0 and perm[j] < 0:
+            perm[i], perm[j] = j, i
+            left -= 1 if i == j else 2
+            if left == 0:
+                break
+    return perm
+
+
+def _fit_reflection(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares reflection (orthogonal, det -1) plus translation mapping ``src`` onto ``dst``; ``[3, 3]``.
+
+    Kabsch/Umeyama alignment (Umeyama, IEEE TPAMI 1991) with the determinant forced to -1."""
+    ms, md = src.mean(0), dst.mean(0)
+    h = (src - ms).T @ (dst - md)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    a = vt.T @ np.diag([1.0, -d]) @ u.T  # det = -1
+    m = np.eye(3)
+    m[:2, :2] = a
+    m[:2, 2] = md - a @ ms
+    return m
+
+
+def estimate_mirror_permutation(points: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Estimate which point mirrors which from training landmarks, for horizontal-flip augmentation and TTA.
+
+    Recipe: take the mean normalised shape (``mean_shape``) and mirror it (first about the vertical line through its
+    centre, ``x -> -x``); pair each point with the mirrored point nearest to it, greedily by the symmetric cost
+    ``(|m(p_i) - p_j| + |m(p_j) - p_i|) / 2`` in ascending order, so that the result is an involution by
+    construction (midline points pair with themselves). Then refit the mirror as the least-squares reflection
+    mapping the shape onto its permuted self (so a tilted or off-centre mean face is handled) and pair again,
+    ``iterations`` times.
+
+    Args:
+        points: ``[N, K, 2]`` landmarks of many images (any pixels; NaN allowed).
+    Returns:
+        ``int64 [K]`` permutation ``perm`` with ``perm[perm] == arange(K)``: after flipping an image, point ``i`` of the
+        flipped face is point ``perm[i]`` of the original, flipped.
+    """
+    ms = mean_shape(points)
+    ms = ms - ms.mean(axis=0)
+    refl = np.diag([-1.0, 1.0, 1.0])
+    perm = None
+    for _ in range(max(1, iterations)):
+        mirrored = apply_affine(refl, ms)
+        d = np.sqrt(((mirrored[:, None, :] - ms[None, :, :]) ** 2).sum(-1))
+        new = _pair_greedy((d + d.T) / 2.0)
+        if perm is not None and np.array_equal(new, perm):
+            break
+        perm = new
+        refl = _fit_reflection(ms, ms[perm])
+    return perm
+
+
+def mirror_error(points: np.ndarray, perm: np.ndarray) -> float:
+    """How well ``perm`` maps the mean shape onto its mirror image: RMS distance between the best-fitting reflection
+    of the mean shape and the permuted one, in units of the shape's RMS radius (0 for a perfectly symmetric
+    layout)."""
+    ms = mean_shape(points)
+    refl = _fit_reflection(ms, ms[perm])
+    return float(np.sqrt(((apply_affine(refl, ms) - ms[perm]) ** 2).sum(-1).mean()))

@@ -1,0 +1,102 @@
+"""Image decoding: one function, ``load_image``, used by every path that reads a photo (cache, prediction, plots).
+
+Policy (documented once, tested in ``tests/test_images.py``):
+
+- Output is always ``uint8 [H, W, 3]`` RGB.
+- EXIF orientation is **ignored**: pixels are used as stored. The contest's landmarks were made on the stored pixel
+  grid, so rotating by the EXIF tag would move the face away from its labels. ``image_size`` follows the same rule.
+- Grayscale (``L``, ``1``), palette (``P``), ``LA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` are converted to RGB by
+  PIL. Images with alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency) are composited over black, matching the
+  black padding of crops.
+- 16-bit and 32-bit integer images (``I;16*``, ``I``) and float images (``F``) are scaled linearly from their own
+  ``[min, max]`` range to ``[0, 255]`` (not clipped); a constant image becomes 0.
+- A missing, empty, truncated or undecodable file raises ``ImageError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image file that cannot be read; the message names the file and the reason."""
+
+
+def _open(path):
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: image file is missing")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: image file is empty (0 bytes)")
+    im = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        if im is not None:
+            im.close()
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    return im
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to ``uint8 [H, W, 3]`` RGB by the policy in the module docstring."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if a.ndim == 3:
+            a = a[..., 0]
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, lo)  # NaN/inf pixels of float images count as the minimum
+        g = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:4] / 255.0
+        return np.round(rgba[..., :3] * alpha).astype(np.uint8)
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def load_image(path) -> np.ndarray:
+    """Decode an image file as ``uint8 [H, W, 3]`` RGB (policy in the module docstring).
+
+    Raises:
+        ImageError: missing, empty, truncated or undecodable file (the message names the file).
+    """
+    im = _open(path)
+    try:
+        return to_rgb(im)
+    finally:
+        im.close()
+
+
+def image_size(path) -> tuple[int, int]:
+    """``(width, height)`` in pixels as stored (EXIF orientation ignored), reading only the header.
+
+    Raises:
+        ImageError: missing, empty or undecodable file.
+    """
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: image file is missing")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: image file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e

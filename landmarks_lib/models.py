@@ -1,0 +1,162 @@
+"""Landmark regressors: a torchvision backbone, global average pooling and a linear head of ``2K`` outputs.
+
+Outputs are ``[B, K, 2]`` (x, y) in *target units*: with ``normalize_targets`` the crop coordinates divided by the
+crop size minus 0.5 (so the crop spans ``[-0.5, 0.5]``), and the head's bias starts at the mean shape with small
+weights (the "mean-shape initialisation" of cascaded regression, e.g. Xiong & De la Torre, SDM, CVPR 2013);
+without it, crop pixels (the course baseline). ``to_crop_pixels`` converts either to crop pixels.
+
+Pretrained weights come only through torchvision's weights API (``torchvision.models.get_model_weights``), so a
+user with internet or a filled ``TORCH_HOME`` cache gets them; when they cannot be had, ``WeightsUnavailable``
+says which file is needed and where to put it, instead of hanging or failing deep inside.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.nn as nn
+import torchvision
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large",
+             "efficientnet_b0", "convnext_tiny")
+HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded (offline and not cached); the message says what to do."""
+
+
+def weights_enum(backbone: str, name: str = "IMAGENET1K_V1"):
+    """A backbone's torchvision weights entry: ``name`` (default ``IMAGENET1K_V1``, which every torchvision
+    classification model has) or the model's ``DEFAULT`` if it has no such entry.
+
+    Raises:
+        ValueError: unknown backbone.
+    """
+    try:
+        enum = torchvision.models.get_model_weights(backbone)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"unknown backbone {backbone!r}; try one of {BACKBONES}") from e
+    return enum[name] if name in enum.__members__ else enum.DEFAULT
+
+
+def input_normalization(backbone: str, input_norm: str = "weights") -> tuple[tuple, tuple]:
+    """``(mean, std)`` per RGB channel for inputs in ``[0, 1]``: the backbone weights' own (from their transforms)
+    for ``input_norm="weights"``, or 0.5/0.5 (the course baseline) for ``"half"``."""
+    if input_norm == "half":
+        return HALF_NORM
+    if input_norm != "weights":
+        raise ValueError(f"input_norm must be 'weights' or 'half', got {input_norm!r}")
+    try:
+        t = weights_enum(backbone).transforms()
+        return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    except ValueError:
+        raise
+    except Exception:  # pragma: no cover - weights without a normalising transform
+        return IMAGENET_NORM
+
+
+def load_pretrained(backbone: str, timeout_s: float = 20.0) -> nn.Module:
+    """Build a torchvision backbone with its ImageNet weights (``weights_enum``), from the cache (``$TORCH_HOME``) or by
+    download.
+
+    Raises:
+        WeightsUnavailable: the weights are neither cached nor downloadable (message names the file and the fix).
+    """
+    weights = weights_enum(backbone)
+    fname = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    old = socket.getdefaulttimeout()
+    try:
+        if not os.path.exists(cached):
+            socket.setdefaulttimeout(timeout_s)
+        return torchvision.models.get_model(backbone, weights=weights)
+    except Exception as e:
+        raise WeightsUnavailable(
+            f"pretrained weights for {backbone!r} ({weights}) could not be loaded: {type(e).__name__}: {e}. "
+            f"Either allow downloads, or put {fname} into {os.path.dirname(cached)} (set TORCH_HOME to a folder "
+            f"holding hub/checkpoints/{fname}), or set pretrained=false to train from scratch.") from e
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _strip_classifier(net: nn.Module) -> tuple[nn.Module, int]:
+    """Replace the final classification Linear with Identity; return the net (pooled features out) and width."""
+    if hasattr(net, "fc") and isinstance(net.fc, nn.Linear):
+        width = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, width
+    if hasattr(net, "classifier"):
+        cls = net.classifier
+        if isinstance(cls, nn.Linear):
+            width = cls.in_features
+            net.classifier = nn.Identity()
+            return net, width
+        if isinstance(cls, nn.Sequential):
+            for i in range(len(cls) - 1, -1, -1):
+                if isinstance(cls[i], nn.Linear):
+                    width = cls[i].in_features
+                    cls[i] = nn.Identity()
+                    # drop the classifier's own dropout too: ours is a parameter
+                    for j in range(len(cls)):
+                        if isinstance(cls[j], nn.Dropout):
+                            cls[j] = nn.Identity()
+                    return net, width
+    raise ValueError(f"cannot find the classification layer of {type(net).__name__}")
+
+
+class LandmarkModel(nn.Module):
+    """Backbone -> pooled features -> dropout -> Linear(2K); ``forward`` returns ``[B, K, 2]`` target units.
+
+    Input: ``float32 [B, 3, S, S]`` images already normalised by ``input_normalization``.
+    """
+
+    def __init__(self, backbone: nn.Module, width: int, num_points: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(width, 2 * num_points)
+        self.num_points = num_points
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        return self.head(self.dropout(f)).view(x.shape[0], self.num_points, 2)
+
+
+def build_model(backbone: str, num_points: int, pretrained: bool = False, dropout: float = 0.0,
+                init_shape: torch.Tensor | None = None) -> LandmarkModel:
+    """A landmark regressor.
+
+    Args:
+        backbone: a torchvision classification model name (``BACKBONES`` are tested).
+        num_points: ``K``.
+        pretrained: load the default ImageNet weights (``load_pretrained``).
+        init_shape: optional ``[K, 2]`` mean shape in target units: the head starts there (bias) with weights
+            scaled down 100x, so training starts from the mean face instead of noise.
+    Raises:
+        ValueError: unknown backbone. WeightsUnavailable: pretrained weights cannot be had.
+    """
+    if backbone not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown backbone {backbone!r}: not a torchvision classification model; try one of "
+                         f"{BACKBONES}")
+    net = load_pretrained(backbone) if pretrained else torchvision.models.get_model(backbone, weights=None)
+    net, width = _strip_classifier(net)
+    model = LandmarkModel(net, width, num_points, dropout)
+    if init_shape is not None:
+        with torch.no_grad():
+            model.head.weight.mul_(0.01)
+            model.head.bias.copy_(torch.as_tensor(init_shape, dtype=torch.float32).reshape(-1))
+    return model
+
+
+def to_crop_pixels(out: torch.Tensor, size: int, normalize_targets: bool) -> torch.Tensor:
+    """Model output (target units) -> crop pixels."""
+    return (out + 0.5) * size if normalize_targets else out
+
+
+def to_target_units(points: torch.Tensor, size: int, normalize_targets: bool) -> torch.Tensor:
+    """Crop pixels -> target units (inverse of ``to_crop_pixels``)."""
+    return points / size - 0.5 if normalize_targets else points

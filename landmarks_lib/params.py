@@ -1,0 +1,178 @@
+"""One flat set of parameters shared by the notebooks, the YAML profiles in ``params/`` and the runner.
+
+Resolution order: ``DEFAULTS`` < profile file (``--params``) < ``-p NAME VALUE`` overrides. ``-p`` values are read as
+YAML scalars (``5`` int, ``1e-3`` float, ``true`` bool, ``null`` None, text otherwise). Unknown names are errors
+that list the known ones. Values derived from parameters are computed after the notebooks' ``parameters`` cell.
+"""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+# name: (default, description)
+SPEC = {
+    # data and folders
+    "data_dir": ("", "contest-format data folder (train/, test/); empty = the embedded synthetic default"),
+    "run_dir": ("runs/default", "the run folder: executed notebooks, checkpoints, metrics, submission, figures"),
+    "cache_dir": ("", "folder of preprocessed caches; empty = $LANDMARKS_CACHE or ~/.cache/thousand-landmarks"),
+    "synthetic_train": (240, "embedded default: number of synthetic training images"),
+    "synthetic_test": (40, "embedded default: number of synthetic test images"),
+    "synthetic_points": (971, "embedded default: landmarks per face"),
+    "max_train_images": (0, "use at most this many training images (0 = all)"),
+    "max_test_images": (0, "predict at most this many test images (0 = all; a partial submission fails validation)"),
+    "bad_rows": ("error", "landmarks.csv rows with missing/NaN values: 'error' stops, 'skip' drops and reports"),
+    "val_fraction": (0.1, "share of training images held out for validation"),
+    "val_split": ("auto", "'groups' (train/groups.csv), 'random', or 'auto' (groups when the file exists)"),
+    # model and geometry
+    "backbone": ("mobilenet_v2", "torchvision backbone: resnet18/34/50, resnext50_32x4d, mobilenet_v2, ..."),
+    "pretrained": (True, "ImageNet weights through torchvision's weights API (offline via TORCH_HOME)"),
+    "crop_size": (128, "crop side in pixels fed to the network"),
+    "crop_mode": ("face", "'centre' (course baseline), 'letterbox' (whole image), 'face' (two-stage)"),
+    "face_scale": (1.25, "face crop side over the landmarks' bounding-box longer side"),
+    "coarse_crop_size": (96, "crop side of the coarse letterbox model that places face crops"),
+    "coarse_epochs": (4, "epochs of the coarse model (crop_mode 'face' only)"),
+    "input_norm": ("weights", "'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean = std = 0.5)"),
+    "normalize_targets": (True, "regress coordinates divided by the crop size, head bias at the mean shape"),
+    "dropout": (0.0, "dropout before the regression head"),
+    # optimisation
+    "epochs": (10, "training epochs"),
+    "batch_size": (64, "images per optimisation step"),
+    "lr": (1e-3, "learning rate of the training stage"),
+    "optimizer": ("adamw", "adam, adamw or sgd"),
+    "amsgrad": (False, "AMSGrad variant for adam/adamw"),
+    "weight_decay": (1e-4, "weight decay"),
+    "scheduler": ("cosine", "plateau, cosine, cosine_restarts, onecycle or none"),
+    "plateau_factor": (0.25, "ReduceLROnPlateau factor"),
+    "plateau_patience": (4, "ReduceLROnPlateau patience in epochs"),
+    "restart_epochs": (5, "first cycle length of cosine_restarts, in epochs"),
+    "warmup_epochs": (0.0, "linear warm-up at the start of cosine schedules, in epochs"),
+    "loss": ("smooth_l1", "mse, l1, smooth_l1 or wing"),
+    "grad_clip": (0.0, "clip the gradient norm to this value (0 = off)"),
+    "time_budget_min": (0.0, "stop a training stage after this many minutes (0 = off)"),
+    # finetuning and label noise
+    "finetune_epochs": (2, "epochs of the finetune stage (0 = skip)"),
+    "finetune_lr": (1e-4, "learning rate of the finetune stage"),
+    "noise_action": ("drop", "what finetuning does with flagged noisy labels: keep, drop or downweight"),
+    "noise_threshold": (6.0, "flag a label when its error exceeds median + threshold * MAD of all errors"),
+    # augmentation and TTA
+    "augment": (True, "geometric and photometric augmentation while training"),
+    "rotate_deg": (10.0, "max rotation, degrees"),
+    "scale_jitter": (0.1, "max relative scale change"),
+    "translate_frac": (0.05, "max translation, share of the crop"),
+    "flip": (True, "horizontal flips with the mirror permutation estimated from the data"),
+    "photometric": (0.2, "strength of brightness/contrast/saturation jitter (0 = off)"),
+    "cache_margin": (0.125, "extra border kept in the cache around each crop, share of the crop, for augmentation"),
+    "tta_flip": (True, "average predictions on the image and its mirror"),
+    # runtime
+    "seed": (0, "random seed"),
+    "device": ("auto", "auto, cpu, cuda or mps"),
+    "num_workers": (-1, "DataLoader workers (-1 = chosen for the device)"),
+    "threads": (0, "torch CPU threads (0 = all cores)"),
+    "amp": (True, "bf16 autocast on CUDA (ignored on CPU)"),
+    "channels_last": (True, "channels-last memory format on CUDA (ignored on CPU)"),
+    "num_figures": (8, "images per gallery figure"),
+    "ensemble_runs": ("", "comma-separated run folders whose predictions are averaged into this run's submission"),
+}
+
+DEFAULTS = {k: v[0] for k, v in SPEC.items()}
+
+
+class ParamError(ValueError):
+    """An unknown parameter name or a value of the wrong type."""
+
+
+def parse_scalar(text: str):
+    """Read ``-p`` text as a YAML scalar: ``5`` -> 5, ``1e-3`` -> 0.001, ``true`` -> True, ``null`` -> None,
+    otherwise the text itself (YAML 1.1 would read ``1e-3`` as text; we accept it as a float)."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v for c in "eE.") and v.strip() == text.strip() else v
+        except ValueError:
+            return v
+    if isinstance(v, (dict, list)):
+        return text
+    return v
+
+
+def _check_type(name, value):
+    default = DEFAULTS[name]
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParamError(f"parameter {name!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ParamError(f"parameter {name!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamError(f"parameter {name!r} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def check_names(names) -> None:
+    """Raise ``ParamError`` naming any unknown parameter and listing the known ones."""
+    unknown = [n for n in names if n not in SPEC]
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(SPEC))}")
+
+
+def load_profile(path) -> dict:
+    """Read a YAML profile (a flat mapping of parameter names to values); names are checked."""
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ParamError(f"{path}: a profile must be a mapping of parameter names to values")
+    check_names(d)
+    return d
+
+
+def resolve(profile: str | os.PathLike | None = None, overrides=None, **kwargs) -> dict:
+    """Resolve parameters: defaults < profile file < ``overrides`` (a dict or ``(name, text)`` pairs from ``-p``,
+    text read by ``parse_scalar``) < keyword arguments.
+
+    Returns:
+        a new dict with every name in ``SPEC``, values type-checked against the defaults.
+    Raises:
+        ParamError: unknown name or wrong type.
+    """
+    out = dict(DEFAULTS)
+    if profile:
+        out.update(load_profile(profile))
+    if overrides:
+        items = overrides.items() if isinstance(overrides, dict) else overrides
+        for name, value in items:
+            check_names([name])
+            out[name] = parse_scalar(value) if isinstance(value, str) else value
+    check_names(kwargs)
+    out.update(kwargs)
+    return {k: _check_type(k, v) for k, v in out.items()}
+
+
+def default_cache_dir(params: dict | None = None) -> str:
+    """The cache folder: ``params['cache_dir']`` if set, else ``$LANDMARKS_CACHE``, else
+    ``~/.cache/thousand-landmarks``."""
+    if params and params.get("cache_dir"):
+        return os.path.expanduser(str(params["cache_dir"]))
+    return os.path.expanduser(os.environ.get("LANDMARKS_CACHE", "~/.cache/thousand-landmarks"))
+
+
+def dump(params: dict, path) -> None:
+    """Write resolved parameters as YAML, atomically."""
+    from .io import atomic_open
+
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(dict(params), f, sort_keys=True)

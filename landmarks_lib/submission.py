@@ -1,0 +1,96 @@
+"""The contest submission: writer and validator.
+
+Format: comma-separated, header ``file_name,Point_M0_X,Point_M0_Y,...,Point_M{M-1}_Y``; one row per test image in
+``test_points.csv`` order; row ``r`` holds x, y of the points listed for that image, in list order, in original-image
+pixels, rounded to the nearest integer (halves up: ``floor(v + 0.5)``), never
+truncated.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from .io import TestPoints, atomic_open
+
+
+class SubmissionError(ValueError):
+    """A submission that does not match ``test_points.csv``; the message says where."""
+
+
+def submission_columns(m: int) -> list:
+    """``["file_name", "Point_M0_X", "Point_M0_Y", ..., "Point_M{m-1}_Y"]``."""
+    return ["file_name"] + [f"Point_M{i}_{a}" for i in range(m) for a in "XY"]
+
+
+def round_half_up(values) -> np.ndarray:
+    """Round to the nearest integer, halves up (``floor(v + 0.5)``); ``int64``."""
+    return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def make_submission(test_points: TestPoints, predictions) -> pd.DataFrame:
+    """Select each image's listed points from full predictions.
+
+    Args:
+        test_points: ``io.TestPoints`` (names and ``int64 [N, M]`` indices).
+        predictions: ``[N, K, 2]`` original pixels, rows in ``test_points.names`` order.
+    Returns:
+        the submission table (``int64`` coordinates).
+    Raises:
+        SubmissionError: row count mismatch, NaN predictions, index outside ``[0, K)``.
+    """
+    p = np.asarray(predictions, dtype=np.float64)
+    n, m = test_points.indices.shape
+    if p.ndim != 3 or p.shape[0] != n or p.shape[2] != 2:
+        raise SubmissionError(f"predictions have shape {p.shape}, expected [{n}, K, 2] for {n} test images")
+    if test_points.indices.size and (test_points.indices.min() < 0 or test_points.indices.max() >= p.shape[1]):
+        raise SubmissionError(f"a point index is outside [0, {p.shape[1]})")
+    sel = np.take_along_axis(p, test_points.indices[:, :, None].repeat(2, axis=2), axis=1)
+    if not np.isfinite(sel).all():
+        r = int(np.flatnonzero(~np.isfinite(sel).all(axis=(1, 2)))[0])
+        raise SubmissionError(f"prediction for {test_points.names[r]} (row {r + 1}) has NaN or infinite values")
+    df = pd.DataFrame(round_half_up(sel.reshape(n, 2 * m)), columns=submission_columns(m)[1:])
+    df.insert(0, "file_name", list(test_points.names))
+    return df
+
+
+def write_submission(path, test_points: TestPoints, predictions) -> pd.DataFrame:
+    """``make_submission`` then write it atomically as CSV; validates the written file. Returns the table."""
+    df = make_submission(test_points, predictions)
+    with atomic_open(path, "w", newline="") as f:
+        df.to_csv(f, index=False)
+    validate_submission(path, test_points)
+    return df
+
+
+def validate_submission(path, test_points: TestPoints) -> pd.DataFrame:
+    """Check a submission file against ``test_points.csv``: header, row count, row order, numeric, no NaN.
+
+    Returns:
+        the table read.
+    Raises:
+        FileNotFoundError, SubmissionError (the message names the row or column).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: submission is missing")
+    df = pd.read_csv(path, dtype={"file_name": str})
+    n, m = test_points.indices.shape
+    want = submission_columns(m)
+    if list(df.columns) != want:
+        bad = next((i for i, (a, b) in enumerate(zip(df.columns, want)) if a != b), min(len(df.columns), len(want)))
+        raise SubmissionError(f"{path}: header differs from the expected {len(want)} columns at column {bad + 1} "
+                              f"(got {len(df.columns)} columns)")
+    if len(df) != n:
+        raise SubmissionError(f"{path}: {len(df)} rows, test_points.csv has {n}")
+    names = df["file_name"].tolist()
+    if names != list(test_points.names):
+        r = next(i for i, (a, b) in enumerate(zip(names, test_points.names)) if a != b)
+        raise SubmissionError(f"{path}: row {r + 2} is {names[r]!r}, test_points.csv has {test_points.names[r]!r} "
+                              f"there (rows must follow test_points.csv order)")
+    vals = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(vals).all():
+        r, c = np.argwhere(~np.isfinite(vals))[0]
+        raise SubmissionError(f"{path}: row {r + 2} ({names[r]}), column {want[c + 1]}: missing or non-numeric")
+    return df

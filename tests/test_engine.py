@@ -1,0 +1,158 @@
+"""Training engine: checkpoints, resume after SIGKILL, reproducibility, two-stage face crops, splits, losses."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from landmarks_lib import engine, params as P, predict, synthetic, workflow
+from landmarks_lib.io import read_test_points
+
+TINY = dict(backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, coarse_crop_size=32,
+            epochs=2, coarse_epochs=1, finetune_epochs=0, batch_size=8, threads=1, device="cpu", num_workers=0,
+            lr=3e-3, val_fraction=0.25, tta_flip=True, rotate_deg=5.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "data"
+    synthetic.write_dataset(d, n_train=32, n_test=6, num_points=24, seed=1, min_size=64, max_size=96)
+    return str(d)
+
+
+def _params(data_dir, run_dir, cache_dir, **kw):
+    return P.resolve(None, None, **{**TINY, "data_dir": data_dir, "run_dir": str(run_dir),
+                                    "cache_dir": str(cache_dir), **kw})
+
+
+def _cli(data_dir, run_dir, cache_dir, **kw):
+    cmd = [sys.executable, "-m", "landmarks_lib.train", "--data-dir", data_dir, "--run-dir", str(run_dir)]
+    for k, v in {**TINY, "cache_dir": str(cache_dir), **kw}.items():
+        cmd += ["-p", k, str(v).lower() if isinstance(v, bool) else str(v)]
+    return cmd
+
+
+def test_checkpoint_round_trip(tiny_data, tmp_path):
+    p = _params(tiny_data, tmp_path / "run", tmp_path / "cache")
+    data = engine.load_train_data(p, progress=False)
+    res = engine.fit(p, data, p["run_dir"], "train", progress=False)
+    ck = predict.load_checkpoint(res["best"])  # weights_only=True inside
+    meta = ck["meta"]
+    assert meta["num_points"] == 24 and meta["crop_size"] == 32 and meta["crop_mode"] == "letterbox"
+    assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24
+    model = predict.model_from_checkpoint(ck)
+    c = engine.stage_cache(p, data, "train", progress=False)
+    pred = predict.predict_cache(model, meta, c, data.val_idx)
+    mse = float(np.mean((pred - data.points(data.val_idx)) ** 2))
+    assert mse == pytest.approx(ck["val_mse"], rel=1e-6)
+    hist = pd.read_csv(os.path.join(p["run_dir"], "history.csv"))
+    assert list(hist.columns[:5]) == ["epoch", "stage", "train_loss", "val_mse", "lr"]
+    assert len(hist) == 2 and hist["val_mse"].min() == pytest.approx(res["best_val_mse"])
+    # a resume with other parameters is refused
+    with pytest.raises(RuntimeError, match="other parameters"):
+        engine.fit({**p, "lr": 0.5}, data, p["run_dir"], "train", progress=False)
+    # a non-checkpoint file is a clear error
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": 1}, bad)
+    with pytest.raises(predict.CheckpointError, match="not a"):
+        predict.load_checkpoint(bad)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kw = dict(epochs=3, max_train_images=32)
+    full = tmp_path / "full"
+    subprocess.run(_cli(tiny_data, full, tmp_path / "cache", **kw), check=True, env=env, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_cli(tiny_data, cut, tmp_path / "cache", **kw), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hist = cut / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (hist.exists() and len(pd.read_csv(hist)) >= 1):
+        time.sleep(0.05)
+    epoch_s = float(pd.read_csv(hist)["time_s"].iloc[0])
+    time.sleep(min(0.4 * epoch_s, 2.0))  # inside the second epoch
+    killed_during_run = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_during_run, "training finished before it could be killed"
+    assert len(pd.read_csv(hist)) < 3
+    subprocess.run(_cli(tiny_data, cut, tmp_path / "cache", **kw), check=True, env=env, capture_output=True)
+
+    h_full, h_cut = pd.read_csv(full / "history.csv"), pd.read_csv(cut / "history.csv")
+    np.testing.assert_array_equal(h_full["val_mse"].to_numpy(), h_cut["val_mse"].to_numpy())
+    np.testing.assert_array_equal(h_full["train_loss"].to_numpy(), h_cut["train_loss"].to_numpy())
+    a = predict.load_checkpoint(full / "checkpoints" / "train_last.pt")["state_dict"]
+    b = predict.load_checkpoint(cut / "checkpoints" / "train_last.pt")["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _train_and_submit(data_dir, run_dir, cache_dir):
+    p = _params(data_dir, run_dir, cache_dir)
+    torch.set_num_threads(1)
+    data = engine.load_train_data(p, progress=False)
+    engine.train_all(p, data, p["run_dir"], progress=False)
+    ck = workflow.final_checkpoint(p["run_dir"])
+    _, vm = workflow.evaluate_validation(p, data, ck, progress=False)
+    tp, pred = workflow.predict_test(p, data_dir, ck, progress=False)
+    workflow.write_results(p, tp, pred, vm)
+    return (run_dir / "submission.csv").read_bytes(), vm
+
+
+def test_same_seed_gives_byte_identical_submission(tiny_data, tmp_path):
+    s1, m1 = _train_and_submit(tiny_data, tmp_path / "a", tmp_path / "cache")
+    s2, m2 = _train_and_submit(tiny_data, tmp_path / "b", tmp_path / "cache")
+    assert s1 == s2
+    assert m1 == m2 and np.isfinite(m1["val_mse"])
+    tp = read_test_points(os.path.join(tiny_data, "test", "test_points.csv"))
+    assert len(s1.decode().splitlines()) == len(tp) + 1
+
+
+def test_face_mode_trains_coarse_and_embeds_it(tiny_data, tmp_path):
+    p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", crop_mode="face", epochs=1)
+    data = engine.load_train_data(p, progress=False)
+    res = engine.train_all(p, data, p["run_dir"], progress=False)
+    assert res["coarse"] is not None
+    ck = predict.load_checkpoint(res["train"]["best"])
+    assert ck["coarse"]["meta"]["crop_mode"] == "letterbox" and ck["meta"]["crop_mode"] == "face"
+    names = [data.names[i] for i in data.val_idx]
+    pts = predict.predict_images(ck, data.image_dir, names, p["cache_dir"], progress=False)
+    assert pts.shape == (len(names), 24, 2) and np.isfinite(pts).all()
+    hist = pd.read_csv(os.path.join(p["run_dir"], "history.csv"))
+    assert hist["stage"].tolist() == ["coarse", "train"]
+
+
+def test_group_split_keeps_people_apart(tiny_data):
+    names = pd.read_csv(os.path.join(tiny_data, "train", "groups.csv"), sep="\t")
+    tr, va, mode = engine.split_indices(names["file_name"].tolist(), tiny_data, 0.25, seed=0)
+    assert mode == "groups" and len(va) > 0
+    g = names["group"].to_numpy()
+    assert not set(g[tr]) & set(g[va])
+    tr2, va2, _ = engine.split_indices(names["file_name"].tolist(), tiny_data, 0.25, seed=0)
+    assert np.array_equal(va, va2)
+    _, va3, mode3 = engine.split_indices(names["file_name"].tolist(), tiny_data, 0.25, seed=0, mode="random")
+    assert mode3 == "random" and len(va3) == 8
+
+
+def test_losses():
+    t = torch.zeros(1, 1, 2)
+    p = torch.tensor([[[3.0, 0.5]]])
+    assert float(engine.landmark_loss(p, t, "mse")) == pytest.approx((9 + 0.25) / 2)
+    assert float(engine.landmark_loss(p, t, "l1")) == pytest.approx(1.75)
+    assert float(engine.landmark_loss(p, t, "smooth_l1")) == pytest.approx((2.5 + 0.125) / 2)
+    wing = float(engine.landmark_loss(torch.tensor([[[1.0, 12.0]]]), torch.zeros(1, 1, 2), "wing"))
+    c = 10 - 10 * np.log(1 + 10 / 2)
+    assert wing == pytest.approx((10 * np.log(1 + 0.5) + 12 - c) / 2)
+    w = torch.tensor([1.0, 0.0])
+    two = torch.tensor([[[1.0, 1.0]], [[5.0, 5.0]]])
+    assert float(engine.landmark_loss(two, torch.zeros(2, 1, 2), "l1", w)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        engine.landmark_loss(p, t, "huber2")

@@ -1,0 +1,91 @@
+"""Metrics (contest MSE per coordinate, NME, CED) and the submission writer and validator."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from landmarks_lib import metrics, submission
+from landmarks_lib.io import TestPoints, read_test_points
+
+
+def test_mse_is_per_coordinate():
+    truth = np.zeros((1, 2, 2))
+    pred = np.array([[[3.0, 4.0], [0.0, 0.0]]])  # one point off by (3, 4): distance 5
+    assert metrics.mse(pred, truth) == pytest.approx((9 + 16) / 4)
+    assert metrics.per_image_mse(pred, truth)[0] == pytest.approx(6.25)
+    with pytest.raises(ValueError, match="shape"):
+        metrics.mse(pred, np.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.mse(np.full((1, 2, 2), np.nan), truth)
+
+
+def test_nme_divides_by_sqrt_bbox_area():
+    truth = np.array([[[0.0, 0.0], [40.0, 10.0]]])  # bbox 40 x 10 -> sqrt = 20
+    pred = truth + np.array([[[2.0, 0.0], [0.0, 0.0]]])  # mean distance 1
+    assert metrics.nme(pred, truth) == pytest.approx(1 / 20 * 100)
+
+
+def test_ced_auc_and_failure_rate():
+    x, y, auc, fail = metrics.ced([0.0, 0.0, 20.0, 20.0], threshold=10)
+    assert y[0] == 0.5 and y[-1] == 0.5
+    assert auc == pytest.approx(0.5, abs=1e-3)
+    assert fail == 0.5
+    _, _, auc2, fail2 = metrics.ced([5.0], threshold=10)
+    assert auc2 == pytest.approx(0.5, abs=2e-3) and fail2 == 0.0
+
+
+def _tp():
+    return TestPoints(["b.jpg", "a.jpg"], np.array([[2, 0], [1, 1]]))
+
+
+def test_submission_selects_listed_points_in_order_and_rounds(tmp_path):
+    pred = np.array([
+        [[0.4, 0.5], [1.0, 1.0], [2.5, 2.49]],
+        [[9.0, 9.0], [-0.5, 7.6], [0.0, 0.0]],
+    ])
+    path = tmp_path / "submission.csv"
+    df = submission.write_submission(path, _tp(), pred)
+    text = path.read_text().splitlines()
+    assert text[0] == "file_name,Point_M0_X,Point_M0_Y,Point_M1_X,Point_M1_Y"
+    # b.jpg: point 2 then point 0, rounded half up (2.5 -> 3, 2.49 -> 2, 0.4 -> 0, 0.5 -> 1)
+    assert text[1] == "b.jpg,3,2,0,1"
+    # a.jpg: point 1 twice; -0.5 rounds half up to 0, 7.6 -> 8 (never truncated to 7)
+    assert text[2] == "a.jpg,0,8,0,8"
+    assert list(df["file_name"]) == ["b.jpg", "a.jpg"]
+
+
+def test_submission_rejects_nan_and_wrong_shapes(tmp_path):
+    pred = np.zeros((2, 3, 2))
+    pred[1, 1, 0] = np.nan
+    with pytest.raises(submission.SubmissionError, match="a.jpg"):
+        submission.make_submission(_tp(), pred)
+    with pytest.raises(submission.SubmissionError, match="shape"):
+        submission.make_submission(_tp(), np.zeros((3, 3, 2)))
+    with pytest.raises(submission.SubmissionError, match="outside"):
+        submission.make_submission(TestPoints(["a"], np.array([[5]])), np.zeros((1, 3, 2)))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda df: df.iloc[::-1], "order"),
+    (lambda df: df.iloc[:1], "rows"),
+    (lambda df: df.rename(columns={"Point_M1_Y": "Point_M1_y"}), "header"),
+    (lambda df: df.assign(Point_M0_X=["1", "x"]), "non-numeric"),
+    (lambda df: df.assign(Point_M0_Y=[1.0, np.nan]), "missing"),
+])
+def test_validator_names_the_problem(tmp_path, mutate, message):
+    tp = _tp()
+    good = submission.make_submission(tp, np.zeros((2, 3, 2)))
+    path = tmp_path / "s.csv"
+    mutate(good).to_csv(path, index=False)
+    with pytest.raises(submission.SubmissionError, match=message):
+        submission.validate_submission(path, tp)
+
+
+def test_validator_accepts_written_file_with_real_test_points(tmp_path):
+    (tmp_path / "tp.csv").write_text("file_name\tpoint_index_list\nx.jpg\t[3, 1]\ny.jpg\t[0, 2]\n")
+    tp = read_test_points(tmp_path / "tp.csv", num_points=4)
+    submission.write_submission(tmp_path / "s.csv", tp, np.arange(16, dtype=float).reshape(2, 4, 2))
+    df = submission.validate_submission(tmp_path / "s.csv", tp)
+    assert df.iloc[0, 1:].tolist() == [6, 7, 2, 3]
+    assert df.iloc[1, 1:].tolist() == [8, 9, 12, 13]
+    assert isinstance(df, pd.DataFrame)
