@@ -235,14 +235,15 @@ def _read_landmarks_exact(path, bad_rows, chunksize):
     return names, np.concatenate(chunks), skipped
 
 
-_BLOCK_BYTES = 1 << 25  # text read and decoded at a time by the fast parser (32 MiB)
+_READ_BYTES = 1 << 16  # text read and decoded at a time by the fast parser: small buffers are reused by malloc
+_GROUP_LINES = 256  # lines per np.loadtxt call (at most chunksize): small outputs, cheap exact re-checks
 
 
 def _clean_chunk(lines, ncol, first_line, ascii_ok):
     """Parse lines (no terminators) with ``np.loadtxt`` when every one is plainly a good row: ``(names, int16
     [n, 2K])``; ``None`` when some line needs the exact per-row checks (blank, empty or duplicate name, wrong field
-    count, a value that is not an integer within int16 (-32768 excluded, as in the exact parser), any non-ASCII or
-    separator character after the name: np.loadtxt's integers and numpy's float agree on the rest)."""
+    count, a value that is not an integer within int16 (-32768 excluded, as in the exact parser), any non-ASCII
+    character after the name: np.loadtxt's integers and numpy's float agree on ASCII without U+001C..U+001F)."""
     names, rest = [], []
     for s in lines:
         i = s.find("\t")
@@ -265,91 +266,105 @@ def _clean_chunk(lines, ncol, first_line, ascii_ok):
 
 
 def _read_landmarks_fast(path, bad_rows, chunksize):
-    """Integer tables at about 100 MB/s: blocks of text split into lines, ``np.loadtxt`` (C) on the coordinates of
-    ``chunksize`` lines at a time, into a preallocated ``int16`` array. A chunk that is not plainly clean goes line
-    by line through ``csv`` and ``_check_row`` (same results, messages and line numbers as
-    ``_read_landmarks_exact``). Raises ``_Unusual`` where only the exact parser is sure to read the file the same way
-    (quotes, NUL, a lone carriage return, the separators U+001C..U+001F, undecodable text, an over-long field, an odd
-    header) or must decide the whole table's dtype (non-integer or out-of-int16 values)."""
+    """Integer tables at about 100 MB/s: text read in small blocks, split into lines, ``np.loadtxt`` (C) on the
+    coordinates of a few hundred lines at a time, into a preallocated ``int16`` array. A group of lines that is not
+    plainly clean goes line by line through ``csv`` and ``_check_row`` (same results, messages and line numbers as
+    ``_read_landmarks_exact``). Raises ``_Unusual`` where only the exact parser is sure to read the file the same
+    way (quotes, NUL, a lone carriage return, the separators U+001C..U+001F, undecodable text, an over-long field, an
+    odd header) or must decide the whole table's dtype (non-integer or out-of-int16 values)."""
     field_limit = csv.field_size_limit()
     file_size = os.path.getsize(path)
+    group_lines = max(1, min(int(chunksize), _GROUP_LINES))
     names, skipped, first_line = [], [], {}
     header, points, k, ncol = None, None, 0, 0
-    n, base = 0, 0  # rows kept, lines before the current block
+    n, base = 0, 1  # rows kept; lines (header included) before pending[0]
+    pending, pending_ascii, data_bytes, data_lines = [], True, 0, 0
+
+    def process(group, ascii_ok):
+        nonlocal n, points
+        if points is None:  # size the table from the bytes per line seen so far; grown in place if short
+            est = int(file_size / max(1.0, data_bytes / max(1, data_lines)) * 1.02) + group_lines
+            points = np.empty((est, k, 2), np.int16)
+        if n + len(group) > len(points):
+            points.resize((max(n + len(group), int(len(points) * 1.25)), k, 2), refcheck=False)
+        got = _clean_chunk(group, ncol, first_line, ascii_ok)
+        if got is not None:
+            group_names, vals = got
+            points[n: n + len(vals)] = vals.reshape(len(vals), k, 2)
+            first_line.update(zip(group_names, range(base + 1, base + 1 + len(group_names))))
+            names.extend(group_names)
+            n += len(vals)
+            return
+        reader = csv.reader(group, delimiter="\t")
+        try:
+            for row in reader:
+                line = base + reader.line_num
+                if _is_blank(row):
+                    continue
+                name = row[0]
+                reason, vals = _check_row(row, line, header, ncol, first_line)
+                if reason is not None:
+                    if bad_rows == "error":
+                        raise DataFormatError(f"{path}: line {line} ({name}): {reason}")
+                    skipped.append((line, name if name.strip() else None, reason))
+                    continue
+                if np.any(vals != np.round(vals)) or np.abs(vals).max() > 32767:
+                    raise _Unusual  # float32 output: the exact parser converts the whole table
+                first_line[name] = line
+                names.append(name)
+                points[n] = vals.reshape(k, 2)
+                n += 1
+        except csv.Error as e:
+            raise _Unusual from e
+
     with open(path, "rb") as f:
         while True:
-            raw = f.read(_BLOCK_BYTES)
+            raw = f.read(_READ_BYTES)
+            if raw:
+                raw += f.readline()
+                if header is None and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _Unusual from e
+                if any(c in text for c in '"\0\x1c\x1d\x1e\x1f'):
+                    raise _Unusual
+                if "\r" in text:
+                    if text.count("\r") != text.count("\r\n"):
+                        raise _Unusual
+                    text = text.replace("\r\n", "\n")
+                lines = text.split("\n")
+                if text.endswith("\n"):
+                    lines.pop()
+                if max(map(len, lines), default=0) > field_limit and any(
+                        len(v) > field_limit for s in lines if len(s) > field_limit for v in s.split("\t")):
+                    raise _Unusual
+                if header is None:
+                    if not lines or "\t" not in lines[0]:
+                        raise _Unusual  # empty file or a one-column header: the exact parser words the error
+                    header = lines[0].split("\t")
+                    k = parse_header(header, path)
+                    ncol = 1 + 2 * k
+                    data_bytes -= len(lines[0]) + 1
+                    lines = lines[1:]
+                data_bytes += len(raw)
+                data_lines += len(lines)
+                pending.extend(lines)
+                pending_ascii = pending_ascii and text.isascii()
+            elif header is None:
+                raise _Unusual  # empty file
+            while len(pending) >= group_lines or (not raw and pending):
+                group = pending[:group_lines]
+                del pending[:group_lines]
+                process(group, pending_ascii)
+                base += len(group)
+                if not pending:
+                    pending_ascii = True
             if not raw:
                 break
-            raw += f.readline()
-            nbytes = len(raw)
-            if header is None and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _Unusual from e
-            del raw
-            if any(c in text for c in '"\0\x1c\x1d\x1e\x1f'):
-                raise _Unusual
-            if "\r" in text:
-                if text.count("\r") != text.count("\r\n"):
-                    raise _Unusual
-                text = text.replace("\r\n", "\n")
-            ascii_ok = text.isascii()
-            lines = text.split("\n")
-            if text.endswith("\n"):
-                lines.pop()
-            del text
-            if max(map(len, lines), default=0) > field_limit and any(
-                    len(v) > field_limit for s in lines if len(s) > field_limit for v in s.split("\t")):
-                raise _Unusual
-            if header is None:
-                if not lines or "\t" not in lines[0]:
-                    raise _Unusual  # empty file or a one-column header: the exact parser words the error
-                header = lines[0].split("\t")
-                k = parse_header(header, path)
-                ncol = 1 + 2 * k
-                lines = lines[1:]
-                base = 1
-                per_row = nbytes / max(1, len(lines) + 1)
-                points = np.empty((int(file_size / per_row * 1.02) + chunksize, k, 2), np.int16)
-            for g in range(0, len(lines), chunksize):
-                group = lines[g: g + chunksize]
-                if n + len(group) > len(points):
-                    points.resize((max(n + len(group), int(len(points) * 1.25)), k, 2), refcheck=False)
-                got = _clean_chunk(group, ncol, first_line, ascii_ok)
-                if got is not None:
-                    group_names, vals = got
-                    points[n: n + len(vals)] = vals.reshape(len(vals), k, 2)
-                    first_line.update(zip(group_names, range(base + g + 1, base + g + 1 + len(group_names))))
-                    names.extend(group_names)
-                    n += len(vals)
-                    continue
-                reader = csv.reader(group, delimiter="\t")
-                try:
-                    for row in reader:
-                        line = base + g + reader.line_num
-                        if _is_blank(row):
-                            continue
-                        name = row[0]
-                        reason, vals = _check_row(row, line, header, ncol, first_line)
-                        if reason is not None:
-                            if bad_rows == "error":
-                                raise DataFormatError(f"{path}: line {line} ({name}): {reason}")
-                            skipped.append((line, name if name.strip() else None, reason))
-                            continue
-                        if np.any(vals != np.round(vals)) or np.abs(vals).max() > 32767:
-                            raise _Unusual  # float32 output: the exact parser converts the whole table
-                        first_line[name] = line
-                        names.append(name)
-                        points[n] = vals.reshape(k, 2)
-                        n += 1
-                except csv.Error as e:
-                    raise _Unusual from e
-            base += len(lines)
-    if header is None:
-        raise _Unusual
+    if points is None:
+        points = np.empty((0, k, 2), np.int16)
     if n < len(points):
         points.resize((n, k, 2), refcheck=False)  # in place: no second copy of a large table
     return names, points, skipped

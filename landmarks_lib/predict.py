@@ -90,9 +90,9 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
         ``float32 [N, K, 2]`` crop pixels.
     """
     size = int(meta["crop_size"])
-    perm = torch.as_tensor(meta["flip_perm"], dtype=torch.long) if tta_flip else None
     if tta_flip and meta.get("flip_perm") is None:
         raise ValueError("tta_flip needs a checkpoint with a mirror permutation (trained with flip estimation)")
+    perm = torch.as_tensor(meta["flip_perm"], dtype=torch.long) if tta_flip else None
     out = np.zeros((len(crops), int(meta["num_points"]), 2), np.float32)
     use_amp = amp and torch.device(device).type == "cuda"
     for s in range(0, len(crops), batch_size):

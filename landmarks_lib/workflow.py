@@ -166,16 +166,16 @@ def ensemble_checkpoints(params: dict) -> list:
     return out
 
 
-def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, noise_table=None,
+def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclude_flagged: bool = True,
                         progress: bool = True) -> tuple[np.ndarray, dict]:
     """End-to-end validation as on the test set: raw validation images -> (coarse model -> face crop ->) model ->
     original pixels, with flip TTA as configured.
 
     Returns:
         ``(pred float64 [n_val, K, 2] original pixels, metrics dict)``; metrics has ``val_mse``, ``val_nme``,
-        ``val_auc``, ``val_failure_rate`` (NME threshold 10 %), ``n_val`` and, when ``noise_table`` is given,
-        ``val_mse_clean`` / ``val_nme_clean`` / ``n_val_flagged`` without the validation images whose labels the
-        robust rule flags.
+        ``val_auc``, ``val_failure_rate`` (NME threshold 10 %), ``n_val`` and, with ``exclude_flagged``,
+        ``val_mse_clean`` / ``val_nme_clean`` / ``n_val_flagged``: the same without the validation images whose
+        error the robust rule of ``noise.flag_outliers`` flags (``noise_threshold``), i.e. likely wrong labels.
     """
     if len(data.val_idx) == 0:
         return np.zeros((0, data.table.num_points, 2)), {"n_val": 0}
@@ -186,7 +186,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, noise
     s = metrics.summary(pred, truth)
     out = {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"], "val_failure_rate": s["failure_rate"],
            "n_val": s["n_images"]}
-    if noise_table is not None:
+    if exclude_flagged:
         err = metrics.per_image_nme(pred, truth)
         flagged = noise.flag_outliers(err, params["noise_threshold"])
         keep = ~flagged

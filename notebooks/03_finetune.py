@@ -144,7 +144,7 @@ fig
 
 # %%
 checkpoints = workflow.ensemble_checkpoints(params)
-val_pred, val_metrics = workflow.evaluate_validation(params, data, checkpoints, noise_table=noise_table)
+val_pred, val_metrics = workflow.evaluate_validation(params, data, checkpoints, exclude_flagged=True)
 test_points, test_pred = workflow.predict_test(params, params["data_dir"], checkpoints)
 metrics = workflow.write_results(params, test_points, test_pred, val_metrics, val_pred)
 print(f"submission: {os.path.join(params['run_dir'], 'submission.csv')} ({len(test_points)} rows, "

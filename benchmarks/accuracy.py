@@ -1,0 +1,142 @@
+"""Accuracy benchmark: the course baseline against our ``params/cpu.yaml`` recipe, same wall-clock budget each.
+
+``python benchmarks/accuracy.py --data-dir DIR --budget-min M [--json] [--work-dir DIR]``
+
+On the training images of ``DIR`` (the stand-in by default), split by ``train/groups.csv`` (people never cross the
+split), it trains one recipe after the other, each for ``M`` minutes of training (the epochs are planned from a
+measured step rate so that cosine schedules finish, and training also stops on time), then reports on all validation
+images, end to end from the raw images as for a submission: MSE in original pixels (all images, and without those
+whose labels the robust label-noise rule flags), NME (percent of sqrt(w*h) of the landmarks' box), and wall time.
+
+Course baseline (the public course's recipe): scale the shorter side to 128 and centre-crop; inputs with
+mean = std = 0.5; ImageNet MobileNetV2 with a linear head of 2K outputs in crop pixels; MSE loss; Adam lr 1e-3 with
+AMSGrad; batch 64; no augmentation, no schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COURSE_BASELINE = dict(
+    backbone="mobilenet_v2", pretrained=True, crop_mode="centre", crop_size=128, input_norm="half",
+    normalize_targets=False, optimizer="adam", amsgrad=True, lr=1e-3, weight_decay=0.0, batch_size=64,
+    scheduler="none", loss="mse", augment=False, flip=False, tta_flip=False, photometric=0.0, grad_clip=0.0,
+    finetune_epochs=0, dropout=0.0,
+)
+
+
+def measure_rate(p, data, stage, steps=3) -> float:
+    """Training images per second of a stage's model on random inputs (a few steps after one warm-up)."""
+    from landmarks_lib import engine, models
+
+    st = engine.stage_settings(p, stage)
+    m = models.build_model(p["backbone"], data.table.num_points, False)
+    opt = torch.optim.AdamW(m.parameters(), 1e-4)
+    x = torch.randn(p["batch_size"], 3, st["crop_size"], st["crop_size"])
+    t = None
+    for i in range(steps + 1):
+        if i == 1:
+            t = time.time()
+        loss = m(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return p["batch_size"] * steps / (time.time() - t)
+
+
+def plan(p, data, budget_min: float) -> dict:
+    """Epochs per stage so that the stages together take about ``budget_min`` minutes; each stage also gets its
+    share as ``time_budget_min`` so it stops on time. Shares follow the recipe's own epoch counts."""
+    from landmarks_lib import engine
+
+    stages = ["coarse"] if p["crop_mode"] == "face" else []
+    stages += ["train"] + (["finetune"] if p["finetune_epochs"] else [])
+    n = len(data.train_idx)
+    cost = {}
+    for s in stages:
+        st = engine.stage_settings(p, s)
+        cost[s] = st["epochs"] * n / measure_rate(p, data, s if s != "finetune" else "train")
+    total = sum(cost.values())
+    scale = budget_min * 60 * 0.92 / total  # leave room for validation passes
+    out = dict(p)
+    key = {"coarse": "coarse_epochs", "train": "epochs", "finetune": "finetune_epochs"}
+    for s in stages:
+        out[key[s]] = max(1, int(round(p[key[s]] * scale)))
+    out["time_budget_min"] = 0.0
+    out["_stage_budget_min"] = {s: budget_min * cost[s] / total for s in stages}
+    return out
+
+
+def run_recipe(name, p, data, work_dir, budget_min) -> dict:
+    from landmarks_lib import engine, workflow
+
+    run_dir = os.path.join(work_dir, name)
+    p = dict(p, run_dir=run_dir)
+    q = plan(p, data, budget_min)
+    budgets = q.pop("_stage_budget_min")
+    t0 = time.time()
+    coarse = None
+    if q["crop_mode"] == "face":
+        coarse = engine.fit(dict(q, time_budget_min=budgets["coarse"]), data, run_dir, "coarse", progress=False)
+    engine.fit(dict(q, time_budget_min=budgets["train"]), data, run_dir, "train",
+               coarse_checkpoint=coarse["best"] if coarse else None, progress=False)
+    if q["finetune_epochs"]:
+        workflow.run_finetune(dict(q, time_budget_min=budgets["finetune"]), data, progress=False)
+    train_s = time.time() - t0
+    _, m = workflow.evaluate_validation(q, data, workflow.final_checkpoint(run_dir), exclude_flagged=True,
+                                        progress=False)
+    return {"recipe": name, "train_min": round(train_s / 60, 2), "total_min": round((time.time() - t0) / 60, 2),
+            "epochs": {k: q[k] for k in ("coarse_epochs", "epochs", "finetune_epochs")},
+            **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "datasets", "thousand-standin"))
+    ap.add_argument("--budget-min", type=float, default=30.0, help="training minutes per recipe")
+    ap.add_argument("--params", default=os.path.join(REPO, "params", "cpu.yaml"), help="our recipe")
+    ap.add_argument("--work-dir", default=os.path.join(REPO, "runs", "bench-accuracy"))
+    ap.add_argument("--recipes", default="course_baseline,ours")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    sys.path.insert(0, REPO)
+    from landmarks_lib import engine, params as P
+
+    ours = P.resolve(a.params, None, data_dir=a.data_dir)
+    base = P.resolve(None, None, **{**COURSE_BASELINE, "data_dir": a.data_dir, "seed": ours["seed"],
+                                    "val_fraction": ours["val_fraction"], "val_split": "groups",
+                                    "cache_dir": ours["cache_dir"], "noise_threshold": ours["noise_threshold"]})
+    ours["val_split"] = "groups"
+    data = engine.load_train_data(ours, progress=False)
+    results = []
+    for name in a.recipes.split(","):
+        p = base if name == "course_baseline" else ours
+        r = run_recipe(name, p, data, a.work_dir, a.budget_min)
+        results.append(r)
+        if not a.json:
+            print(json.dumps(r), flush=True)
+    out = {"budget_min": a.budget_min, "n_train": int(len(data.train_idx)), "n_val": int(len(data.val_idx)),
+           "split": data.split, "results": results}
+    if len(results) == 2:
+        out["ratio_mse_baseline_ours"] = round(results[0]["val_mse"] / results[1]["val_mse"], 2)
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print("\nrecipe            train min   val MSE   val MSE (clean)   val NME %")
+        for r in results:
+            print(f"{r['recipe']:<17} {r['train_min']:>9} {r['val_mse']:>9.2f} {r.get('val_mse_clean', np.nan):>17.2f}"
+                  f" {r['val_nme']:>11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Comparing two runs: parameter/metric table and nbdime diffs of executed notebooks."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import yaml
+
+from landmarks_lib import compare
+
+
+def _run(path, lr, mse, source):
+    (path / "notebooks").mkdir(parents=True)
+    (path / "params.yaml").write_text(yaml.safe_dump({"lr": lr, "seed": 0}))
+    (path / "metrics.json").write_text(json.dumps({"val_mse": mse}))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbformat.write(nb, str(path / "notebooks" / "02_train.ipynb"))
+
+
+def test_table_shows_differing_params_and_metrics(tmp_path):
+    _run(tmp_path / "a", 0.001, 9.5, "x = 1")
+    _run(tmp_path / "b", 0.0003, 7.25, "x = 2")
+    df = compare.compare_runs(tmp_path / "a", tmp_path / "b")
+    assert df.loc[("param", "lr"), "a"] == 0.001 and df.loc[("param", "lr"), "b"] == 0.0003
+    assert ("param", "seed") not in df.index  # equal parameters are left out by default
+    assert df.loc[("metric", "val_mse"), "b"] == 7.25 and not df.loc[("metric", "val_mse"), "same"]
+    assert ("param", "seed") in compare.compare_runs(tmp_path / "a", tmp_path / "b", all_params=True).index
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        compare.compare_runs(tmp_path / "a", tmp_path / "zzz")
+
+
+def test_cli_diffs_executed_notebooks_with_nbdime(tmp_path):
+    _run(tmp_path / "a", 0.001, 9.5, "x = 1")
+    _run(tmp_path / "b", 0.001, 9.5, "x = 2")
+    assert len(compare.notebook_pairs(tmp_path / "a", tmp_path / "b")) == 1
+    out = subprocess.run([sys.executable, "-m", "landmarks_lib.compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                          "--diff"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "02_train.ipynb" in out.stdout
+    assert "x = 1" in out.stdout and "x = 2" in out.stdout  # nbdime shows the changed source lines

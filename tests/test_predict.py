@@ -1,0 +1,107 @@
+"""Prediction: flip TTA, ensembles, the predict CLI, label-noise flags."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from landmarks_lib import engine, noise, params as P, predict, synthetic
+from landmarks_lib.io import read_landmarks
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pred")
+    data_dir = root / "data"
+    synthetic.write_dataset(data_dir, n_train=24, n_test=5, num_points=20, seed=3, min_size=64, max_size=80)
+    p = P.resolve(None, None, data_dir=str(data_dir), run_dir=str(root / "run"), cache_dir=str(root / "cache"),
+                  backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, epochs=1,
+                  batch_size=8, threads=1, val_fraction=0.25)
+    data = engine.load_train_data(p, progress=False)
+    res = engine.fit(p, data, p["run_dir"], "train", progress=False)
+    return p, data, res["best"]
+
+
+class _Const(torch.nn.Module):
+    """Outputs a fixed shape (target units) whatever the input."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = torch.as_tensor(shape, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.shape.expand(x.shape[0], -1, -1)
+
+
+def test_flip_tta_unflips_and_reindexes():
+    # two mirror points (perm swaps them) and one midline point
+    shape = torch.tensor([[-0.3, -0.1], [0.1, -0.1], [0.05, 0.2]])
+    meta = {"crop_size": 40, "num_points": 3, "flip_perm": [1, 0, 2], "input_mean": [0.5] * 3,
+            "input_std": [0.5] * 3, "normalize_targets": True}
+    crops = np.zeros((2, 40, 40, 3), np.uint8)
+    plain = predict.predict_crops(_Const(shape), meta, crops, "cpu", tta_flip=False)
+    tta = predict.predict_crops(_Const(shape), meta, crops, "cpu", tta_flip=True)
+    px = (shape.numpy() + 0.5) * 40
+    np.testing.assert_allclose(plain[0], px, atol=1e-5)
+    mirrored = px.copy()
+    mirrored[:, 0] = 40 - mirrored[:, 0]
+    np.testing.assert_allclose(tta[0], (px + mirrored[[1, 0, 2]]) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="mirror permutation"):
+        predict.predict_crops(_Const(shape), {**meta, "flip_perm": None}, crops, "cpu", tta_flip=True)
+
+
+def test_ensemble_averages_in_original_pixels(trained):
+    p, data, best = trained
+    names = [data.names[i] for i in data.val_idx]
+    a = predict.predict_images(best, data.image_dir, names, p["cache_dir"], progress=False)
+    ck = predict.load_checkpoint(best)
+    shifted = dict(ck, state_dict={k: v.clone() for k, v in ck["state_dict"].items()})
+    shifted["state_dict"]["head.bias"] += 0.1  # 0.1 of the crop to the right and down
+    b = predict.predict_images(shifted, data.image_dir, names, p["cache_dir"], progress=False)
+    both = predict.predict_images([best, shifted], data.image_dir, names, p["cache_dir"], progress=False)
+    np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
+    assert np.abs(b - a).mean() > 1.0
+
+
+def test_predict_cli_writes_all_points_in_original_pixels(trained, tmp_path):
+    p, data, best = trained
+    img_dir = os.path.join(p["data_dir"], "test", "images")
+    out = tmp_path / "pred.csv"
+    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", best, "--images", img_dir,
+                        "--out", str(out), "--device", "cpu", "--cache-dir", p["cache_dir"]],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = read_landmarks(out)
+    assert table.names == sorted(os.listdir(img_dir)) and table.points.shape == (5, 20, 2)
+    direct = predict.predict_images(best, img_dir, table.names, p["cache_dir"], progress=False)
+    np.testing.assert_allclose(table.points, direct, atol=0.006)
+
+
+def test_noise_flags_and_weights():
+    err = np.array([1.0, 1.1, 0.9, 1.05, 0.95, 9.0])
+    flags = noise.flag_outliers(err, 6.0)
+    assert flags.tolist() == [False] * 5 + [True]
+    np.testing.assert_array_equal(noise.sample_weights(err, flags, "drop"), [1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(noise.sample_weights(err, flags, "keep"), np.ones(6))
+    w = noise.sample_weights(err, flags, "downweight")
+    assert w[5] == pytest.approx((1.1 / 9.0) ** 2) and (w[:5] == 1).all()
+    with pytest.raises(ValueError, match="noise_action"):
+        noise.sample_weights(err, flags, "ignore")
+
+
+def test_training_errors_find_a_corrupted_label(trained):
+    p, data, best = trained
+    c = engine.stage_cache(p, data, "train", progress=False)
+    err = noise.training_errors(best, data, c)
+    assert err.shape == (len(data.names),) and np.isfinite(err).all()
+    # a label moved far off the face gets a much larger error; the others are unchanged
+    bad = engine.TrainData(data.data_dir, data.image_dir, data.table, data.train_idx, data.val_idx, data.split)
+    pts = np.asarray(data.table.points).copy()
+    pts[0] = pts[0] + np.array([80, -60], dtype=pts.dtype)
+    bad.table = type(data.table)(data.table.names, pts, [])
+    err_bad = noise.training_errors(best, bad, c)
+    assert err_bad[0] > err[0] + 100  # percent of the face size
+    np.testing.assert_allclose(err_bad[1:], err[1:])
