@@ -126,9 +126,10 @@ def run_naive(ctx, n_batches: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ (b) cached
-def run_cached(ctx, n_batches: int, round_: int = 0) -> float:
+def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> float:
     """Our data side as ``engine.fit`` runs it: cache batches -> ``to_input`` -> affine warp of images and points ->
-    photometric jitter -> ``normalize`` (no model)."""
+    photometric jitter -> ``normalize`` (no model). ``augment_=False``: the crop sliced out instead (``augment:
+    false``), the same work as the naive pipeline does."""
     p, c, device, size = ctx["params"], ctx["cache"], ctx["device"], ctx["size"]
     sampler = BatchSampler(ctx["data"].train_idx, ctx["batch"], shuffle=True, seed=round_, drop_last=True)
     loader = make_loader(c, sampler, device, p["num_workers"])
@@ -139,7 +140,7 @@ def run_cached(ctx, n_batches: int, round_: int = 0) -> float:
     for i, batch in enumerate(loader):
         x = to_input(batch["images"], device)
         pts = batch["points"].to(device)
-        if p["augment"]:
+        if p["augment"] and augment_:
             m, flipped = augment.random_matrices(len(x), size, c.pad, gen, p["rotate_deg"], p["scale_jitter"],
                                                  p["translate_frac"], p["flip"] and perm is not None)
             x = augment.warp_images(x, m, size)
@@ -153,3 +154,235 @@ def run_cached(ctx, n_batches: int, round_: int = 0) -> float:
             break
     _sync(device)
     return count / (time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------------------------ (c) model alone
+def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
+    """``engine.fit``'s model part on random tensors: forward, ``landmark_loss``, backward, optimizer and scheduler
+    step, ``float(loss)`` (a fresh model each time, as (d) starts one)."""
+    p, device, size, b, k = ctx["params"], ctx["device"], ctx["size"], ctx["batch"], ctx["num_points"]
+    torch.manual_seed(round_)
+    model = models.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"]).to(device).train()
+    cl = p["channels_last"] and device.type == "cuda"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(p, model, p["lr"])
+    sched, per_step = engine.make_scheduler(p, opt, p["lr"], 1, n_batches)
+    unit = size if p["normalize_targets"] else 1.0
+    x = torch.randn(b, 3, size, size, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(b, k, 2, device=device) - 0.5
+    w = torch.ones(b, device=device)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(n_batches):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=p["amp"] and device.type == "cuda"):
+            out = model(x)
+        loss = engine.landmark_loss(out.float() * unit, target * unit, p["loss"], w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if p["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
+        opt.step()
+        if per_step:
+            sched.step()
+        float(loss.detach())
+    _sync(device)
+    return n_batches * b / (time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------------------------ (d) engine.fit
+def run_train(ctx, n_batches: int, round_: int = 0) -> float:
+    """One epoch of ``engine.fit`` itself (stage ``train``, no validation) over ``n_batches`` batches of the training
+    split; its own epoch timer (``history[-1]["time_s"]``: the batch loop only, not model building or
+    checkpointing) gives images/s."""
+    data = ctx["data"]
+    b = ctx["batch"]
+    sub = np.sort(np.random.default_rng([round_, 11]).choice(data.train_idx, n_batches * b, replace=False))
+    part = dataclasses.replace(data, train_idx=sub, val_idx=np.zeros(0, np.int64))  # same cache, same flip perm
+    p = {**ctx["params"], "epochs": 1, "seed": round_}
+    run_dir = tempfile.mkdtemp(prefix="throughput-run-", dir=ctx["bench_dir"])
+    try:
+        res = engine.fit(p, part, run_dir, "train", progress=False)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return n_batches * b / max(res["history"][-1]["time_s"], 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ (e) inference
+def run_infer(ctx, n_batches: int, round_: int = 0) -> float:
+    """``predict.predict_crops`` (no flip TTA) on crops sliced from the cache, as ``predict_cache`` does."""
+    c, size, b = ctx["cache"], ctx["size"], ctx["batch"]
+    idx = np.sort(np.random.default_rng([round_, 13]).choice(len(c), min(len(c), n_batches * b), replace=False))
+    crops = c.images[idx, c.pad: c.pad + size, c.pad: c.pad + size]
+    _sync(ctx["device"])
+    t = time.perf_counter()
+    predict_crops(ctx["infer_model"], ctx["meta"], crops, ctx["device"], batch_size=b, tta_flip=False,
+                  amp=ctx["params"]["amp"])
+    _sync(ctx["device"])
+    return len(idx) / (time.perf_counter() - t)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ CSV parse
+def contest_csv(bench_dir: str, source: str, rows: int) -> str:
+    """A contest-sized ``landmarks.csv`` (``rows`` rows, names ``000000.jpg``...; coordinates cycling through the
+    real rows of ``source``), written once into ``bench_dir`` and reused."""
+    path = os.path.join(bench_dir, f"landmarks-{rows}.csv")
+    if os.path.exists(path):
+        return path
+    with open(source, newline="", encoding="utf-8-sig") as f:
+        head = f.readline()
+        rests = [s[s.index("\t"):] for s in f if "\t" in s]
+    rests = [s if s.endswith("\n") else s + "\n" for s in rests]
+    tmp = path + f".{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", newline="") as g:
+            g.write(head)
+            for s in range(0, rows, 5000):
+                g.write("".join(f"{i:06d}.jpg{rests[i % len(rests)]}" for i in range(s, min(rows, s + 5000))))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    return path
+
+
+_PARSE = r"""
+import json, resource, sys, time
+from landmarks_lib.io import read_landmarks
+
+
+def peak_mb():
+    # VmHWM: this process image's own peak RSS (ru_maxrss would carry the parent's peak across fork + exec).
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(s.split()[1]) for s in f if s.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+r0, base = resource.getrusage(resource.RUSAGE_SELF), peak_mb()
+t = time.perf_counter()
+tb = read_landmarks(sys.argv[1])
+dt = time.perf_counter() - t
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"s": dt, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, "peak_mb": peak_mb(),
+                  "base_mb": base, "shape": list(tb.points.shape), "dtype": str(tb.points.dtype)}))
+"""
+
+
+def parse_csv(path: str) -> dict:
+    """``io.read_landmarks`` (no parsed-once cache) in a fresh interpreter: wall and CPU seconds, peak RSS (MB) of
+    that process, and its RSS before parsing (interpreter and imports)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", _PARSE, path], capture_output=True, text=True, env=env, cwd=REPO)
+    if out.returncode:
+        raise RuntimeError(f"parsing {path} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "thousand-standin"),
+                    help="contest-format data folder (default: ../shared/datasets/thousand-standin)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 1 round, 2 batches, a 20,000-row CSV")
+    ap.add_argument("--rounds", type=int, default=None, help="rotations over all measurements (default 3)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the profile's `threads`, 0 = torch's default)")
+    ap.add_argument("--csv-rows", type=int, default=None, help=f"rows of the generated CSV (default {CONTEST_ROWS})")
+    ap.add_argument("--no-csv", action="store_true", help="skip the CSV parse measurement")
+    a = ap.parse_args(argv)
+    rounds = a.rounds or (1 if a.quick else 3)
+    data_batches, model_batches = (2, 2) if a.quick else (12, 4)
+    csv_rows = a.csv_rows or (20_000 if a.quick else CONTEST_ROWS)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    bench_dir = os.path.join(P.default_cache_dir(), "bench")
+    os.makedirs(bench_dir, exist_ok=True)
+    params, profile = load_params(a.data_dir, bench_dir)
+    threads = a.threads if a.threads is not None else params["threads"]
+    if threads:
+        torch.set_num_threads(int(threads))
+        params["threads"] = int(threads)
+    device = select_device(params["device"])
+    load_before = os.getloadavg()
+
+    log(f"params: {profile}; backbone {params['backbone']}, crop {params['crop_size']} ({params['crop_mode']}), "
+        f"batch {params['batch_size']}, device {device}, torch threads {torch.get_num_threads()}")
+    data = engine.load_train_data(params, progress=False)
+    t = time.perf_counter()
+    cache, build_s = build_cache(params, data, bench_dir)
+    log(f"crop cache {cache.path}: {cache.images.shape}, build {build_s} s (open {time.perf_counter() - t:.1f} s)")
+    perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
+    mean, std = models.input_normalization(params["backbone"], params["input_norm"])
+    meta = engine.model_meta(params, "train", data.table.num_points, None)
+    infer_model = models.build_model(params["backbone"], data.table.num_points, pretrained=False).to(device).eval()
+    ctx = dict(params=params, data=data, cache=cache, device=device, size=int(params["crop_size"]),
+               batch=int(params["batch_size"]), num_points=data.table.num_points, bench_dir=bench_dir,
+               perm=None if perm is None else torch.as_tensor(perm, dtype=torch.long), mean=mean, std=std,
+               meta=meta, infer_model=infer_model)
+    warm_files([os.path.join(data.image_dir, n) for n in data.names] + [os.path.join(cache.path, "images.npy")])
+
+    runs = {"naive": lambda r: run_naive(ctx, data_batches),
+            "cached": lambda r: run_cached(ctx, data_batches, r),
+            "cached_noaug": lambda r: run_cached(ctx, data_batches, r, augment_=False),
+            "model_step": lambda r: run_model_step(ctx, model_batches, r),
+            "train_step": lambda r: run_train(ctx, model_batches, r),
+            "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
+    log("warm-up")
+    for warm in (run_naive, run_cached, run_model_step, run_train, run_infer):
+        warm(ctx, 1)
+    results = {k: [] for k in runs}
+    for r in range(rounds):
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            results[name].append(runs[name](r))
+            log(f"round {r + 1}/{rounds} {name}: {results[name][-1]:.1f} img/s")
+
+    def med(name):
+        return statistics.median(results[name])
+
+    def ratio(num, den):
+        return statistics.median([x / y for x, y in zip(results[num], results[den])])
+
+    out = {"naive_img_s": med("naive"), "cached_img_s": med("cached"), "model_step_img_s": med("model_step"),
+           "train_step_img_s": med("train_step"), "infer_img_s": med("infer"),
+           "csv_parse_s": None, "csv_peak_mb": None,
+           "ratio_cached_naive": ratio("cached", "naive"), "ratio_train_model": ratio("train_step", "model_step"),
+           "cached_noaug_img_s": med("cached_noaug"), "ratio_cached_noaug_naive": ratio("cached_noaug", "naive")}
+    if not a.no_csv:
+        t = time.perf_counter()
+        path = contest_csv(bench_dir, os.path.join(a.data_dir, "train", "landmarks.csv"), csv_rows)
+        log(f"CSV {path} ready in {time.perf_counter() - t:.1f} s; parsing")
+        res = parse_csv(path)
+        if res["shape"] != [csv_rows, data.table.num_points, 2] or res["dtype"] != "int16":
+            raise RuntimeError(f"unexpected parse result {res}")
+        out.update(csv_parse_s=res["s"], csv_peak_mb=res["peak_mb"], csv_parse_cpu_s=res["cpu_s"],
+                   csv_base_mb=res["base_mb"], csv_rows=csv_rows)
+    out.update(cache_build_s=build_s, profile=profile, backbone=params["backbone"], crop_size=ctx["size"],
+               crop_mode=params["crop_mode"], batch_size=ctx["batch"], device=str(device),
+               torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+               rounds=rounds, data_batches=data_batches,
+               model_batches=model_batches, all_img_s={k: [round(v, 1) for v in vs] for k, vs in results.items()},
+               loadavg_1min=[round(load_before[0], 2), round(os.getloadavg()[0], 2)], quick=bool(a.quick))
+    out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,12 +109,14 @@ def photometric(images: torch.Tensor, strength: float, generator: torch.Generato
     """
     if strength <= 0:
         return images
-    b = images.shape[0]
+    b, _, h, w = images.shape
     f = (1 + (torch.rand((b, 3), generator=generator) * 2 - 1) * strength).to(images.device, images.dtype)
-    x = images * f[:, 0, None, None, None]
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    mean = grey.mean(dim=(2, 3), keepdim=True)
-    x = (x - mean) * f[:, 1, None, None, None] + mean
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = (x - grey) * f[:, 2, None, None, None] + grey
-    return x.clamp_(0, 1)
+    br, co, sa = f[:, 0], f[:, 1], f[:, 2]
+    # The three steps, x1 = br x, x2 = co x1 + (1 - co) mean(grey(x1)), x3 = sa x2 + (1 - sa) grey(x2), make one
+    # affine colour map per sample (grey weights sum to 1): x3 = co br S x + (1 - co) br mean(grey(x)), with
+    # S = sa I + (1 - sa) 1 g^T; applied in one pass (one batched matmul) instead of a dozen full-size passes.
+    g = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
+    s = sa[:, None, None] * torch.eye(3, device=images.device, dtype=images.dtype) + (1 - sa)[:, None, None] * g
+    offset = ((1 - co) * br * (images.mean(dim=(2, 3)) @ g))[:, None, None].expand(b, 3, 1)
+    x = torch.baddbmm(offset, (co * br)[:, None, None] * s, images.reshape(b, 3, h * w))
+    return x.view(b, 3, h, w).clamp_(0, 1)

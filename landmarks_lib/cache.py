@@ -30,7 +30,7 @@ import numpy as np
 from . import geometry
 from .images import load_image
 
-FORMAT = "crops-v1"
+FORMAT = "crops-v2"
 
 
 @dataclass

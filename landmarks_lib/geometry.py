@@ -161,11 +161,14 @@ def crop_image(image: np.ndarray, frame: CropFrame) -> np.ndarray:
     """
     h, w = image.shape[:2]
     x1, y1 = frame.x0 + frame.side, frame.y0 + frame.side
-    # Pad so the box lies inside the (padded) image; PIL refuses boxes that leave the image.
-    pl = int(np.ceil(max(0.0, -frame.x0))) + 1
-    pt = int(np.ceil(max(0.0, -frame.y0))) + 1
-    pr = int(np.ceil(max(0.0, x1 - w))) + 1
-    pb = int(np.ceil(max(0.0, y1 - h))) + 1
+    # Pad so that the box and its resampling filter's support (about one source pixel per output pixel, each side)
+    # lie inside the (padded) image: PIL refuses boxes that leave the image and renormalises its filter at image
+    # edges, which would make a crop depend on how far the image extends beyond the box.
+    support = int(np.ceil(2.0 * frame.side / frame.size)) + 2
+    pl = int(np.ceil(max(0.0, -frame.x0))) + support
+    pt = int(np.ceil(max(0.0, -frame.y0))) + support
+    pr = int(np.ceil(max(0.0, x1 - w))) + support
+    pb = int(np.ceil(max(0.0, y1 - h))) + support
     padded = np.zeros((h + pt + pb, w + pl + pr, 3), dtype=np.uint8)
     padded[pt:pt + h, pl:pl + w] = image
     box = (frame.x0 + pl, frame.y0 + pt, x1 + pl, y1 + pt)

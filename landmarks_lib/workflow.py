@@ -181,7 +181,8 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclu
         return np.zeros((0, data.table.num_points, 2)), {"n_val": 0}
     names = [data.names[i] for i in data.val_idx]
     pred = predict_images(checkpoints, data.image_dir, names, default_cache_dir(params),
-                          select_device(params["device"]), tta_flip=params["tta_flip"], progress=progress)
+                          select_device(params["device"]), tta_flip=params["tta_flip"],
+                          refine_steps=params["refine_steps"], progress=progress)
     truth = data.points(data.val_idx)
     s = metrics.summary(pred, truth)
     out = {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"], "val_failure_rate": s["failure_rate"],
@@ -210,7 +211,8 @@ def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
     pred = predict_images(checkpoints, os.path.join(data_dir, "test", "images"), tp.names,
                           default_cache_dir(params), select_device(params["device"]),
-                          tta_flip=params["tta_flip"], progress=progress)
+                          tta_flip=params["tta_flip"], refine_steps=params["refine_steps"],
+                          progress=progress)
     return tp, pred
 
 
@@ -309,18 +311,21 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
     return pd.DataFrame(rows)
 
 
-def shape_residuals(points, per_point: bool = False):
+def shape_residuals(points, per_point: bool = False, iterations: int = 3):
     """How far each labelled shape is from the mean shape, up to position, scale and rotation (EDA: labels that
     look wrong by shape, whatever the image shows).
 
-    Each shape is normalised (``geometry.normalise_shapes``: centred, RMS radius 1), rotated onto the mean shape
-    (``geometry.mean_shape``) by the least-squares rotation (2-D Procrustes, no reflection), and its residual is the
-    RMS distance of its points to the mean shape's, in units of the shape's RMS radius. Flag outliers with
+    Each shape is normalised (``geometry.normalise_shapes``: centred, RMS radius 1) and rotated onto a reference by
+    the least-squares rotation (2-D Procrustes, no reflection). The reference starts as ``geometry.mean_shape`` and
+    is replaced ``iterations`` times by the per-coordinate median of the rotated shapes (generalised Procrustes
+    with a robust mean), so the shapes' own rotations do not blur it. The residual of a shape is the RMS distance of
+    its rotated points to the reference's, in units of the shape's RMS radius. Flag outliers with
     ``noise.flag_outliers(residuals, threshold)``.
 
     Args:
         points: ``[N, K, 2]`` landmarks (any pixels; NaN points are ignored).
         per_point: also return the per-point distances.
+        iterations: Procrustes refinements of the reference shape.
     Returns:
         ``float64 [N]`` residuals, or ``(residuals, float64 [N, K] per-point distances)`` with ``per_point``.
     """
@@ -329,15 +334,24 @@ def shape_residuals(points, per_point: bool = False):
     q = normalise_shapes(points)
     m = mean_shape(points)
     m = m - np.nanmean(m, axis=0)
-    # rotation angle maximising sum <R q_k, m_k>: atan2(sum(q_x m_y - q_y m_x), sum(q_x m_x + q_y m_y))
+    r = _rotate_onto(q, m)
+    for _ in range(max(0, int(iterations))):
+        m = np.nanmedian(r, axis=0)
+        m = m - np.nanmean(m, axis=0)
+        r = _rotate_onto(q, m)
+    d = np.sqrt(((r - m[None]) ** 2).sum(-1))
+    res = np.sqrt(np.nanmean(d ** 2, axis=1))
+    return (res, d) if per_point else res
+
+
+def _rotate_onto(q, m):
+    """Rotate each centred shape of ``q [N, K, 2]`` by the angle that best maps it onto ``m [K, 2]`` (least
+    squares: ``atan2(sum(q_x m_y - q_y m_x), sum(q_x m_x + q_y m_y))``; NaN points ignored)."""
     s = np.nansum(q[..., 0] * m[None, :, 1] - q[..., 1] * m[None, :, 0], axis=1)
     c = np.nansum(q[..., 0] * m[None, :, 0] + q[..., 1] * m[None, :, 1], axis=1)
     a = np.arctan2(s, c)
     ca, sa = np.cos(a)[:, None], np.sin(a)[:, None]
-    r = np.stack([ca * q[..., 0] - sa * q[..., 1], sa * q[..., 0] + ca * q[..., 1]], axis=-1)
-    d = np.sqrt(((r - m[None]) ** 2).sum(-1))
-    res = np.sqrt(np.nanmean(d ** 2, axis=1))
-    return (res, d) if per_point else res
+    return np.stack([ca * q[..., 0] - sa * q[..., 1], sa * q[..., 0] + ca * q[..., 1]], axis=-1)
 
 
 def predict_training_images(params: dict, data: engine.TrainData, checkpoint, indices=None) -> np.ndarray:

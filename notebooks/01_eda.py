@@ -76,6 +76,7 @@ flip = True                 # horizontal flips with the mirror permutation estim
 photometric = 0.2           # strength of brightness/contrast/saturation jitter (0: off)
 cache_margin = 0.125        # extra border kept in the cache around each crop, share of the crop, for augmentation
 tta_flip = True             # average predictions on the image and its mirror
+refine_steps = 1            # face crops: how often the face model re-places its own crop at inference
 seed = 0                    # random seed
 device = "auto"             # auto, cpu, cuda or mps
 num_workers = -1            # DataLoader workers (-1: chosen for the device)

@@ -1,0 +1,60 @@
+# thousand-landmarks: `make demo` and `make test` on a fresh machine (Python >= 3.10 and make).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+# Offline ImageNet weights for pretrained profiles, when the shared folder exists beside the repository.
+ifneq ($(wildcard ../shared/torch_home),)
+export TORCH_HOME ?= $(abspath ../shared/torch_home)
+endif
+
+DATA ?=
+PARAMS ?= params/cpu.yaml
+RUN ?= runs/$(basename $(notdir $(PARAMS)))
+EXTRA ?=
+
+.PHONY: help venv demo test test-slow run sync-notebooks clean-cache
+
+help:
+	@echo "make demo            run the four notebooks on the embedded synthetic data -> runs/demo"
+	@echo "make test            the test suite (pytest -q)"
+	@echo "make test-slow       tests on ../shared/datasets/thousand-standin (pytest -q -m slow)"
+	@echo "make run DATA=DIR [PARAMS=params/cpu.yaml] [RUN=runs/NAME] [EXTRA='-p epochs 3 --resume']"
+	@echo "make sync-notebooks  pair notebooks/*.py and *.ipynb (jupytext --sync)"
+	@echo "make clean-cache     remove the preprocessed crop caches"
+
+# The virtual environment: torch first (its own wheel index on some platforms), then the exact pins of
+# pyproject.toml, then the package itself (editable, no dependency resolution). Rebuilt when pyproject.toml changes.
+venv: $(STAMP)
+$(VENV): $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | grep -oE '"[A-Za-z0-9_.-]+==[^"]+"' | tr -d '"' > $(VENV)/requirements.txt
+	$(PY) -m pip install -r $(VENV)/requirements.txt
+	$(PY) -m pip install -e . --no-deps
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(VENV)/bin/nbdime config-git --enable; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m landmarks_lib.pipeline --run-dir runs/demo --params params/demo.yaml --force
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+run: $(STAMP)
+	@test -n "$(DATA)" || { echo "usage: make run DATA=DIR [PARAMS=$(PARAMS)] [RUN=runs/NAME] [EXTRA=...]"; exit 2; }
+	$(PY) -m landmarks_lib.pipeline --data-dir $(DATA) --params $(PARAMS) --run-dir $(RUN) $(EXTRA)
+
+sync-notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+clean-cache: $(STAMP)
+	$(PY) -m landmarks_lib.cache --clean

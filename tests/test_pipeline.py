@@ -1,0 +1,267 @@
+"""The runner (``python -m landmarks_lib.pipeline``) end to end on a tiny synthetic set, its run-folder rules
+(refuse / --resume / --force / failing cell), and the small library helpers the notebooks call."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from landmarks_lib import geometry, io, pipeline, submission, viz, workflow
+from landmarks_lib import params as lp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K, N_TEST = 68, 8
+TINY = ["-p", "synthetic_points", str(K), "-p", "synthetic_train", "48", "-p", "synthetic_test", str(N_TEST),
+        "-p", "crop_size", "32", "-p", "coarse_crop_size", "32", "-p", "epochs", "1", "-p", "coarse_epochs", "1",
+        "-p", "finetune_epochs", "1", "-p", "backbone", "resnet18", "-p", "pretrained", "false",
+        "-p", "batch_size", "16", "-p", "num_figures", "4", "-p", "lr", "1e-3"]
+FIGURES = ["01_examples", "01_train_image_sizes", "01_mean_shape", "01_face_placement", "01_mirror_check",
+           "01_shape_outliers", "02_history", "03_noisy_labels", "04_val_best", "04_val_median", "04_val_worst",
+           "04_point_errors", "04_ced", "04_history", "04_test_predictions"]
+
+
+def run_cli(args, timeout=600):
+    """``python -m landmarks_lib.pipeline ARGS`` in a subprocess (one torch thread: the tiny models gain nothing
+    from more, and a busy machine loses a lot); returns ``(CompletedProcess, seconds)``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "landmarks_lib.pipeline", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.time() - t0
+
+
+def _tail(proc, n=3000):
+    return f"--- stdout ---\n{proc.stdout[-n:]}\n--- stderr ---\n{proc.stderr[-n:]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One pipeline run of all four notebooks on a tiny synthetic set (68 points)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    run_dir = base / "run"
+    args = ["--run-dir", str(run_dir), "-p", "cache_dir", str(base / "cache"), *TINY]
+    proc, seconds = run_cli(args)
+    return {"run_dir": run_dir, "proc": proc, "seconds": seconds, "args": args, "base": base}
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_pipeline_runs_all_notebooks(tiny_run):
+    proc, run_dir = tiny_run["proc"], tiny_run["run_dir"]
+    assert proc.returncode == 0, _tail(proc)
+    print(f"pipeline run: {tiny_run['seconds']:.0f} s")
+    for name in pipeline.NOTEBOOKS:
+        nb = run_dir / "notebooks" / f"{name}.ipynb"
+        assert nb.exists() and nb.stat().st_size > 0
+        html = run_dir / "reports" / f"{name}.html"
+        assert html.exists() and html.stat().st_size > 10_000
+    assert not list((run_dir / "notebooks").glob(".*")), "a temporary notebook was left behind"
+    state = json.loads((run_dir / pipeline.STATE_FILE).read_text())
+    assert list(state["finished"]) == list(pipeline.NOTEBOOKS)
+    assert f"submission: {run_dir / 'submission.csv'}" in proc.stdout
+    assert "val_mse" in proc.stdout and "val_nme" in proc.stdout
+
+
+def test_executed_notebooks_hold_figures_and_the_injected_parameters(tiny_run):
+    nb = json.loads((tiny_run["run_dir"] / "notebooks" / "04_visualize.ipynb").read_text())
+    tags = [c["metadata"].get("tags", []) for c in nb["cells"]]
+    assert any("injected-parameters" in t for t in tags)
+    injected = "".join(nb["cells"][[i for i, t in enumerate(tags) if "injected-parameters" in t][0]]["source"])
+    assert "synthetic_points = 68" in injected and "pretrained = False" in injected
+    pngs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 7
+
+
+def test_params_yaml_holds_typed_overrides(tiny_run):
+    p = yaml.safe_load((tiny_run["run_dir"] / "params.yaml").read_text())
+    assert set(p) == set(lp.SPEC)
+    assert p["synthetic_points"] == K and type(p["synthetic_points"]) is int
+    assert p["pretrained"] is False and p["backbone"] == "resnet18"
+    assert p["lr"] == pytest.approx(1e-3) and type(p["lr"]) is float
+    assert p["run_dir"] == str(tiny_run["run_dir"])
+    info = json.loads((tiny_run["run_dir"] / "run_info.json").read_text())
+    assert info["data_fingerprint"] and info["packages"]["torch"]
+
+
+def test_history_metrics_and_predictions(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    h = pd.read_csv(run_dir / "history.csv")
+    assert {"epoch", "stage", "train_loss", "val_mse", "lr"} <= set(h.columns)
+    assert list(h["stage"]) == ["coarse", "train", "finetune"]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(m["val_mse"]) and math.isfinite(m["val_nme"]) and m["n_test"] == N_TEST
+    assert np.load(run_dir / "test_predictions.npy").shape == (N_TEST, K, 2)
+    assert np.load(run_dir / "val_predictions.npy").shape == (m["n_val"], K, 2)
+    assert (run_dir / "noise.csv").exists() and (run_dir / "checkpoints" / "finetune_best.pt").exists()
+
+
+def test_submission_is_valid(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    tp = io.read_test_points(run_dir / "data" / "test" / "test_points.csv")
+    df = submission.validate_submission(run_dir / "submission.csv", tp)
+    assert df.shape == (N_TEST, 1 + 60)
+
+
+def test_figures_are_saved(tiny_run):
+    fig_dir = tiny_run["run_dir"] / "figures"
+    for name in FIGURES:
+        p = fig_dir / f"{name}.png"
+        assert p.exists() and p.stat().st_size > 2000, name
+
+
+def test_existing_run_folder_is_refused(tiny_run):
+    before = (tiny_run["run_dir"] / "metrics.json").stat().st_mtime_ns
+    proc, _ = run_cli(tiny_run["args"])
+    assert proc.returncode == 2, _tail(proc)
+    assert "not empty" in proc.stderr and "--resume" in proc.stderr and "--force" in proc.stderr
+    assert (tiny_run["run_dir"] / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_resume_skips_finished_notebooks(tiny_run):
+    proc, seconds = run_cli([*tiny_run["args"], "--resume"])
+    assert proc.returncode == 0, _tail(proc)
+    assert proc.stdout.count("skipped (--resume)") == len(pipeline.NOTEBOOKS)
+    assert seconds < 60
+    assert "submission:" in proc.stdout
+
+
+def test_resume_with_other_parameters_is_refused(tiny_run):
+    proc, _ = run_cli([*tiny_run["args"], "--resume", "-p", "epochs", "2"])
+    assert proc.returncode == 2, _tail(proc)
+    assert "epochs" in proc.stderr and "--force" in proc.stderr
+
+
+def test_failing_cell_stops_with_its_notebook_and_cell(tiny_run):
+    run_dir = tiny_run["base"] / "failing"
+    args = ["--run-dir", str(run_dir), "-p", "cache_dir", str(tiny_run["base"] / "cache"), *TINY,
+            "-p", "backbone", "not_a_model", "--notebooks", "02"]
+    proc, _ = run_cli(args)
+    assert proc.returncode == 1, _tail(proc)
+    assert "notebook 02_train failed in cell" in proc.stderr
+    assert "not_a_model" in proc.stderr
+    nb = json.loads((run_dir / "notebooks" / "02_train.ipynb").read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"]
+    assert len(errors) == 1
+    assert (run_dir / "reports" / "02_train.html").exists()
+    state = json.loads((run_dir / pipeline.STATE_FILE).read_text())
+    assert state["finished"] == {}
+
+
+# -------------------------------------------------------------------------------------------- runner pieces
+def test_select_notebooks():
+    assert pipeline.select_notebooks(None) == list(pipeline.NOTEBOOKS)
+    assert pipeline.select_notebooks("3,01") == ["01_eda", "03_finetune"]
+    assert pipeline.select_notebooks("train,04_visualize") == ["02_train", "04_visualize"]
+    with pytest.raises(pipeline.PipelineError, match="05"):
+        pipeline.select_notebooks("05")
+
+
+def test_absolute_paths(tmp_path):
+    p = pipeline.absolute_paths({"data_dir": "", "run_dir": "runs/a", "cache_dir": None,
+                                 "ensemble_runs": "runs/b, /x/c"}, base=str(tmp_path))
+    assert p["data_dir"] == "" and p["cache_dir"] is None
+    assert p["run_dir"] == str(tmp_path / "runs" / "a")
+    assert p["ensemble_runs"] == f"{tmp_path / 'runs' / 'b'},/x/c"
+
+
+def test_prepare_run_dir_rules(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    params = {"run_dir": str(run), "epochs": 1}
+    assert pipeline.prepare_run_dir(params) == {"params": params, "finished": {}}  # new folder
+    (run / "keep.txt").write_text("x")
+    with pytest.raises(pipeline.PipelineError, match="not empty"):
+        pipeline.prepare_run_dir(params)
+    with pytest.raises(pipeline.PipelineError, match="not a run folder"):
+        pipeline.prepare_run_dir(params, force=True)  # no params.yaml: not ours to delete
+    assert (run / "keep.txt").exists()
+    pipeline.write_state(str(run), {"params": params, "finished": {"01_eda": {}}})
+    assert pipeline.prepare_run_dir(params, resume=True)["finished"] == {"01_eda": {}}
+    with pytest.raises(pipeline.PipelineError, match="epochs: 1 -> 2"):
+        pipeline.prepare_run_dir({**params, "epochs": 2}, resume=True)
+    pipeline.prepare_run_dir(params, force=True)
+    assert os.listdir(run) == []
+    with pytest.raises(pipeline.PipelineError):
+        pipeline.prepare_run_dir(params, resume=True, force=True)
+
+
+def test_force_never_deletes_a_folder_holding_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("epochs: 1\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.raises(pipeline.PipelineError, match="refusing"):
+        pipeline.clear_run_dir(str(tmp_path))
+    assert (tmp_path / "params.yaml").exists()
+
+
+# ------------------------------------------------------------------------------------------ notebook helpers
+def test_crop_coverage_counts_points_outside_image_and_crop():
+    # image 200 x 100; a face in the middle (x 80..120, y 30..70) and one point at x = 10 (outside the centre crop)
+    pts = np.array([[[80, 30], [120, 30], [80, 70], [120, 70], [10, 50]]], np.float64)
+    cov = workflow.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25).set_index("crop_mode")
+    assert list(cov.index) == ["centre", "letterbox", "face"]
+    assert cov.loc["centre", "points_outside_crop_pct"] == pytest.approx(20.0)
+    assert cov.loc["centre", "images_cut_pct"] == pytest.approx(100.0)
+    assert cov.loc["letterbox", "points_outside_crop_pct"] == 0.0
+    assert cov.loc["face", "points_outside_crop_pct"] == 0.0
+    assert (cov["points_outside_image_pct"] == 0.0).all()
+    # face box longer side 110 px: centre crop side 100, letterbox 200, face crop 137.5 px
+    assert cov.loc["centre", "face_px_median"] == pytest.approx(110 / 100 * 64)
+    assert cov.loc["letterbox", "face_px_median"] == pytest.approx(110 / 200 * 64)
+    assert cov.loc["face", "face_share_median"] == pytest.approx(1 / 1.25)
+    out = pts.copy()
+    out[0, 4] = [-5, 50]
+    assert workflow.crop_coverage(out, [200], [100], 64)["points_outside_image_pct"].iloc[0] == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        workflow.crop_coverage(pts, [200], [100], 64, modes=["zoom"])
+
+
+def test_shape_residuals_ignore_pose_and_find_a_broken_shape():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+    base = np.stack([np.cos(t) * 30, np.sin(t) * 40 + 5 * np.cos(3 * t)], axis=1)
+    shapes = []
+    for _ in range(30):
+        a = rng.uniform(-0.4, 0.4)
+        r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        shapes.append(base @ r.T * rng.uniform(0.5, 2) + rng.uniform(0, 200, 2))
+    shapes = np.array(shapes)
+    assert workflow.shape_residuals(shapes).max() < 1e-6
+    broken = shapes.copy()
+    broken[7] = broken[7][rng.permutation(20)]
+    res, per_point = workflow.shape_residuals(broken, per_point=True)
+    assert int(np.argmax(res)) == 7 and res[7] > 0.3
+    assert per_point.shape == (30, 20)
+    from landmarks_lib import noise
+
+    assert np.flatnonzero(noise.flag_outliers(res + rng.normal(0, 1e-3, 30), 6.0)).tolist() == [7]
+
+
+def test_image_loader(tiny_dataset):
+    names = io.read_test_points(tiny_dataset["test_points"]).names
+    load = workflow.image_loader(tiny_dataset["test_images"], names)
+    img = load(np.int64(1))
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+def test_mirror_check_and_face_placement_plots(tiny_dataset, tmp_path):
+    table = io.read_landmarks(tiny_dataset["train_landmarks"])
+    pts = table.points.astype(np.float32)
+    perm = geometry.estimate_mirror_permutation(pts)
+    fig = viz.plot_mirror_check(geometry.mean_shape(pts), perm, error=geometry.mirror_error(pts, perm))
+    assert "mirror pairs" in fig.axes[0].get_title()
+    assert viz.save_figure(fig, tmp_path / "m.png").stat().st_size > 2000
+    with pytest.raises(ValueError):
+        viz.plot_mirror_check(geometry.mean_shape(pts), perm[:-1])
+    from landmarks_lib import images
+
+    sizes = np.array([images.image_size(os.path.join(tiny_dataset["train_images"], n)) for n in table.names])
+    fig = viz.plot_face_placement(pts, sizes[:, 0], sizes[:, 1])
+    assert len(fig.axes) == 2
+    assert viz.save_figure(fig, tmp_path / "f.png").stat().st_size > 2000
