@@ -33,9 +33,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from landmarks_lib import augment, engine, models  # noqa: E402
+from landmarks_lib import engine, models  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
-from landmarks_lib.data import BatchSampler, loader_settings, make_loader, normalize, to_input  # noqa: E402
+from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
 from landmarks_lib.predict import predict_crops, select_device  # noqa: E402
 
 CONTEST_ROWS = 394_000
@@ -127,9 +127,9 @@ def run_naive(ctx, n_batches: int) -> float:
 
 # ------------------------------------------------------------------------------------------------ (b) cached
 def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> float:
-    """Our data side as ``engine.fit`` runs it: cache batches -> ``to_input`` -> affine warp of images and points ->
-    photometric jitter -> ``normalize`` (no model). ``augment_=False``: the crop sliced out instead (``augment:
-    false``), the same work as the naive pipeline does."""
+    """Our data side as ``engine.fit`` runs it (``engine.prepare_batch``): cache batches -> ``to_input`` -> affine
+    warp of images and points -> photometric jitter -> ``normalize`` (no model). ``augment_=False``: the crop
+    sliced out instead (``augment: false``), the same work as the naive pipeline does."""
     p, c, device, size = ctx["params"], ctx["cache"], ctx["device"], ctx["size"]
     sampler = BatchSampler(ctx["data"].train_idx, ctx["batch"], shuffle=True, seed=round_, drop_last=True)
     loader = make_loader(c, sampler, device, p["num_workers"])
@@ -138,17 +138,8 @@ def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> f
     t = time.perf_counter()
     count = 0
     for i, batch in enumerate(loader):
-        x = to_input(batch["images"], device)
-        pts = batch["points"].to(device)
-        if p["augment"] and augment_:
-            m, flipped = augment.random_matrices(len(x), size, c.pad, gen, p["rotate_deg"], p["scale_jitter"],
-                                                 p["translate_frac"], p["flip"] and perm is not None)
-            x = augment.warp_images(x, m, size)
-            pts = augment.warp_points(pts, m, flipped, perm)
-            x = augment.photometric(x, p["photometric"], gen)
-        else:
-            x = x[:, :, c.pad: c.pad + size, c.pad: c.pad + size]
-        x = normalize(x, ctx["mean"], ctx["std"])
+        x, _ = engine.prepare_batch(batch, p, device, size, c.pad, ctx["mean"], ctx["std"],
+                                    gen if augment_ else None, perm)
         count += len(x)
         if i + 1 >= n_batches:
             break
@@ -158,8 +149,8 @@ def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> f
 
 # ------------------------------------------------------------------------------------------------ (c) model alone
 def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
-    """``engine.fit``'s model part on random tensors: forward, ``landmark_loss``, backward, optimizer and scheduler
-    step, ``float(loss)`` (a fresh model each time, as (d) starts one)."""
+    """``engine.train_step`` (``engine.fit``'s model part) on random tensors: forward, ``landmark_loss``, backward,
+    optimizer and scheduler step (a fresh model each time, as (d) starts one)."""
     p, device, size, b, k = ctx["params"], ctx["device"], ctx["size"], ctx["batch"], ctx["num_points"]
     torch.manual_seed(round_)
     model = models.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"]).to(device).train()
@@ -168,26 +159,15 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
         model = model.to(memory_format=torch.channels_last)
     opt = engine.make_optimizer(p, model, p["lr"])
     sched, per_step = engine.make_scheduler(p, opt, p["lr"], 1, n_batches)
-    unit = size if p["normalize_targets"] else 1.0
     x = torch.randn(b, 3, size, size, device=device)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.rand(b, k, 2, device=device) - 0.5
+    target = torch.rand(b, k, 2, device=device) * size  # crop pixels
     w = torch.ones(b, device=device)
     _sync(device)
     t = time.perf_counter()
     for _ in range(n_batches):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=p["amp"] and device.type == "cuda"):
-            out = model(x)
-        loss = engine.landmark_loss(out.float() * unit, target * unit, p["loss"], w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if p["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
-        opt.step()
-        if per_step:
-            sched.step()
-        float(loss.detach())
+        engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size)
     _sync(device)
     return n_batches * b / (time.perf_counter() - t)
 

@@ -267,6 +267,54 @@ def stage_cache(params: dict, data: TrainData, stage: str, progress: bool = True
                                desc=f"caching {st['crop_mode']} crops")
 
 
+def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
+                  channels_last: bool = False):
+    """A cache batch (``data.CacheBatches``) -> network input and targets, as training sees them.
+
+    With ``params["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
+    flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
+    is sliced exactly out of the cache border. Then ``normalize`` by ``mean``/``std``.
+
+    Returns:
+        ``(x float32 [B, 3, S, S], points float32 [B, K, 2] crop pixels)`` on ``device``.
+    """
+    x = to_input(batch["images"], device)
+    pts = batch["points"].to(device)
+    if params["augment"] and generator is not None:
+        m, flipped = augment.random_matrices(len(x), size, pad, generator, params["rotate_deg"],
+                                             params["scale_jitter"], params["translate_frac"],
+                                             params["flip"] and perm is not None)
+        x = augment.warp_images(x, m, size)
+        pts = augment.warp_points(pts, m, flipped, perm)
+        x = augment.photometric(x, params["photometric"], generator)
+    else:
+        x = x[:, :, pad: pad + size, pad: pad + size]
+        pts = pts - pad
+    x = normalize(x, mean, std)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, pts
+
+
+def train_step(model, optimizer, scheduler, x, points, weights, params: dict, size: int) -> float:
+    """One optimisation step: forward (bf16 autocast on CUDA with ``params["amp"]``), ``landmark_loss`` in crop
+    pixels against ``points`` (``[B, K, 2]`` crop pixels), backward, optional gradient-norm clipping, optimizer
+    step and, when given, a per-step ``scheduler`` step. Returns the loss as a float."""
+    unit = size if params["normalize_targets"] else 1.0
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=params["amp"] and x.device.type == "cuda"):
+        out = model(x)
+    target = models.to_target_units(points, size, params["normalize_targets"])
+    loss = landmark_loss(out.float() * unit, target * unit, params["loss"], weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if params["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], params["grad_clip"])
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach())
+
+
 class _Single:
     rank, world_size = 0, 1
 
@@ -308,7 +356,6 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
     meta = model_meta(params, stage, num_points, perm)
     size = int(st["crop_size"])
-    unit = size if params["normalize_targets"] else 1.0
 
     c = stage_cache(params, data, stage, progress and dist.rank == 0)
     pad = c.pad
@@ -381,33 +428,11 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         total, count = 0.0, 0
         bar = _bar(len(sampler), f"{stage} {epoch + 1}/{st['epochs']}", progress and dist.rank == 0)
         for batch in loader:
-            x = to_input(batch["images"], device)
-            pts = batch["points"].to(device)
-            if params["augment"]:
-                m, flipped = augment.random_matrices(len(x), size, pad, gen, params["rotate_deg"],
-                                                     params["scale_jitter"], params["translate_frac"],
-                                                     params["flip"] and perm is not None)
-                x = augment.warp_images(x, m, size)
-                pts = augment.warp_points(pts, m, flipped, perm_t)
-                x = augment.photometric(x, params["photometric"], gen)
-            else:
-                x = x[:, :, pad: pad + size, pad: pad + size]
-                pts = pts - pad
-            x = normalize(x, meta["input_mean"], meta["input_std"])
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=params["amp"] and device.type == "cuda"):
-                out = train_model(x)
-            target = models.to_target_units(pts, size, params["normalize_targets"])
-            loss = landmark_loss(out.float() * unit, target * unit, params["loss"], batch["weights"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if params["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params["grad_clip"])
-            opt.step()
-            if per_step:
-                sched.step()
-            total += float(loss.detach()) * len(x)
+            x, pts = prepare_batch(batch, params, device, size, pad, meta["input_mean"], meta["input_std"], gen,
+                                   perm_t, cl)
+            loss = train_step(train_model, opt, sched if per_step else None, x, pts, batch["weights"].to(device),
+                              params, size)
+            total += loss * len(x)
             count += len(x)
             bar.update(1)
             bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)

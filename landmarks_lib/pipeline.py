@@ -34,7 +34,9 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 from . import params as params_mod
@@ -341,8 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(signum, frame):
+    """SIGTERM -> SystemExit, so ``finally`` blocks run: the notebook being executed is moved into place with
+    what it has so far, and papermill shuts its kernel down."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     try:
         params = resolve_params(args.params, args.p, args.data_dir, args.run_dir)
         chosen = select_notebooks(args.notebooks)
