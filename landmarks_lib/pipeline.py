@@ -145,17 +145,20 @@ def _is_within(path, parent) -> bool:
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def clear_run_dir(run_dir) -> None:
+def clear_run_dir(run_dir, protect=()) -> None:
     """Delete the contents of a run folder (``--force``).
 
+    Args:
+        protect: further folders that must survive (e.g. the data and cache folders of the run's parameters).
     Raises:
         PipelineError: the folder does not look like a run folder (none of ``params.yaml``, ``run_info.json``,
-            ``pipeline_state.json``), or it holds the repository, the home folder or the current directory.
+            ``pipeline_state.json``), or it holds the repository, the home folder, the current directory or one
+            of ``protect``.
     """
     if not any(os.path.exists(os.path.join(run_dir, m)) for m in RUN_MARKERS):
         raise PipelineError(f"{run_dir}: not empty and not a run folder (no {', '.join(RUN_MARKERS)}); "
                             f"refusing to delete its contents with --force; choose a new or empty --run-dir")
-    for guarded in (REPO_ROOT, os.path.expanduser("~"), os.getcwd()):
+    for guarded in (REPO_ROOT, os.path.expanduser("~"), os.getcwd(), *[p for p in protect if p]):
         if _is_within(guarded, run_dir):
             raise PipelineError(f"{run_dir}: holds {guarded}; refusing to delete it with --force")
     for name in os.listdir(run_dir):
@@ -183,7 +186,7 @@ def prepare_run_dir(params: dict, resume: bool = False, force: bool = False) -> 
     state = None
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         if force:
-            clear_run_dir(run_dir)
+            clear_run_dir(run_dir, protect=[params.get("data_dir"), params.get("cache_dir")])
         elif resume:
             state = read_state(run_dir)
             if state is not None and state.get("params") != params:

@@ -382,3 +382,36 @@ def image_loader(image_dir, names):
         return load_image(os.path.join(image_dir, names[int(i)]))
 
     return load
+
+
+def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tuple[np.ndarray, dict]:
+    """The no-model baseline on the validation split: the mean training shape in whole-image (letterbox) units,
+    placed on each validation image by its own letterbox frame (``geometry.letterbox_frame``). A model that has
+    learnt anything is far below it.
+
+    Returns:
+        ``(pred float64 [n_val, K, 2] original pixels, {"val_mse", "val_nme", "val_auc", "val_failure_rate",
+        "n_val"})``.
+    """
+    from .geometry import frames_to_crop, frames_to_original, letterbox_frame
+    from .images import image_size
+
+    frames = np.stack([letterbox_frame(*image_size(os.path.join(data.image_dir, n)), 1).as_array()
+                       for n in data.names])
+    unit = frames_to_crop(data.points(), frames)
+    mean = np.nanmean(unit[data.train_idx], axis=0)
+    pred = frames_to_original(np.repeat(mean[None], len(data.val_idx), axis=0), frames[data.val_idx])
+    s = metrics.summary(pred, data.points(data.val_idx), threshold)
+    return pred, {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"],
+                  "val_failure_rate": s["failure_rate"], "n_val": s["n_images"]}
+
+
+def apply_threads(params: dict) -> int:
+    """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
+    cores, or ``OMP_NUM_THREADS``), so prediction, noise finding and evaluation use the same count as training
+    (``engine.fit`` sets it only while it trains). Returns the count in use."""
+    import torch
+
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    return torch.get_num_threads()

@@ -253,9 +253,10 @@ fig
 # %% [markdown]
 # ## Conclusion: which crop
 #
-# - **centre** (the course baseline) crops the centre square of the shorter side. Faces are roughly centred, so
-#   it seldom cuts them, but the face fills only part of the crop (see `face_px_median`): much of the network's
-#   resolution goes to background, and faces near an edge lose points.
+# - **centre** (the course baseline) crops the centre square of the shorter side: it cuts the faces that sit off
+#   centre (`images_cut_pct`; on the synthetic data faces are placed anywhere, on real photos they are roughly
+#   centred), and the face fills only part of the crop (`face_px_median`), so much of the network's resolution goes
+#   to background.
 # - **letterbox** keeps every point inside the crop, at the price of an even smaller face.
 # - **face** puts the face at about `1 / face_scale` of the crop side, so the network sees it at the highest
 #   resolution for a given `crop_size`. At test time the face box is unknown: a coarse letterbox model

@@ -91,7 +91,7 @@ ensemble_runs = ""          # comma-separated run folders whose predictions are 
 
 # %% [markdown]
 # Derived values: the resolved parameters, the data folder (the synthetic default of `01_eda` when `data_dir` is
-# empty) and the figure folder.
+# empty), the figure folder and torch's CPU thread count (`threads`; 0 = torch's default).
 
 # %%
 # %matplotlib inline
@@ -103,6 +103,7 @@ from landmarks_lib import engine, viz, workflow
 
 params = workflow.params_from_namespace(globals())
 params["data_dir"] = workflow.resolve_data_dir(params)
+torch_threads = workflow.apply_threads(params)
 figures = os.path.join(params["run_dir"], "figures")
 history_path = os.path.join(params["run_dir"], "history.csv")
 

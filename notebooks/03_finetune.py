@@ -90,7 +90,8 @@ num_figures = 8             # images per gallery figure
 ensemble_runs = ""          # comma-separated run folders whose predictions are averaged into this run's submission
 
 # %% [markdown]
-# Derived values: the resolved parameters, the data folder and the figure folder.
+# Derived values: the resolved parameters, the data folder, the figure folder and torch's CPU thread count
+# (`threads`; 0 = torch's default).
 
 # %%
 # %matplotlib inline
@@ -103,6 +104,7 @@ from landmarks_lib import engine, viz, workflow
 
 params = workflow.params_from_namespace(globals())
 params["data_dir"] = workflow.resolve_data_dir(params)
+torch_threads = workflow.apply_threads(params)
 figures = os.path.join(params["run_dir"], "figures")
 
 # %% [markdown]

@@ -85,8 +85,8 @@ num_figures = 8             # images per gallery figure
 ensemble_runs = ""          # comma-separated run folders whose predictions are averaged into this run's submission
 
 # %% [markdown]
-# Derived values and the run's outputs: validation predictions (rows in the validation split's order) with their
-# ground truth and per-image NME, and the full test predictions (every point, rows in `test_points.csv` order).
+# Derived values (parameters, data folder, figure folder, torch's CPU threads) and the run's outputs: validation
+# predictions (rows in the validation split's order) with their ground truth and per-image NME, and the metrics.
 
 # %%
 # %matplotlib inline
@@ -100,6 +100,7 @@ from landmarks_lib import engine, geometry, io, metrics, viz, workflow
 
 params = workflow.params_from_namespace(globals())
 params["data_dir"] = workflow.resolve_data_dir(params)
+torch_threads = workflow.apply_threads(params)
 run_dir = params["run_dir"]
 figures = os.path.join(run_dir, "figures")
 n_fig = params["num_figures"]
@@ -113,6 +114,14 @@ load_val = workflow.image_loader(data.image_dir, val_names)
 with open(os.path.join(run_dir, "metrics.json")) as f:
     run_metrics = json.load(f)
 pd.Series(run_metrics, name="value").to_frame()
+
+# %% [markdown]
+# For scale: the no-model baseline puts the mean training shape (in whole-image units) on every validation image.
+# A model that learnt the faces is far below it.
+
+# %%
+baseline_pred, baseline = workflow.mean_shape_baseline(data)
+pd.DataFrame({"this run": pd.Series(run_metrics), "mean-shape baseline": pd.Series(baseline)}).loc[list(baseline)]
 
 # %% [markdown]
 # ## Predictions on validation images

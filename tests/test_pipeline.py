@@ -265,3 +265,56 @@ def test_mirror_check_and_face_placement_plots(tiny_dataset, tmp_path):
     fig = viz.plot_face_placement(pts, sizes[:, 0], sizes[:, 1])
     assert len(fig.axes) == 2
     assert viz.save_figure(fig, tmp_path / "f.png").stat().st_size > 2000
+
+
+def test_mean_shape_baseline(tiny_dataset, cache_dir):
+    from landmarks_lib import engine
+
+    p = lp.resolve(None, None, data_dir=tiny_dataset["out_dir"], val_fraction=0.25, cache_dir=cache_dir)
+    data = engine.load_train_data(p, progress=False)
+    pred, m = workflow.mean_shape_baseline(data)
+    assert pred.shape == (len(data.val_idx), K, 2)
+    assert m["n_val"] == len(data.val_idx) and math.isfinite(m["val_mse"]) and m["val_nme"] > 1.0
+    # every prediction is the same shape in whole-image units: inside the letterboxed image area
+    assert np.isfinite(pred).all()
+
+
+def test_force_never_deletes_the_data_or_cache_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "mydata" / "train").mkdir(parents=True)
+    (run / "params.yaml").write_text("epochs: 1\n")
+    params = {"run_dir": str(run), "data_dir": str(run / "mydata"), "cache_dir": ""}
+    with pytest.raises(pipeline.PipelineError, match="mydata"):
+        pipeline.prepare_run_dir(params, force=True)
+    assert (run / "mydata" / "train").exists()
+
+
+@pytest.mark.slow
+def test_eda_notebook_on_the_standin(standin_dir, tmp_path):
+    """01_eda on the real stand-in (4,659 photos, 971 points): validation passes, the mirror permutation is an
+    involution, every figure is written (reads the data in place; nothing is copied)."""
+    run_dir = tmp_path / "standin-eda"
+    proc, seconds = run_cli(["--data-dir", standin_dir, "--run-dir", str(run_dir), "--notebooks", "01",
+                             "-p", "cache_dir", str(tmp_path / "cache")])
+    assert proc.returncode == 0, _tail(proc)
+    print(f"01_eda on the stand-in: {seconds:.0f} s")
+    for name in ["01_examples", "01_train_image_sizes", "01_test_image_sizes", "01_mean_shape", "01_face_placement",
+                 "01_mirror_check", "01_shape_outliers", "01_worst_shape"]:
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 2000, name
+    nb = json.loads((run_dir / "notebooks" / "01_eda.ipynb").read_text())
+    text = "".join("".join(o.get("data", {}).get("text/plain", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c["outputs"])
+    involution = [line.split()[-1] for line in text.splitlines() if line.startswith("involution")]
+    assert involution == ["True"]
+    assert not (run_dir / "data").exists()  # the stand-in was read in place
+
+
+def test_apply_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert workflow.apply_threads({"threads": 1}) == 1 == torch.get_num_threads()
+        assert workflow.apply_threads({"threads": 0}) == 1  # 0 leaves the count as it is
+    finally:
+        torch.set_num_threads(before)
