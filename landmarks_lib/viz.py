@@ -361,7 +361,7 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
     for a in list(axs.flat)[m:]:
         a.set_axis_off()
     if isinstance(which, str):
-        fig.suptitle(f"{which} {m} of {n_items}")
+        fig.suptitle(f"first {m} of {n_items}" if errors is None else f"{which} {m} of {n_items}")
     fig.tight_layout()
     return fig
 

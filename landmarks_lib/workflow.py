@@ -8,6 +8,7 @@ fingerprint), ``checkpoints/``, ``history.csv``, ``metrics.json``, ``noise.csv``
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.metadata
 import os
 import platform
@@ -27,7 +28,7 @@ PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "matplotlib", "
 
 def resolve_data_dir(params: dict) -> str:
     """The dataset folder of a run: ``params["data_dir"]``, or, when empty, the embedded synthetic default written
-    (once) into ``<run_dir>/data`` by ``synthetic.write_dataset``.
+    into ``<run_dir>/data`` by ``synthetic.write_dataset`` (once; again when ``synthetic_*`` or ``seed`` change).
 
     Raises:
         FileNotFoundError: a given ``data_dir`` without ``train/landmarks.csv``.
@@ -39,9 +40,15 @@ def resolve_data_dir(params: dict) -> str:
                                     f"(train/images, train/landmarks.csv, test/images, test/test_points.csv)")
         return d
     d = os.path.join(params["run_dir"], "data")
-    if not os.path.exists(os.path.join(d, "test", "test_points.csv")):
-        synthetic.write_dataset(d, n_train=params["synthetic_train"], n_test=params["synthetic_test"],
-                                num_points=params["synthetic_points"], seed=params["seed"])
+    want = {"n_train": params["synthetic_train"], "n_test": params["synthetic_test"],
+            "num_points": params["synthetic_points"], "seed": params["seed"]}
+    marker = os.path.join(d, synthetic.MARKER)
+    have = {}
+    if os.path.exists(marker) and os.path.exists(os.path.join(d, "test", "test_points.csv")):
+        with open(marker) as f:
+            have = json.load(f)
+    if any(have.get(k) != v for k, v in want.items()):  # missing, incomplete or made with other parameters
+        synthetic.write_dataset(d, **want)
     return d
 
 

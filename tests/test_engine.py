@@ -156,3 +156,15 @@ def test_losses():
     assert float(engine.landmark_loss(two, torch.zeros(2, 1, 2), "l1", w)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown loss"):
         engine.landmark_loss(p, t, "huber2")
+
+
+def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
+    p = P.resolve(None, None, run_dir=str(tmp_path / "run"), synthetic_train=6, synthetic_test=2,
+                  synthetic_points=20)
+    d = workflow.resolve_data_dir(p)
+    assert len(os.listdir(os.path.join(d, "train", "images"))) == 6
+    stamp = os.path.getmtime(os.path.join(d, "train", "landmarks.csv"))
+    assert workflow.resolve_data_dir(p) == d  # same parameters: reused
+    assert os.path.getmtime(os.path.join(d, "train", "landmarks.csv")) == stamp
+    workflow.resolve_data_dir({**p, "synthetic_train": 8})
+    assert len(os.listdir(os.path.join(d, "train", "images"))) == 8

@@ -142,3 +142,11 @@ def test_readme_lists_every_parameter():
         text = f.read()
     missing = [k for k in lp.SPEC if f"`{k}`" not in text]
     assert not missing, f"README.md does not list the parameters {missing} (regenerate the table)"
+
+
+def test_text_parameters_keep_the_text_as_typed():
+    from landmarks_lib import params as P
+
+    p = P.resolve(None, [("run_dir", "0123"), ("val_split", "yes"), ("ensemble_runs", "1e3"), ("epochs", "7")])
+    assert p["run_dir"] == "0123" and p["val_split"] == "yes" and p["ensemble_runs"] == "1e3"
+    assert p["epochs"] == 7
