@@ -210,17 +210,7 @@ def _read_landmarks_exact(path, bad_rows, chunksize):
                 raise DataFormatError(f"{path}: line 1: empty file (no header)")
             k = parse_header(header, path)
             ncol = 1 + 2 * k
-            for row in reader:
-                line = reader.line_num
-                if _is_blank(row):
-                    continue  # a blank line holds no data
-                name = row[0]
-                reason, vals = _check_row(row, line, header, ncol, first_line)
-                if reason is not None:
-                    if bad_rows == "error":
-                        raise DataFormatError(f"{path}: line {line} ({name}): {reason}")
-                    skipped.append((line, name if name.strip() else None, reason))
-                    continue
+            for line, name, vals in _good_rows(reader, 0, header, ncol, first_line, bad_rows, path, skipped):
                 first_line[name] = line
                 names.append(name)
                 block.append(vals)
@@ -233,6 +223,24 @@ def _read_landmarks_exact(path, bad_rows, chunksize):
     if not all_int:
         chunks = [c.astype(np.float32) for c in chunks]
     return names, np.concatenate(chunks), skipped
+
+
+def _good_rows(reader, base, header, ncol, first_line, bad_rows, path, skipped):
+    """Yield ``(line, file_name, float64 values)`` of the rows of a ``csv.reader`` that pass ``_check_row``; blank
+    lines are passed over; a bad row raises ``DataFormatError`` (``bad_rows="error"``) or is appended to
+    ``skipped`` as ``(line, file_name or None, reason)``. ``base`` is added to the reader's line numbers."""
+    for row in reader:
+        line = base + reader.line_num
+        if _is_blank(row):
+            continue  # a blank line holds no data
+        name = row[0]
+        reason, vals = _check_row(row, line, header, ncol, first_line)
+        if reason is not None:
+            if bad_rows == "error":
+                raise DataFormatError(f"{path}: line {line} ({name}): {reason}")
+            skipped.append((line, name if name.strip() else None, reason))
+            continue
+        yield line, name, vals
 
 
 _READ_BYTES = 1 << 16  # text read and decoded at a time by the fast parser: small buffers are reused by malloc
@@ -297,17 +305,7 @@ def _read_landmarks_fast(path, bad_rows, chunksize):
             return
         reader = csv.reader(group, delimiter="\t")
         try:
-            for row in reader:
-                line = base + reader.line_num
-                if _is_blank(row):
-                    continue
-                name = row[0]
-                reason, vals = _check_row(row, line, header, ncol, first_line)
-                if reason is not None:
-                    if bad_rows == "error":
-                        raise DataFormatError(f"{path}: line {line} ({name}): {reason}")
-                    skipped.append((line, name if name.strip() else None, reason))
-                    continue
+            for line, name, vals in _good_rows(reader, base, header, ncol, first_line, bad_rows, path, skipped):
                 if np.any(vals != np.round(vals)) or np.abs(vals).max() > 32767:
                     raise _Unusual  # float32 output: the exact parser converts the whole table
                 first_line[name] = line
