@@ -1,0 +1,32 @@
+"""Slow checks on the real stand-in dataset (``make test-slow``; skipped when ../shared is absent)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from landmarks_lib import engine, geometry, io, validate
+
+STANDIN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "thousand-standin")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isdir(STANDIN), reason="../shared/datasets/thousand-standin absent")]
+
+
+def test_standin_tables_parse_and_validate():
+    table = io.read_landmarks(os.path.join(STANDIN, "train", "landmarks.csv"))
+    assert table.points.shape == (4659, 971, 2) and table.points.dtype == np.int16
+    tp = io.read_test_points(os.path.join(STANDIN, "test", "test_points.csv"), num_points=971)
+    assert tp.indices.shape == (1110, 30)
+    report = validate.validate_dataset(STANDIN)
+    assert report.ok and report.num_points == 971
+
+
+def test_standin_mirror_permutation_and_group_split():
+    table = io.read_landmarks(os.path.join(STANDIN, "train", "landmarks.csv"))
+    pts = np.asarray(table.points[:2000], np.float32)
+    perm = geometry.estimate_mirror_permutation(pts)
+    assert np.array_equal(perm[perm], np.arange(971))
+    # the refitted reflection maps the (tilted) mean face onto itself within 2 % of its radius
+    assert geometry.mirror_error(pts, perm) < 0.02
+    tr, va, mode = engine.split_indices(table.names, STANDIN, 0.1, seed=0)
+    assert mode == "groups" and 0.08 < len(va) / len(table.names) < 0.13
