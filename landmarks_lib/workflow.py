@@ -280,7 +280,7 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
         (median longer side of the landmarks' bounding box in crop pixels: the resolution the network sees) and
         ``face_share_median`` (the same over the crop side).
     """
-    from .geometry import CROP_MODES
+    from .geometry import CROP_MODES, make_frame
 
     p = np.asarray(points, dtype=np.float64)
     w = np.asarray(widths, dtype=np.float64).reshape(-1)
@@ -295,18 +295,9 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
     face_side = (hi - lo).max(axis=1)
     rows = []
     for mode in (modes or CROP_MODES):
-        if mode == "centre":
-            side = np.minimum(w, h)
-            x0, y0 = (w - side) / 2, (h - side) / 2
-        elif mode == "letterbox":
-            side = np.maximum(w, h)
-            x0, y0 = (w - side) / 2, (h - side) / 2
-        elif mode == "face":
-            side = np.maximum(face_side * face_scale, 1.0)
-            c = (lo + hi) / 2
-            x0, y0 = c[:, 0] - side / 2, c[:, 1] - side / 2
-        else:
-            raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
+        frames = np.array([make_frame(mode, w[i], h[i], crop_size, points=p[i], face_scale=face_scale).as_array()
+                           for i in range(len(p))]).reshape(-1, 4)
+        x0, y0, side = frames[:, 0], frames[:, 1], frames[:, 2]
         out = ok & ((x < x0[:, None]) | (y < y0[:, None]) | (x > (x0 + side)[:, None]) | (y > (y0 + side)[:, None]))
         share = face_side / side
         rows.append({"crop_mode": mode,
