@@ -134,6 +134,15 @@ def load_train_data(params: dict, progress: bool = True) -> TrainData:
     return TrainData(data_dir, os.path.join(data_dir, "train", "images"), table, tr, va, mode)
 
 
+def apply_threads(params: dict) -> int:
+    """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
+    cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same count.
+    Returns the count in use."""
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    return torch.get_num_threads()
+
+
 def stage_settings(params: dict, stage: str) -> dict:
     """Crop geometry, epochs and learning rate of a stage."""
     if stage not in STAGES:
@@ -350,8 +359,7 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     best_path = os.path.join(ck_dir, f"{stage}_best.pt")
     key = params_key(params, stage)
     device = getattr(dist, "device", None) or select_device(params["device"])  # cuda:LOCAL_RANK under DDP
-    if params["threads"]:
-        torch.set_num_threads(int(params["threads"]))
+    apply_threads(params)
     num_points = data.table.num_points
     perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
     meta = model_meta(params, stage, num_points, perm)

@@ -9,6 +9,8 @@ Flagged images can be kept, dropped or down-weighted when finetuning (parameter 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import metrics
@@ -50,18 +52,28 @@ def sample_weights(errors, flags, action: str) -> np.ndarray:
     raise ValueError(f"noise_action must be keep, drop or downweight, got {action!r}")
 
 
-def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128) -> np.ndarray:
-    """Per-image NME (percent) of a model against the training labels.
+def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128):
+    """A model's predictions on training images from their cached crops (no augmentation, no TTA).
 
     Args:
         checkpoint: path or loaded checkpoint whose geometry matches ``crop_cache`` (``engine.stage_cache``).
         data: ``engine.TrainData``. indices: positions (default all).
     Returns:
-        ``float64 [n]`` NME per image, percent.
+        ``float64 [n, K, 2]`` original pixels, in ``indices`` order.
     """
-    ck = load_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    ck = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     dev = select_device(str(device))
     model = model_from_checkpoint(ck, dev)
-    idx = np.arange(len(data.names)) if indices is None else np.asarray(indices)
-    pred = predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
+    idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
+    return predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
+
+
+def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128) -> np.ndarray:
+    """Per-image NME (percent) of a model against the training labels (``training_predictions``).
+
+    Returns:
+        ``float64 [n]`` NME per image, percent.
+    """
+    pred = training_predictions(checkpoint, data, crop_cache, indices, device, batch_size)
+    idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
     return metrics.per_image_nme(pred, data.points(idx))

@@ -188,8 +188,7 @@ def run(params: dict, ctx: distributed.Context | None = None, force: bool = Fals
 
     ctx = ctx or distributed.Context(device=torch.device(_single_device(params)))
     t0 = time.time()
-    if params["threads"]:
-        torch.set_num_threads(int(params["threads"]))
+    engine.apply_threads(params)
     run_dir = params["run_dir"]
     if ctx.is_main:
         os.makedirs(run_dir, exist_ok=True)

@@ -20,6 +20,7 @@ import pandas as pd
 from . import engine, metrics, noise, synthetic
 from .io import atomic_open, atomic_save_npy, atomic_write_json, read_test_points
 from .params import default_cache_dir
+from .engine import apply_threads  # noqa: F401  (the notebooks call workflow.apply_threads)
 from .predict import predict_images, select_device
 from .submission import validate_submission, write_submission
 
@@ -191,9 +192,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclu
                           select_device(params["device"]), tta_flip=params["tta_flip"],
                           refine_steps=params["refine_steps"], progress=progress)
     truth = data.points(data.val_idx)
-    s = metrics.summary(pred, truth)
-    out = {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"], "val_failure_rate": s["failure_rate"],
-           "n_val": s["n_images"]}
+    out = _val_metrics(metrics.summary(pred, truth))
     if exclude_flagged:
         err = metrics.per_image_nme(pred, truth)
         flagged = noise.flag_outliers(err, params["noise_threshold"])
@@ -201,6 +200,12 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclu
         out.update({"val_mse_clean": metrics.mse(pred[keep], truth[keep]),
                     "val_nme_clean": float(err[keep].mean()), "n_val_flagged": int(flagged.sum())})
     return pred, out
+
+
+def _val_metrics(s: dict) -> dict:
+    """``metrics.summary`` under the names of ``metrics.json``."""
+    return {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"], "val_failure_rate": s["failure_rate"],
+            "n_val": s["n_images"]}
 
 
 def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
@@ -354,18 +359,14 @@ def _rotate_onto(q, m):
 
 def predict_training_images(params: dict, data: engine.TrainData, checkpoint, indices=None) -> np.ndarray:
     """A checkpoint's predictions on training images, crops placed as in training (``engine.stage_cache`` of the
-    ``train`` stage; face crops from the labels), no augmentation, no TTA: what ``noise.training_errors`` scores.
+    ``train`` stage; face crops from the labels), no augmentation, no TTA: what ``noise.training_errors`` scores
+    (``noise.training_predictions``).
 
     Returns:
         ``float64 [n, K, 2]`` original pixels for ``indices`` (default all), in that order.
     """
-    from .predict import load_checkpoint, model_from_checkpoint, predict_cache
-
-    ck = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    dev = select_device(params["device"])
     c = engine.stage_cache(params, data, "train", progress=False)
-    idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
-    return predict_cache(model_from_checkpoint(ck, dev), ck["meta"], c, idx, dev)
+    return noise.training_predictions(checkpoint, data, c, indices, params["device"])
 
 
 def image_loader(image_dir, names):
@@ -399,17 +400,4 @@ def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tupl
     unit = frames_to_crop(data.points(), frames)
     mean = np.nanmean(unit[data.train_idx], axis=0)
     pred = frames_to_original(np.repeat(mean[None], len(data.val_idx), axis=0), frames[data.val_idx])
-    s = metrics.summary(pred, data.points(data.val_idx), threshold)
-    return pred, {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"],
-                  "val_failure_rate": s["failure_rate"], "n_val": s["n_images"]}
-
-
-def apply_threads(params: dict) -> int:
-    """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
-    cores, or ``OMP_NUM_THREADS``), so prediction, noise finding and evaluation use the same count as training
-    (``engine.fit`` sets it only while it trains). Returns the count in use."""
-    import torch
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    return torch.get_num_threads()
+    return pred, _val_metrics(metrics.summary(pred, data.points(data.val_idx), threshold))
