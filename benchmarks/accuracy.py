@@ -41,7 +41,7 @@ def measure_rate(p, data, stage, steps=3) -> float:
 
     st = engine.stage_settings(p, stage)
     size = st["crop_size"]
-    m = models.build_model(p["backbone"], data.table.num_points, False)
+    m = models.build_model(p["backbone"], data.table.num_points, False, head=p["head"], crop_size=size)
     opt = engine.make_optimizer(p, m, st["lr"])
     x = torch.randn(p["batch_size"], 3, size, size)
     target = torch.rand(p["batch_size"], data.table.num_points, 2) * size

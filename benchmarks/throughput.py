@@ -127,8 +127,8 @@ def run_naive(ctx, n_batches: int) -> float:
 
 # ------------------------------------------------------------------------------------------------ (b) cached
 def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> float:
-    """Our data side as ``engine.fit`` runs it (``engine.prepare_batch``): cache batches -> ``to_input`` -> affine
-    warp of images and points -> photometric jitter -> ``normalize`` (no model). ``augment_=False``: the crop
+    """Our data side as ``engine.fit`` runs it (``engine.prepare_batch``): cache batches -> affine warp of images
+    and points -> photometric jitter fused with /255 and ``normalize`` (no model). ``augment_=False``: the crop
     sliced out instead (``augment: false``), the same work as the naive pipeline does."""
     p, c, device, size = ctx["params"], ctx["cache"], ctx["device"], ctx["size"]
     sampler = BatchSampler(ctx["data"].train_idx, ctx["batch"], shuffle=True, seed=round_, drop_last=True)
@@ -153,8 +153,9 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
     optimizer and scheduler step (a fresh model each time, as (d) starts one)."""
     p, device, size, b, k = ctx["params"], ctx["device"], ctx["size"], ctx["batch"], ctx["num_points"]
     torch.manual_seed(round_)
-    model = models.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"]).to(device).train()
-    cl = p["channels_last"] and device.type == "cuda"
+    model = models.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"], head=p["head"],
+                               crop_size=size).to(device).train()
+    cl = p["channels_last"]  # as engine.fit
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = engine.make_optimizer(p, model, p["lr"])
@@ -306,7 +307,8 @@ def main(argv=None) -> int:
     perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
     mean, std = models.input_normalization(params["backbone"], params["input_norm"])
     meta = engine.model_meta(params, "train", data.table.num_points, None)
-    infer_model = models.build_model(params["backbone"], data.table.num_points, pretrained=False).to(device).eval()
+    infer_model = models.build_model(params["backbone"], data.table.num_points, pretrained=False,
+                                     head=params["head"], crop_size=int(params["crop_size"])).to(device).eval()
     ctx = dict(params=params, data=data, cache=cache, device=device, size=int(params["crop_size"]),
                batch=int(params["batch_size"]), num_points=data.table.num_points, bench_dir=bench_dir,
                perm=None if perm is None else torch.as_tensor(perm, dtype=torch.long), mean=mean, std=std,

@@ -76,11 +76,44 @@ def warp_images(images: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tenso
     """
     b, _, h, w = images.shape
     # theta maps normalised output coords to normalised input coords: N_in M N_out^-1, N(p) = 2 p / W - 1.
-    n_out = torch.tensor([[2.0 / size, 0, -1], [0, 2.0 / size, -1], [0, 0, 1]], dtype=torch.float64)
     n_in = torch.tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]], dtype=torch.float64)
-    theta = (n_in @ m.cpu() @ torch.linalg.inv(n_out))[:, :2, :].to(images.device, images.dtype)
-    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    n_out_inv = torch.tensor([[size / 2.0, 0, size / 2.0], [0, size / 2.0, size / 2.0], [0, 0, 1]],
+                             dtype=torch.float64)
+    theta = (n_in @ m.cpu() @ n_out_inv)[:, :2, :].to(images.device, images.dtype)
+    return F.grid_sample(images, affine_grid(theta, size), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, C, S, S], align_corners=False)`` built from its two separable parts: the sampling
+    position of output pixel ``(i, j)`` is ``theta @ (u_j, u_i, 1)`` with ``u_k = (2 k + 1) / S - 1``, so each
+    coordinate is an outer sum of a row term and a column term (two broadcast adds instead of a batched matmul
+    against a materialised base grid; equal to ``F.affine_grid`` up to float rounding).
+
+    Args:
+        theta: ``[B, 2, 3]`` normalised output -> input maps. size: output side ``S``.
+    Returns:
+        ``[B, S, S, 2]`` (x, y) normalised input coordinates, dtype and device of ``theta``.
+    """
+    u = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
+    grid = torch.empty((theta.shape[0], size, size, 2), device=theta.device, dtype=theta.dtype)
+    for c in range(2):
+        row = theta[:, c, 1, None] * u + theta[:, c, 2, None]  # [B, S] per output row i
+        col = theta[:, c, 0, None] * u  # [B, S] per output column j
+        torch.add(row[:, :, None], col[:, None, :], out=grid[..., c])
+    return grid
+
+
+def affine_inverse(m: torch.Tensor) -> torch.Tensor:
+    """Inverses of ``[B, 3, 3]`` affine maps (last row ``0 0 1``) in closed form: ``A^-1 = adj(A) / det(A)``,
+    ``t' = -A^-1 t`` (a handful of elementwise ops instead of a batched LU solve). Singular maps give inf/nan."""
+    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    det = a * d - b * c
+    inv = torch.zeros_like(m)
+    inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = d / det, -b / det, -c / det, a / det
+    inv[:, :2, 2] = -torch.einsum("bij,bj->bi", inv[:, :2, :2], m[:, :2, 2])
+    inv[:, 2, 2] = 1
+    return inv
 
 
 def warp_points(points: torch.Tensor, m: torch.Tensor, flipped: torch.Tensor | None = None,
@@ -90,14 +123,53 @@ def warp_points(points: torch.Tensor, m: torch.Tensor, flipped: torch.Tensor | N
     Args:
         points: ``[B, K, 2]`` cache pixels. m: ``[B, 3, 3]``. flipped: ``bool [B]``. perm: ``int64 [K]``.
     Returns:
-        ``[B, K, 2]`` output crop pixels, dtype of ``points``.
+        ``[B, K, 2]`` output crop pixels, dtype of ``points`` (computed in it; the inverse in float64).
     """
-    inv = torch.linalg.inv(m.to(torch.float64)).to(points.device)
-    p = points.to(torch.float64) @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]
+    inv = affine_inverse(m.to(torch.float64)).to(points.device, points.dtype)
+    p = torch.einsum("bkj,bij->bki", points, inv[:, :2, :2]) + inv[:, None, :2, 2]
     if flipped is not None and perm is not None and bool(flipped.any()):
-        fl = flipped.to(points.device)
-        p[fl] = p[fl][:, perm.to(points.device)]
-    return p.to(points.dtype)
+        k = points.shape[1]
+        order = torch.where(flipped.to(points.device)[:, None], perm.to(points.device)[None, :],
+                            torch.arange(k, device=points.device)[None, :])  # [B, K]: new point i <- old order[i]
+        p = torch.gather(p, 1, order[..., None].expand(-1, -1, 2))
+    return p
+
+
+def color_normalize(images: torch.Tensor, mean, std, strength: float = 0.0, generator: torch.Generator | None = None,
+                    value_scale: float = 1.0) -> torch.Tensor:
+    """Photometric jitter and input normalisation of ``[B, 3, H, W]`` images in one pass.
+
+    Computes ``normalize(photometric(images * value_scale, strength), mean, std)``: with ``value_scale=1/255`` the
+    input may be raw ``0..255`` values (a float view of the uint8 cache), so the conversion to ``[0, 1]``, the jitter,
+    its clamp to ``[0, 1]`` and the ``(x - mean) / std`` of ``data.normalize`` become one batched matmul and one
+    clamp instead of five full-size passes. Jitter as ``photometric``; ``strength=0`` (or no ``generator``) only
+    scales and normalises (no clamp, as ``data.normalize``).
+
+    Returns:
+        ``float [B, 3, H, W]`` contiguous, normalised.
+    """
+    b, _, h, w = images.shape
+    dev, dt = images.device, images.dtype
+    std_t = torch.as_tensor(std, dtype=dt, device=dev)
+    mean_t = torch.as_tensor(mean, dtype=dt, device=dev)
+    if strength <= 0 or generator is None:
+        a = (value_scale / std_t).view(1, 3, 1, 1)
+        return torch.addcmul((-mean_t / std_t).view(1, 3, 1, 1), images, a)
+    f = (1 + (torch.rand((b, 3), generator=generator) * 2 - 1) * strength).to(dev, dt)
+    br, co, sa = f[:, 0], f[:, 1], f[:, 2]
+    # The three steps, x1 = br x, x2 = co x1 + (1 - co) mean(grey(x1)), x3 = sa x2 + (1 - sa) grey(x2), make one
+    # affine colour map per sample (grey weights sum to 1): x3 = co br S x + (1 - co) br mean(grey(x)), with
+    # S = sa I + (1 - sa) 1 g^T. Then clamp to [0, 1] and normalise: both folded into the map and the clamp bounds.
+    g = torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=dt)
+    s = sa[:, None, None] * torch.eye(3, device=dev, dtype=dt) + (1 - sa)[:, None, None] * g
+    grey_mean = images.mean(dim=(2, 3)) @ g * value_scale
+    mat = ((co * br * value_scale)[:, None, None] * s) / std_t[None, :, None]
+    offset = (((1 - co) * br * grey_mean)[:, None] - mean_t[None, :]) / std_t[None, :]
+    x = torch.baddbmm(offset[:, :, None], mat, images.reshape(b, 3, h * w)).view(b, 3, h, w)
+    lo, hi = (-mean_t / std_t).tolist(), ((1 - mean_t) / std_t).tolist()
+    for c in range(3):  # scalar bounds per channel: several times faster than tensor bounds
+        x[:, c].clamp_(lo[c], hi[c])
+    return x
 
 
 def photometric(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -105,18 +177,8 @@ def photometric(images: torch.Tensor, strength: float, generator: torch.Generato
 
     Each factor is uniform in ``[1 - strength, 1 + strength]``; definitions as torchvision's ``adjust_brightness``
     (scale), ``adjust_contrast`` (blend with the mean grey level) and ``adjust_saturation`` (blend with greyscale).
-    Returns images clamped to ``[0, 1]``.
+    Returns images clamped to ``[0, 1]`` (``color_normalize`` with mean 0 and std 1).
     """
     if strength <= 0:
         return images
-    b, _, h, w = images.shape
-    f = (1 + (torch.rand((b, 3), generator=generator) * 2 - 1) * strength).to(images.device, images.dtype)
-    br, co, sa = f[:, 0], f[:, 1], f[:, 2]
-    # The three steps, x1 = br x, x2 = co x1 + (1 - co) mean(grey(x1)), x3 = sa x2 + (1 - sa) grey(x2), make one
-    # affine colour map per sample (grey weights sum to 1): x3 = co br S x + (1 - co) br mean(grey(x)), with
-    # S = sa I + (1 - sa) 1 g^T; applied in one pass (one batched matmul) instead of a dozen full-size passes.
-    g = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
-    s = sa[:, None, None] * torch.eye(3, device=images.device, dtype=images.dtype) + (1 - sa)[:, None, None] * g
-    offset = ((1 - co) * br * (images.mean(dim=(2, 3)) @ g))[:, None, None].expand(b, 3, 1)
-    x = torch.baddbmm(offset, (co * br)[:, None, None] * s, images.reshape(b, 3, h * w))
-    return x.view(b, 3, h, w).clamp_(0, 1)
+    return color_normalize(images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), strength, generator)

@@ -78,7 +78,8 @@ class CacheBatches(torch.utils.data.Dataset):
         out = {"images": torch.from_numpy(np.ascontiguousarray(self.cache.images[idx])),
                "index": torch.from_numpy(idx)}
         if self.cache.points is not None:
-            pts = np.asarray(self.cache.points[idx], dtype=np.float32) + np.float32(self.cache.pad)
+            pts = np.asarray(self.cache.points[idx], dtype=np.float32)  # fancy indexing: already a copy
+            pts += np.float32(self.cache.pad)
             out["points"] = torch.from_numpy(pts)
         w = np.ones(len(idx), np.float32) if self.weights is None else self.weights[idx]
         out["weights"] = torch.from_numpy(w)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import augment, geometry, metrics, models
 from . import cache as cache_mod
-from .data import BatchSampler, make_loader, normalize, to_input
+from .data import BatchSampler, make_loader
 from .io import LandmarksTable, atomic_open, read_landmarks
 from .params import default_cache_dir
 from .predict import CHECKPOINT_FORMAT, predict_cache, select_device
@@ -232,7 +232,7 @@ def model_meta(params: dict, stage: str, num_points: int, flip_perm) -> dict:
     return {"backbone": params["backbone"], "num_points": int(num_points), "crop_size": int(st["crop_size"]),
             "crop_mode": st["crop_mode"], "face_scale": float(params["face_scale"]),
             "input_mean": list(mean), "input_std": list(std), "normalize_targets": bool(params["normalize_targets"]),
-            "dropout": float(params["dropout"]), "stage": stage,
+            "dropout": float(params["dropout"]), "stage": stage, "head": params["head"],
             "flip_perm": None if flip_perm is None else [int(v) for v in flip_perm]}
 
 
@@ -282,24 +282,27 @@ def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, 
 
     With ``params["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
     flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
-    is sliced exactly out of the cache border. Then ``normalize`` by ``mean``/``std``.
+    is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.to_input`` and
+    ``data.normalize`` define them, fused with the jitter into one pass (``augment.color_normalize``).
 
     Returns:
         ``(x float32 [B, 3, S, S], points float32 [B, K, 2] crop pixels)`` on ``device``.
     """
-    x = to_input(batch["images"], device)
+    u8 = batch["images"].to(device, non_blocking=True)  # [B, Sc, Sc, 3]
     pts = batch["points"].to(device)
     if params["augment"] and generator is not None:
-        m, flipped = augment.random_matrices(len(x), size, pad, generator, params["rotate_deg"],
+        m, flipped = augment.random_matrices(len(u8), size, pad, generator, params["rotate_deg"],
                                              params["scale_jitter"], params["translate_frac"],
                                              params["flip"] and perm is not None)
-        x = augment.warp_images(x, m, size)
+        # a float view of the raw 0..255 values (channels-last strides, no copy of layout); /255, the photometric
+        # jitter and the normalisation then happen in one pass (augment.color_normalize)
+        x = augment.warp_images(u8.permute(0, 3, 1, 2).float(), m, size)
         pts = augment.warp_points(pts, m, flipped, perm)
-        x = augment.photometric(x, params["photometric"], generator)
+        x = augment.color_normalize(x, mean, std, params["photometric"], generator, value_scale=1 / 255.0)
     else:
-        x = x[:, :, pad: pad + size, pad: pad + size]
+        x = u8[:, pad: pad + size, pad: pad + size].permute(0, 3, 1, 2).contiguous().float()
         pts = pts - pad
-    x = normalize(x, mean, std)
+        x = augment.color_normalize(x, mean, std, value_scale=1 / 255.0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, pts
@@ -372,7 +375,8 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         from .predict import load_checkpoint
 
         init = load_checkpoint(init_checkpoint)
-        model = models.build_model(params["backbone"], num_points, pretrained=False, dropout=params["dropout"])
+        model = models.build_model(params["backbone"], num_points, pretrained=False, dropout=params["dropout"],
+                                   head=params["head"], crop_size=size)
         model.load_state_dict(init["state_dict"])
     else:
         init_shape = None
@@ -380,9 +384,9 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
             ms = np.nanmean(np.asarray(c.points)[data.train_idx], axis=0)
             init_shape = models.to_target_units(torch.as_tensor(ms), size, True)
         model = models.build_model(params["backbone"], num_points, params["pretrained"], params["dropout"],
-                                   init_shape)
+                                   init_shape, head=params["head"], crop_size=size)
     model = model.to(device)
-    cl = params["channels_last"] and device.type == "cuda"
+    cl = params["channels_last"]  # CUDA and CPU alike: oneDNN's depthwise convolutions (MobileNet) gain most
     if cl:
         model = model.to(memory_format=torch.channels_last)
     train_model = model

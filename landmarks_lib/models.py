@@ -1,4 +1,6 @@
-"""Landmark regressors: a torchvision backbone, global average pooling and a linear head of ``2K`` outputs.
+"""Landmark regressors: a torchvision backbone and a linear head of ``2K`` outputs, fed either by globally pooled
+features (``head="linear"``, the course baseline's) or by the backbone's last feature grid reduced to a few channels
+and flattened (``head="spatial"``), which keeps where on the face each feature was seen.
 
 Outputs are ``[B, K, 2]`` (x, y) in *target units*: with ``normalize_targets`` the crop coordinates divided by the
 crop size minus 0.5 (so the crop spans ``[-0.5, 0.5]``), and the head's bias starts at the mean shape with small
@@ -108,6 +110,44 @@ def _strip_classifier(net: nn.Module) -> tuple[nn.Module, int]:
     raise ValueError(f"cannot find the classification layer of {type(net).__name__}")
 
 
+def feature_extractor(net: nn.Module) -> nn.Module:
+    """The convolutional trunk of a torchvision classifier: ``[B, 3, S, S] -> [B, C, S/32, S/32]`` (before pooling).
+
+    Raises:
+        ValueError: a model family without a known trunk.
+    """
+    if hasattr(net, "features") and isinstance(net.features, nn.Module):  # MobileNet, EfficientNet, ConvNeXt
+        return net.features
+    if all(hasattr(net, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer4")):  # ResNet, ResNeXt
+        return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
+                             net.layer4)
+    raise ValueError(f"no known feature trunk in {type(net).__name__}; use head='linear'")
+
+
+class SpatialLandmarkModel(nn.Module):
+    """Trunk -> 1x1 conv to ``channels`` (BN, ReLU) -> flatten the ``g x g`` grid -> dropout -> Linear(2K).
+
+    Global pooling throws away where a feature fired; for dense landmarks that position is most of the signal, so
+    the head sees the whole (small) grid, as in the fully connected heads of direct landmark regressors (e.g. Feng
+    et al., "Wing loss", CVPR 2018, which flatten the last feature map). ``forward`` returns ``[B, K, 2]`` target
+    units; input as ``LandmarkModel``. The grid size is fixed by ``crop_size`` at build time.
+    """
+
+    def __init__(self, trunk: nn.Module, width: int, grid: int, num_points: int, channels: int = 128,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.backbone = trunk
+        self.reduce = nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
+                                    nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(channels * grid * grid, 2 * num_points)
+        self.num_points = num_points
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.reduce(self.backbone(x)).flatten(1)
+        return self.head(self.dropout(f)).view(x.shape[0], self.num_points, 2)
+
+
 class LandmarkModel(nn.Module):
     """Backbone -> pooled features -> dropout -> Linear(2K); ``forward`` returns ``[B, K, 2]`` target units.
 
@@ -126,8 +166,12 @@ class LandmarkModel(nn.Module):
         return self.head(self.dropout(f)).view(x.shape[0], self.num_points, 2)
 
 
+HEADS = ("linear", "spatial")
+
+
 def build_model(backbone: str, num_points: int, pretrained: bool = False, dropout: float = 0.0,
-                init_shape: torch.Tensor | None = None) -> LandmarkModel:
+                init_shape: torch.Tensor | None = None, head: str = "linear",
+                crop_size: int | None = None) -> nn.Module:
     """A landmark regressor.
 
     Args:
@@ -136,15 +180,32 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
         pretrained: load the default ImageNet weights (``load_pretrained``).
         init_shape: optional ``[K, 2]`` mean shape in target units: the head starts there (bias) with weights
             scaled down 100x, so training starts from the mean face instead of noise.
+        head: ``"linear"`` (pooled features, ``LandmarkModel``) or ``"spatial"`` (``SpatialLandmarkModel``).
+        crop_size: input side in pixels; required for ``head="spatial"`` (it fixes the feature grid).
     Raises:
-        ValueError: unknown backbone. WeightsUnavailable: pretrained weights cannot be had.
+        ValueError: unknown backbone or head, or a spatial head without ``crop_size``.
+        WeightsUnavailable: pretrained weights cannot be had.
     """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head == "spatial" and not crop_size:
+        raise ValueError("head='spatial' needs crop_size")
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown backbone {backbone!r}: not a torchvision classification model; try one of "
                          f"{BACKBONES}")
     net = load_pretrained(backbone) if pretrained else torchvision.models.get_model(backbone, weights=None)
-    net, width = _strip_classifier(net)
-    model = LandmarkModel(net, width, num_points, dropout)
+    if head == "spatial":
+        trunk = feature_extractor(net)
+        with torch.no_grad():
+            was = trunk.training
+            f = trunk.eval()(torch.zeros(1, 3, crop_size, crop_size))
+            trunk.train(was)
+        if f.shape[-1] != f.shape[-2]:  # pragma: no cover - square crops give square grids
+            raise ValueError(f"non-square feature grid {tuple(f.shape)}")
+        model = SpatialLandmarkModel(trunk, f.shape[1], f.shape[-1], num_points, dropout=dropout)
+    else:
+        net, width = _strip_classifier(net)
+        model = LandmarkModel(net, width, num_points, dropout)
     if init_shape is not None:
         with torch.no_grad():
             model.head.weight.mul_(0.01)

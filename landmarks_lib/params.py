@@ -41,6 +41,7 @@ SPEC = {
     "input_norm": ("weights", "'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean = std = 0.5)"),
     "normalize_targets": (True, "regress coordinates divided by the crop size, head bias at the mean shape"),
     "dropout": (0.0, "dropout before the regression head"),
+    "head": ("linear", "'linear' (pooled features) or 'spatial' (the last feature grid, flattened)"),
     # optimisation
     "epochs": (12, "training epochs"),
     "batch_size": (32, "images per optimisation step"),
@@ -77,7 +78,7 @@ SPEC = {
     "num_workers": (-1, "DataLoader workers (-1 = chosen for the device)"),
     "threads": (0, "torch CPU threads (0 = all cores)"),
     "amp": (True, "bf16 autocast on CUDA (ignored on CPU)"),
-    "channels_last": (True, "channels-last memory format on CUDA (ignored on CPU)"),
+    "channels_last": (True, "channels-last memory format for training (CUDA and CPU)"),
     "num_figures": (8, "images per gallery figure"),
     "ensemble_runs": ("", "comma-separated run folders whose predictions are averaged into this run's submission"),
 }

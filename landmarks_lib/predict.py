@@ -51,7 +51,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, device="cpu") -> torch.nn.Module:
     """Rebuild the network of a checkpoint (no pretrained download: the weights are in the checkpoint), eval mode."""
     meta = ckpt["meta"]
-    model = models.build_model(meta["backbone"], meta["num_points"], pretrained=False, dropout=meta.get("dropout", 0))
+    model = models.build_model(meta["backbone"], meta["num_points"], pretrained=False, dropout=meta.get("dropout", 0),
+                               head=meta.get("head", "linear"), crop_size=meta["crop_size"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 

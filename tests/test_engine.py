@@ -38,15 +38,17 @@ def _cli(data_dir, run_dir, cache_dir, **kw):
     return cmd
 
 
-def test_checkpoint_round_trip(tiny_data, tmp_path):
-    p = _params(tiny_data, tmp_path / "run", tmp_path / "cache")
+@pytest.mark.parametrize("head", ["linear", "spatial"])
+def test_checkpoint_round_trip(tiny_data, tmp_path, head):
+    p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", head=head)
     data = engine.load_train_data(p, progress=False)
     res = engine.fit(p, data, p["run_dir"], "train", progress=False)
     ck = predict.load_checkpoint(res["best"])  # weights_only=True inside
     meta = ck["meta"]
     assert meta["num_points"] == 24 and meta["crop_size"] == 32 and meta["crop_mode"] == "letterbox"
-    assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24
+    assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24 and meta["head"] == head
     model = predict.model_from_checkpoint(ck)
+    assert type(model).__name__ == {"linear": "LandmarkModel", "spatial": "SpatialLandmarkModel"}[head]
     c = engine.stage_cache(p, data, "train", progress=False)
     pred = predict.predict_cache(model, meta, c, data.val_idx)
     mse = float(np.mean((pred - data.points(data.val_idx)) ** 2))

@@ -66,3 +66,23 @@ def test_pretrained_mobilenet_loads_offline_from_torch_home(monkeypatch):
     m = models.build_model("mobilenet_v2", 5, pretrained=True)
     ref = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1")
     torch.testing.assert_close(m.backbone.features[0][0].weight, ref.features[0][0].weight)
+
+
+@pytest.mark.parametrize("backbone,size,grid", [("resnet18", 64, 2), ("mobilenet_v2", 96, 3)])
+def test_spatial_head_keeps_the_feature_grid_and_starts_at_the_mean_shape(backbone, size, grid):
+    shape = torch.tensor([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.25]])
+    m = models.build_model(backbone, 3, init_shape=shape, head="spatial", crop_size=size).eval()
+    assert isinstance(m, models.SpatialLandmarkModel)
+    assert m.head.in_features == 128 * grid * grid
+    with torch.no_grad():
+        x = torch.randn(4, 3, size, size)
+        out = m(x)
+        f = m.backbone(x)
+        direct = m.head(m.reduce(f).flatten(1)).view(4, 3, 2)
+    assert f.shape[-2:] == (grid, grid)  # the head's input is the whole grid, cell by cell, not its average
+    assert out.shape == (4, 3, 2) and (out - shape).abs().max() < 0.05
+    torch.testing.assert_close(out, direct)
+    with pytest.raises(ValueError, match="crop_size"):
+        models.build_model(backbone, 3, head="spatial")
+    with pytest.raises(ValueError, match="head"):
+        models.build_model(backbone, 3, head="heatmap")

@@ -237,3 +237,66 @@ def test_channels_last_matches_contiguous_on_cpu(backbone):
             b = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
         tol = 1e-4 * float(a.abs().max()) + 1e-7
         torch.testing.assert_close(a, b, rtol=1e-4, atol=tol)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3])
+def test_color_normalize_equals_scale_jitter_then_normalize(strength):
+    """The one-pass ``color_normalize`` on raw 0..255 values equals /255, the photometric definition and
+    ``data.normalize`` applied one after the other (and plain /255 + normalize without jitter)."""
+    from landmarks_lib.data import normalize
+
+    raw = torch.randint(0, 256, (5, 3, 18, 22), generator=torch.Generator().manual_seed(3)).float()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = augment.color_normalize(raw.clone(), mean, std, strength, torch.Generator().manual_seed(9), 1 / 255.0)
+    x = raw / 255.0
+    if strength:
+        x = _photometric_reference(x, strength, torch.Generator().manual_seed(9))
+    want = normalize(x, mean, std)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    if strength:  # the clamp to [0, 1] happened in normalised units
+        assert float(got[:, 0].min()) >= -0.485 / 0.229 - 1e-5 and float(got[:, 0].max()) <= 0.515 / 0.229 + 1e-5
+        assert not torch.allclose(got, normalize(raw / 255.0, mean, std))
+
+
+def test_separable_affine_grid_equals_torch():
+    theta = torch.randn(7, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for size in (1, 5, 32):
+        want = torch.nn.functional.affine_grid(theta, [7, 3, size, size], align_corners=False)
+        torch.testing.assert_close(augment.affine_grid(theta, size), want, rtol=0, atol=1e-12)
+
+
+def test_closed_form_affine_inverse():
+    m, _ = augment.random_matrices(16, 40, 5, torch.Generator().manual_seed(2), 30.0, 0.3, 0.2, flip=True)
+    inv = augment.affine_inverse(m)
+    torch.testing.assert_close(inv, torch.linalg.inv(m), rtol=0, atol=1e-12)
+    torch.testing.assert_close(inv @ m, torch.eye(3, dtype=torch.float64).expand(16, 3, 3), rtol=0, atol=1e-12)
+
+
+def test_prepare_batch_equals_the_step_by_step_definition(tiny):
+    """``engine.prepare_batch`` (fused) against to_input -> warp -> points -> photometric -> normalize."""
+    from landmarks_lib import engine, params
+    from landmarks_lib.data import CacheBatches, normalize
+
+    c = cache_mod.get_cache(tiny["image_dir"], tiny["names"], "face", 40, tiny["cache_dir"], margin=0.125,
+                            points=tiny["points"], num_workers=1, progress=False)
+    k = c.points.shape[1]
+    perm = torch.as_tensor(np.arange(k)[::-1].copy())
+    p = params.resolve(overrides={"photometric": 0.3, "rotate_deg": 20.0})
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = CacheBatches(c)[np.arange(len(c))]
+    x, pts = engine.prepare_batch(batch, p, torch.device("cpu"), 40, c.pad, mean, std,
+                                  torch.Generator().manual_seed(4), perm)
+    g = torch.Generator().manual_seed(4)
+    m, flipped = augment.random_matrices(len(c), 40, c.pad, g, 20.0, p["scale_jitter"], p["translate_frac"], True)
+    assert flipped.any() and not flipped.all()
+    ref = augment.warp_images(to_input(batch["images"], torch.device("cpu")), m, 40)
+    ref = normalize(_photometric_reference(ref, 0.3, g), mean, std)
+    torch.testing.assert_close(x, ref, rtol=0, atol=3e-5)
+    inv = torch.linalg.inv(m)
+    want = batch["points"].double() @ inv[:, :2, :2].transpose(1, 2) + inv[:, None, :2, 2]
+    want[flipped] = want[flipped][:, perm]
+    torch.testing.assert_close(pts.double(), want, rtol=0, atol=1e-4)
+    x0, pts0 = engine.prepare_batch(batch, {**p, "augment": False}, torch.device("cpu"), 40, c.pad, mean, std)
+    torch.testing.assert_close(x0, normalize(to_input(batch["images"], torch.device("cpu"))[
+        :, :, c.pad: c.pad + 40, c.pad: c.pad + 40], mean, std), rtol=0, atol=2e-6)
+    torch.testing.assert_close(pts0, batch["points"] - c.pad)
