@@ -139,7 +139,7 @@ def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> f
     count = 0
     for i, batch in enumerate(loader):
         x, _ = engine.prepare_batch(batch, p, device, size, c.pad, ctx["mean"], ctx["std"],
-                                    gen if augment_ else None, perm)
+                                    gen if augment_ else None, perm, False, ctx["unmatched"])
         count += len(x)
         if i + 1 >= n_batches:
             break
@@ -312,6 +312,7 @@ def main(argv=None) -> int:
     ctx = dict(params=params, data=data, cache=cache, device=device, size=int(params["crop_size"]),
                batch=int(params["batch_size"]), num_points=data.table.num_points, bench_dir=bench_dir,
                perm=None if perm is None else torch.as_tensor(perm, dtype=torch.long), mean=mean, std=std,
+               unmatched=None if perm is None else torch.as_tensor(data.flip_unmatched(), dtype=torch.long),
                meta=meta, infer_model=infer_model)
     warm_files([os.path.join(data.image_dir, n) for n in data.names] + [os.path.join(cache.path, "images.npy")])
 

@@ -56,6 +56,7 @@ class TrainData:
     val_idx: np.ndarray
     split: str
     _perm: np.ndarray | None = field(default=None, repr=False)
+    _unmatched: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def names(self):
@@ -73,7 +74,14 @@ class TrainData:
             if len(idx) > 2000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, 2000, replace=False))
             self._perm = geometry.estimate_mirror_permutation(self.points(idx))
+            self._unmatched = geometry.mirror_unmatched(self.points(idx), self._perm)
         return self._perm
+
+    def flip_unmatched(self) -> np.ndarray:
+        """``int64`` indices of the points without a mirror partner (``geometry.mirror_unmatched``), from the same
+        shapes as ``flip_perm``."""
+        self.flip_perm()
+        return self._unmatched
 
 
 def split_indices(names, data_dir, val_fraction: float, seed: int, mode: str = "auto"):
@@ -159,8 +167,14 @@ def landmark_loss(pred_px: torch.Tensor, target_px: torch.Tensor, kind: str, wei
     """Loss between ``[B, K, 2]`` predictions and targets in crop pixels, averaged per sample then weighted.
 
     ``mse``, ``l1``, ``smooth_l1`` (Huber with beta = 1 px) or ``wing`` (Feng et al., "Wing loss for robust facial
-    landmark localisation with CNNs", CVPR 2018; w = 10 px, epsilon = 2 px) per coordinate.
+    landmark localisation with CNNs", CVPR 2018; w = 10 px, epsilon = 2 px) per coordinate. NaN targets (points
+    whose position is unknown, e.g. unmatched points of a flipped sample) are left out of their sample's mean and
+    give no gradient.
     """
+    known = torch.isfinite(target_px)
+    masked = not bool(known.all())
+    if masked:
+        target_px = torch.where(known, target_px, pred_px.detach())
     d = pred_px - target_px
     if kind == "mse":
         e = d ** 2
@@ -175,7 +189,10 @@ def landmark_loss(pred_px: torch.Tensor, target_px: torch.Tensor, kind: str, wei
         e = torch.where(a < w, w * torch.log1p(a / eps), a - c)
     else:
         raise ValueError(f"unknown loss {kind!r}; expected mse, l1, smooth_l1 or wing")
-    per = e.flatten(1).mean(1)
+    if masked:
+        per = (e * known).flatten(1).sum(1) / known.flatten(1).sum(1).clamp_min(1)
+    else:
+        per = e.flatten(1).mean(1)
     if weights is None:
         return per.mean()
     w = weights.to(per.dtype)
@@ -225,15 +242,17 @@ def make_scheduler(params: dict, optimizer, lr: float, epochs: int, steps_per_ep
     raise ValueError(f"unknown scheduler {kind!r}; expected plateau, cosine, cosine_restarts, onecycle or none")
 
 
-def model_meta(params: dict, stage: str, num_points: int, flip_perm) -> dict:
-    """What prediction needs to rebuild and run a model (stored in each checkpoint)."""
+def model_meta(params: dict, stage: str, num_points: int, flip_perm, flip_unmatched=None) -> dict:
+    """What prediction needs to rebuild and run a model (stored in each checkpoint): among others the mirror
+    permutation and the points it cannot mirror (``TrainData.flip_perm``, ``TrainData.flip_unmatched``)."""
     st = stage_settings(params, stage)
     mean, std = models.input_normalization(params["backbone"], params["input_norm"])
     return {"backbone": params["backbone"], "num_points": int(num_points), "crop_size": int(st["crop_size"]),
             "crop_mode": st["crop_mode"], "face_scale": float(params["face_scale"]),
             "input_mean": list(mean), "input_std": list(std), "normalize_targets": bool(params["normalize_targets"]),
             "dropout": float(params["dropout"]), "stage": stage, "head": params["head"],
-            "flip_perm": None if flip_perm is None else [int(v) for v in flip_perm]}
+            "flip_perm": None if flip_perm is None else [int(v) for v in flip_perm],
+            "flip_unmatched": [int(v) for v in (flip_unmatched if flip_unmatched is not None else [])]}
 
 
 def params_key(params: dict, stage: str) -> str:
@@ -277,16 +296,18 @@ def stage_cache(params: dict, data: TrainData, stage: str, progress: bool = True
 
 
 def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
-                  channels_last: bool = False):
+                  channels_last: bool = False, unmatched=None):
     """A cache batch (``data.CacheBatches``) -> network input and targets, as training sees them.
 
     With ``params["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
     flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
     is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.to_input`` and
-    ``data.normalize`` define them, fused with the jitter into one pass (``augment.color_normalize``).
+    ``data.normalize`` define them, fused with the jitter into one pass (``augment.color_normalize``). In flipped
+    samples the ``unmatched`` points (``int64`` indices, ``TrainData.flip_unmatched``) have no known position and
+    become NaN, which ``landmark_loss`` leaves out.
 
     Returns:
-        ``(x float32 [B, 3, S, S], points float32 [B, K, 2] crop pixels)`` on ``device``.
+        ``(x float32 [B, 3, S, S], points float32 [B, K, 2] crop pixels, NaN where unknown)`` on ``device``.
     """
     u8 = batch["images"].to(device, non_blocking=True)  # [B, Sc, Sc, 3]
     pts = batch["points"].to(device)
@@ -298,6 +319,9 @@ def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, 
         # jitter and the normalisation then happen in one pass (augment.color_normalize)
         x = augment.warp_images(u8.permute(0, 3, 1, 2).float(), m, size)
         pts = augment.warp_points(pts, m, flipped, perm)
+        if unmatched is not None and len(unmatched) and bool(flipped.any()):
+            fl = torch.nonzero(flipped.to(pts.device)).flatten()
+            pts[fl[:, None], unmatched.to(pts.device)[None, :]] = float("nan")
         x = augment.color_normalize(x, mean, std, params["photometric"], generator, value_scale=1 / 255.0)
     else:
         x = u8[:, pad: pad + size, pad: pad + size].permute(0, 3, 1, 2).contiguous().float()
@@ -365,7 +389,8 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     apply_threads(params)
     num_points = data.table.num_points
     perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
-    meta = model_meta(params, stage, num_points, perm)
+    unmatched = data.flip_unmatched() if perm is not None else None
+    meta = model_meta(params, stage, num_points, perm, unmatched)
     size = int(st["crop_size"])
 
     c = stage_cache(params, data, stage, progress and dist.rank == 0)
@@ -426,6 +451,7 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         cc = load_checkpoint(coarse_checkpoint)
         coarse = {k: cc[k] for k in ("format", "meta", "state_dict")}
     perm_t = torch.as_tensor(perm, dtype=torch.long) if perm is not None else None
+    unmatched_t = torch.as_tensor(unmatched, dtype=torch.long) if unmatched is not None else None
     gt_val = data.points(data.val_idx)
     budget = params["time_budget_min"] * 60.0
 
@@ -441,7 +467,7 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         bar = _bar(len(sampler), f"{stage} {epoch + 1}/{st['epochs']}", progress and dist.rank == 0)
         for batch in loader:
             x, pts = prepare_batch(batch, params, device, size, pad, meta["input_mean"], meta["input_std"], gen,
-                                   perm_t, cl)
+                                   perm_t, cl, unmatched_t)
             loss = train_step(train_model, opt, sched if per_step else None, x, pts, batch["weights"].to(device),
                               params, size)
             total += loss * len(x)

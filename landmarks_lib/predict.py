@@ -85,7 +85,8 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
     Args:
         crops: ``uint8 [N, S, S, 3]`` (array or memmap view), ``S = meta["crop_size"]``.
         tta_flip: also predict on the mirrored crop, map back (``x -> S - x``, points re-indexed by
-            ``meta["flip_perm"]``) and average.
+            ``meta["flip_perm"]``) and average; points without a mirror partner (``meta["flip_unmatched"]``) keep
+            their unflipped prediction.
         amp: bf16 autocast on CUDA.
     Returns:
         ``float32 [N, K, 2]`` crop pixels.
@@ -94,6 +95,7 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
     if tta_flip and meta.get("flip_perm") is None:
         raise ValueError("tta_flip needs a checkpoint with a mirror permutation (trained with flip estimation)")
     perm = torch.as_tensor(meta["flip_perm"], dtype=torch.long) if tta_flip else None
+    unmatched = torch.as_tensor(meta.get("flip_unmatched") or [], dtype=torch.long) if tta_flip else None
     out = np.zeros((len(crops), int(meta["num_points"]), 2), np.float32)
     use_amp = amp and torch.device(device).type == "cuda"
     for s in range(0, len(crops), batch_size):
@@ -104,7 +106,10 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
             if tta_flip:
                 yf = models.to_crop_pixels(model(torch.flip(x, dims=[3])).float(), size, meta["normalize_targets"])
                 yf[..., 0] = size - yf[..., 0]
-                y = (y + yf[:, perm.to(yf.device)]) / 2
+                yf = yf[:, perm.to(yf.device)]
+                if unmatched is not None:  # no mirror partner: the flipped pass knows nothing about them
+                    yf[:, unmatched.to(yf.device)] = y[:, unmatched.to(yf.device)]
+                y = (y + yf) / 2
         out[s: s + len(x)] = y.float().cpu().numpy()
     return out
 

@@ -113,16 +113,28 @@ def checkpoint_path(run_dir, stage: str, kind: str = "best") -> str:
 
 
 def final_checkpoint(run_dir) -> str:
-    """The model a run submits: ``finetune_best.pt`` if finetuning ran, else ``train_best.pt``.
+    """The model a run submits: of ``finetune_best.pt`` and ``train_best.pt``, the one with the lower validation MSE
+    recorded in it (finetuning restarts the learning rate and may not improve on the annealed model); a checkpoint
+    without a finite validation MSE (no validation split) counts as worse, and ties go to ``finetune_best``.
 
     Raises:
         FileNotFoundError: neither exists (train first).
     """
-    for stage in ("finetune", "train"):
-        p = checkpoint_path(run_dir, stage)
-        if os.path.exists(p):
-            return p
-    raise FileNotFoundError(f"{run_dir}: no checkpoints/finetune_best.pt or train_best.pt; run the train step first")
+    from .predict import load_checkpoint
+
+    found = [p for p in (checkpoint_path(run_dir, s) for s in ("finetune", "train")) if os.path.exists(p)]
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/finetune_best.pt or train_best.pt; run the train step "
+                                f"first")
+    if len(found) == 1:
+        return found[0]
+
+    def val(path):
+        v = load_checkpoint(path).get("val_mse")
+        return float(v) if v is not None and np.isfinite(v) else float("inf")
+
+    scores = [val(p) for p in found]
+    return found[0] if scores[0] <= scores[1] or scores[1] == float("inf") else found[1]
 
 
 def find_noisy_labels(params: dict, data: engine.TrainData, checkpoint, progress: bool = True) -> pd.DataFrame:

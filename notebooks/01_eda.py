@@ -200,14 +200,17 @@ coverage.round(2)
 # mirrored; the layout is undocumented, so it is estimated from the training shapes
 # (`geometry.estimate_mirror_permutation`). It must be an involution (applying it twice gives the identity), and the
 # mean face mirrored through it should land on itself: red rings on blue dots below, a small mirror error (in units
-# of the face's RMS radius).
+# of the face's RMS radius). Points whose mirror lands more than 10 % of that radius from their partner have no
+# partner (`geometry.mirror_unmatched`): training leaves them out of the loss on flipped images and flip TTA keeps
+# their unflipped prediction. Many of them would mean a wrong mirror axis.
 
 # %%
 perm = data.flip_perm()
 mirror_err = geometry.mirror_error(points[data.train_idx], perm)
 pd.Series({"points": len(perm), "mirror pairs": int((perm > np.arange(len(perm))).sum()),
            "midline points": int((perm == np.arange(len(perm))).sum()),
-           "involution": bool((perm[perm] == np.arange(len(perm))).all()), "mirror error": mirror_err},
+           "involution": bool((perm[perm] == np.arange(len(perm))).all()), "mirror error": mirror_err,
+           "points without a partner": len(data.flip_unmatched())},
           dtype=object)
 
 # %%

@@ -111,14 +111,15 @@ figures = os.path.join(params["run_dir"], "figures")
 # %% [markdown]
 # ## Noisy labels and the finetune stage
 #
-# `run_finetune` writes the per-image table to `noise.csv` and then finetunes (resuming like the train stage).
+# `run_finetune` writes the per-image table to `noise.csv` and then finetunes (resuming like the train stage). The
+# run's final model is whichever of `train_best.pt` and `finetune_best.pt` has the lower validation MSE.
 
 # %%
 data = engine.load_train_data(params)
 finetune = workflow.run_finetune(params, data)
 noise_table = finetune["noise"]
 print(f"{int(noise_table['flagged'].sum())} of {int((noise_table['split'] == 'train').sum())} training labels "
-      f"flagged; finetuned model: {finetune['checkpoint']}")
+      f"flagged; final model: {finetune['checkpoint']}")
 noise_table.sort_values("nme", ascending=False).head(10)
 
 # %% [markdown]

@@ -160,6 +160,22 @@ def test_losses():
         engine.landmark_loss(p, t, "huber2")
 
 
+@pytest.mark.parametrize("kind", ["mse", "l1", "smooth_l1", "wing"])
+def test_nan_targets_are_left_out_of_the_loss(kind):
+    """Unknown points (NaN targets: unmatched points of a flipped sample) neither count nor give gradients."""
+    pred = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]], [[2.0, 2.0], [1.0, 1.0], [4.0, 0.0]]],
+                        requires_grad=True)
+    target = torch.zeros(2, 3, 2)
+    target[0, 1] = float("nan")
+    loss = engine.landmark_loss(pred, target, kind)
+    keep0 = engine.landmark_loss(pred[:1, [0, 2]], target[:1, [0, 2]], kind)
+    keep1 = engine.landmark_loss(pred[1:], target[1:], kind)
+    assert float(loss) == pytest.approx((float(keep0) + float(keep1)) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[0, 1].abs().max()) == 0.0
+    assert float(pred.grad[0, 0].abs().max()) > 0
+
+
 def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
     p = P.resolve(None, None, run_dir=str(tmp_path / "run"), synthetic_train=6, synthetic_test=2,
                   synthetic_points=20)
@@ -170,3 +186,23 @@ def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
     assert os.path.getmtime(os.path.join(d, "train", "landmarks.csv")) == stamp
     workflow.resolve_data_dir({**p, "synthetic_train": 8})
     assert len(os.listdir(os.path.join(d, "train", "images"))) == 8
+
+
+def test_final_checkpoint_is_the_better_of_train_and_finetune(tmp_path):
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    with pytest.raises(FileNotFoundError, match="train step"):
+        workflow.final_checkpoint(tmp_path)
+
+    def write(stage, val):
+        engine.save_checkpoint(ck / f"{stage}_best.pt", {"format": engine.CHECKPOINT_FORMAT, "val_mse": val})
+
+    write("train", 5.0)
+    assert workflow.final_checkpoint(tmp_path).endswith("train_best.pt")
+    write("finetune", 6.0)  # finetuning made it worse: keep the trained model
+    assert workflow.final_checkpoint(tmp_path).endswith("train_best.pt")
+    write("finetune", 4.0)
+    assert workflow.final_checkpoint(tmp_path).endswith("finetune_best.pt")
+    write("train", float("nan"))  # no validation split: nothing to compare, the finetuned model
+    write("finetune", float("nan"))
+    assert workflow.final_checkpoint(tmp_path).endswith("finetune_best.pt")

@@ -117,3 +117,25 @@ def test_mirror_permutation_recovered_from_tilted_noisy_shapes():
     wrong = perm.copy()
     wrong[[0, perm[0]]] = [0, perm[0]]
     assert geometry.mirror_error(np.array(shapes), wrong) > geometry.mirror_error(np.array(shapes), perm)
+
+
+def test_points_without_a_mirror_partner_are_found():
+    """A symmetric layout plus two points without partners (one each side, not mirror images of each other): the
+    permutation pairs them somehow, and ``mirror_unmatched`` names exactly them; the symmetric points keep their
+    true partners and residuals near 0."""
+    base, truth = _symmetric_layout()
+    extra = np.array([[-2.8, 0.0], [1.9, 1.2]])
+    layout = np.concatenate([base, extra])
+    rng = np.random.default_rng(4)
+    shapes = np.array([layout * rng.uniform(20, 40) + rng.uniform(50, 100, 2) + rng.normal(0, 0.1, layout.shape)
+                       for _ in range(100)])
+    perm = geometry.estimate_mirror_permutation(shapes)
+    assert np.array_equal(perm[perm], np.arange(len(perm)))
+    res = geometry.mirror_residuals(shapes, perm)
+    bad = geometry.mirror_unmatched(shapes, perm)
+    assert set(bad) >= {len(base), len(base) + 1}
+    assert set(bad) == set(perm[bad])  # closed under the permutation
+    good = np.setdiff1d(np.arange(len(layout)), bad)
+    assert np.array_equal(perm[good], truth[good]) and res[good].max() < 0.02
+    assert res[len(base):].min() > geometry.MIRROR_TOLERANCE
+    assert geometry.mirror_error(shapes, perm) == pytest.approx(float(np.sqrt((res ** 2).mean())))

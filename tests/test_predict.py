@@ -51,6 +51,11 @@ def test_flip_tta_unflips_and_reindexes():
     np.testing.assert_allclose(tta[0], (px + mirrored[[1, 0, 2]]) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="mirror permutation"):
         predict.predict_crops(_Const(shape), {**meta, "flip_perm": None}, crops, "cpu", tta_flip=True)
+    # a point without a mirror partner keeps its unflipped prediction; the others are averaged as before
+    odd = predict.predict_crops(_Const(shape), {**meta, "flip_unmatched": [2]}, crops, "cpu", tta_flip=True)
+    np.testing.assert_allclose(odd[0, 2], px[2], atol=1e-5)
+    np.testing.assert_allclose(odd[0, :2], tta[0, :2], atol=1e-5)
+    assert abs(odd[0, 2, 0] - tta[0, 2, 0]) > 1.0
 
 
 def test_ensemble_averages_in_original_pixels(trained):
