@@ -380,6 +380,8 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         RuntimeError: a ``<stage>_last.pt`` made with other parameters (start over with ``--force``).
     """
     dist = dist or _Single()
+    if params["head"] == "softargmax" and not params["normalize_targets"]:
+        raise ValueError("head 'softargmax' predicts normalised crop coordinates: set normalize_targets true")
     st = stage_settings(params, stage)
     ck_dir = os.path.join(run_dir, "checkpoints")
     last_path = os.path.join(ck_dir, f"{stage}_last.pt")

@@ -148,6 +148,50 @@ class SpatialLandmarkModel(nn.Module):
         return self.head(self.dropout(f)).view(x.shape[0], self.num_points, 2)
 
 
+class SoftArgmaxLandmarkModel(nn.Module):
+    """Integral regression ("soft-argmax", Sun et al., "Integral Human Pose Regression", ECCV 2018): trunk -> 1x1
+    conv to ``channels`` (BN, ReLU) -> bilinear ``upsample`` -> 1x1 conv to one heatmap per landmark (plus a learned
+    per-point prior) -> softmax over the grid -> each landmark at its heatmap's expected position.
+
+    ``forward`` returns ``[B, K, 2]`` in the normalised target units of ``normalize_targets`` (the crop spans
+    ``[-0.5, 0.5]``; heatmap cell ``j`` of ``s`` is centred at ``(j + 0.5) / s - 0.5``). ``init_at`` centres each
+    point's prior on the mean shape, so training starts from the mean face as the linear heads do.
+    """
+
+    def __init__(self, trunk: nn.Module, width: int, grid: int, num_points: int, channels: int = 128,
+                 upsample: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = trunk
+        self.reduce = nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
+                                    nn.ReLU(inplace=True))
+        self.upsample = upsample
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(channels, num_points, 1)
+        side = grid * upsample
+        self.prior = nn.Parameter(torch.zeros(num_points, side, side))
+        self.register_buffer("cells", (torch.arange(side, dtype=torch.float32) + 0.5) / side - 0.5, persistent=False)
+        self.num_points = num_points
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.reduce(self.backbone(x))
+        if self.upsample > 1:
+            f = nn.functional.interpolate(f, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        logits = self.head(self.dropout(f)) + self.prior
+        b, k, h, w = logits.shape
+        p = logits.flatten(2).softmax(-1).view(b, k, h, w)
+        return torch.stack([(p.sum(2) * self.cells).sum(-1), (p.sum(3) * self.cells).sum(-1)], -1)
+
+    @torch.no_grad()
+    def init_at(self, shape: torch.Tensor, sigma_cells: float = 0.5) -> None:
+        """Prior logits ``-d^2 / (2 sigma^2)`` around ``shape`` (``[K, 2]`` target units), heatmap weights / 100."""
+        shape = torch.as_tensor(shape, dtype=torch.float32)
+        c = self.cells
+        d2 = (c[None, None, :] - shape[:, 0, None, None]) ** 2 + (c[None, :, None] - shape[:, 1, None, None]) ** 2
+        self.prior.copy_(-d2 / (2 * (sigma_cells / len(c)) ** 2))
+        self.head.weight.mul_(0.01)
+        self.head.bias.zero_()
+
+
 class LandmarkModel(nn.Module):
     """Backbone -> pooled features -> dropout -> Linear(2K); ``forward`` returns ``[B, K, 2]`` target units.
 
@@ -166,7 +210,7 @@ class LandmarkModel(nn.Module):
         return self.head(self.dropout(f)).view(x.shape[0], self.num_points, 2)
 
 
-HEADS = ("linear", "spatial")
+HEADS = ("linear", "spatial", "softargmax")
 
 
 def build_model(backbone: str, num_points: int, pretrained: bool = False, dropout: float = 0.0,
@@ -180,21 +224,22 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
         pretrained: load the default ImageNet weights (``load_pretrained``).
         init_shape: optional ``[K, 2]`` mean shape in target units: the head starts there (bias) with weights
             scaled down 100x, so training starts from the mean face instead of noise.
-        head: ``"linear"`` (pooled features, ``LandmarkModel``) or ``"spatial"`` (``SpatialLandmarkModel``).
-        crop_size: input side in pixels; required for ``head="spatial"`` (it fixes the feature grid).
+        head: ``"linear"`` (pooled features, ``LandmarkModel``), ``"spatial"`` (``SpatialLandmarkModel``) or
+            ``"softargmax"`` (``SoftArgmaxLandmarkModel``; outputs normalised target units).
+        crop_size: input side in pixels; required for the spatial and soft-argmax heads (it fixes the grid).
     Raises:
-        ValueError: unknown backbone or head, or a spatial head without ``crop_size``.
+        ValueError: unknown backbone or head, or a grid head without ``crop_size``.
         WeightsUnavailable: pretrained weights cannot be had.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head == "spatial" and not crop_size:
-        raise ValueError("head='spatial' needs crop_size")
+    if head != "linear" and not crop_size:
+        raise ValueError(f"head={head!r} needs crop_size")
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown backbone {backbone!r}: not a torchvision classification model; try one of "
                          f"{BACKBONES}")
     net = load_pretrained(backbone) if pretrained else torchvision.models.get_model(backbone, weights=None)
-    if head == "spatial":
+    if head != "linear":
         trunk = feature_extractor(net)
         with torch.no_grad():
             was = trunk.training
@@ -202,11 +247,14 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
             trunk.train(was)
         if f.shape[-1] != f.shape[-2]:  # pragma: no cover - square crops give square grids
             raise ValueError(f"non-square feature grid {tuple(f.shape)}")
-        model = SpatialLandmarkModel(trunk, f.shape[1], f.shape[-1], num_points, dropout=dropout)
+        cls = SpatialLandmarkModel if head == "spatial" else SoftArgmaxLandmarkModel
+        model = cls(trunk, f.shape[1], f.shape[-1], num_points, dropout=dropout)
     else:
         net, width = _strip_classifier(net)
         model = LandmarkModel(net, width, num_points, dropout)
-    if init_shape is not None:
+    if init_shape is not None and head == "softargmax":
+        model.init_at(init_shape)
+    elif init_shape is not None:
         with torch.no_grad():
             model.head.weight.mul_(0.01)
             model.head.bias.copy_(torch.as_tensor(init_shape, dtype=torch.float32).reshape(-1))

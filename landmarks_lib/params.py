@@ -41,7 +41,7 @@ SPEC = {
     "input_norm": ("weights", "'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean = std = 0.5)"),
     "normalize_targets": (True, "regress coordinates divided by the crop size, head bias at the mean shape"),
     "dropout": (0.0, "dropout before the regression head"),
-    "head": ("linear", "'linear' (pooled features) or 'spatial' (the last feature grid, flattened)"),
+    "head": ("linear", "'linear' (pooled features), 'spatial' (the feature grid, flattened) or 'softargmax'"),
     # optimisation
     "epochs": (12, "training epochs"),
     "batch_size": (32, "images per optimisation step"),

@@ -38,7 +38,7 @@ def _cli(data_dir, run_dir, cache_dir, **kw):
     return cmd
 
 
-@pytest.mark.parametrize("head", ["linear", "spatial"])
+@pytest.mark.parametrize("head", ["linear", "spatial", "softargmax"])
 def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", head=head)
     data = engine.load_train_data(p, progress=False)
@@ -48,7 +48,11 @@ def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     assert meta["num_points"] == 24 and meta["crop_size"] == 32 and meta["crop_mode"] == "letterbox"
     assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24 and meta["head"] == head
     model = predict.model_from_checkpoint(ck)
-    assert type(model).__name__ == {"linear": "LandmarkModel", "spatial": "SpatialLandmarkModel"}[head]
+    assert type(model).__name__ == {"linear": "LandmarkModel", "spatial": "SpatialLandmarkModel",
+                                    "softargmax": "SoftArgmaxLandmarkModel"}[head]
+    if head == "softargmax":
+        with pytest.raises(ValueError, match="normalize_targets"):
+            engine.fit({**p, "normalize_targets": False}, data, str(tmp_path / "other"), "train", progress=False)
     c = engine.stage_cache(p, data, "train", progress=False)
     pred = predict.predict_cache(model, meta, c, data.val_idx)
     mse = float(np.mean((pred - data.points(data.val_idx)) ** 2))
@@ -170,7 +174,7 @@ def test_nan_targets_are_left_out_of_the_loss(kind):
     loss = engine.landmark_loss(pred, target, kind)
     keep0 = engine.landmark_loss(pred[:1, [0, 2]], target[:1, [0, 2]], kind)
     keep1 = engine.landmark_loss(pred[1:], target[1:], kind)
-    assert float(loss) == pytest.approx((float(keep0) + float(keep1)) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx((keep0.item() + keep1.item()) / 2, rel=1e-6)
     loss.backward()
     assert torch.isfinite(pred.grad).all() and float(pred.grad[0, 1].abs().max()) == 0.0
     assert float(pred.grad[0, 0].abs().max()) > 0

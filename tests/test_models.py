@@ -86,3 +86,19 @@ def test_spatial_head_keeps_the_feature_grid_and_starts_at_the_mean_shape(backbo
         models.build_model(backbone, 3, head="spatial")
     with pytest.raises(ValueError, match="head"):
         models.build_model(backbone, 3, head="heatmap")
+
+
+def test_softargmax_head_starts_at_the_mean_shape_and_reads_its_heatmaps():
+    shape = torch.tensor([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.25]])
+    m = models.build_model("resnet18", 3, init_shape=shape, head="softargmax", crop_size=64).eval()
+    assert isinstance(m, models.SoftArgmaxLandmarkModel) and m.prior.shape == (3, 4, 4)  # 2x2 grid, upsampled 2x
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3, 2)
+    assert (out - shape).abs().max() < 0.03  # a Gaussian prior half a cell wide, cut by the coarse grid
+    # one dominant cell: the point sits at that cell's centre, (j + 0.5) / s - 0.5 in target units
+    with torch.no_grad():
+        m.prior.zero_()
+        m.prior[1, 3, 0] = 50.0  # row 3, column 0
+        out = m(torch.randn(1, 3, 64, 64))
+    torch.testing.assert_close(out[0, 1], torch.tensor([0.5 / 4 - 0.5, 3.5 / 4 - 0.5]), rtol=0, atol=1e-3)
