@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -42,8 +43,11 @@ def measure_rate(p, data, stage, steps=3) -> float:
     st = engine.stage_settings(p, stage)
     size = st["crop_size"]
     m = models.build_model(p["backbone"], data.table.num_points, False, head=p["head"], crop_size=size)
-    opt = engine.make_optimizer(p, m, st["lr"])
     x = torch.randn(p["batch_size"], 3, size, size)
+    if p["channels_last"]:  # as engine.fit trains
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(p, m, st["lr"])
     target = torch.rand(p["batch_size"], data.table.num_points, 2) * size
     w = torch.ones(p["batch_size"])
     t = None
@@ -81,6 +85,7 @@ def run_recipe(name, p, data, work_dir, budget_min) -> dict:
     from landmarks_lib import engine, workflow
 
     run_dir = os.path.join(work_dir, name)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a measurement, not a resume: start from scratch every time
     p = dict(p, run_dir=run_dir)
     q = plan(p, data, budget_min)
     budgets = q.pop("_stage_budget_min")
