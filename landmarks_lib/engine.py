@@ -73,8 +73,9 @@ class TrainData:
             idx = self.train_idx
             if len(idx) > 2000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, 2000, replace=False))
-            self._perm = geometry.estimate_mirror_permutation(self.points(idx))
-            self._unmatched = geometry.mirror_unmatched(self.points(idx), self._perm)
+            shapes = self.points(idx)
+            self._perm = geometry.estimate_mirror_permutation(shapes)
+            self._unmatched = geometry.mirror_unmatched(shapes, self._perm)
         return self._perm
 
     def flip_unmatched(self) -> np.ndarray:

@@ -124,6 +124,11 @@ def feature_extractor(net: nn.Module) -> nn.Module:
     raise ValueError(f"no known feature trunk in {type(net).__name__}; use head='linear'")
 
 
+def _reduce(width: int, channels: int) -> nn.Module:
+    """1x1 conv from the trunk's ``width`` to ``channels``, batch norm, ReLU: the grid heads' first layer."""
+    return nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
 class SpatialLandmarkModel(nn.Module):
     """Trunk -> 1x1 conv to ``channels`` (BN, ReLU) -> flatten the ``g x g`` grid -> dropout -> Linear(2K).
 
@@ -137,8 +142,7 @@ class SpatialLandmarkModel(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.backbone = trunk
-        self.reduce = nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
-                                    nn.ReLU(inplace=True))
+        self.reduce = _reduce(width, channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(channels * grid * grid, 2 * num_points)
         self.num_points = num_points
@@ -162,8 +166,7 @@ class SoftArgmaxLandmarkModel(nn.Module):
                  upsample: int = 2, dropout: float = 0.0):
         super().__init__()
         self.backbone = trunk
-        self.reduce = nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
-                                    nn.ReLU(inplace=True))
+        self.reduce = _reduce(width, channels)
         self.upsample = upsample
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Conv2d(channels, num_points, 1)
