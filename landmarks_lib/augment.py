@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,27 +34,25 @@ def random_matrices(n: int, size: int, pad: int, generator: torch.Generator, rot
     Returns:
         ``(M float64 [n, 3, 3], flipped bool [n])``; ``M`` maps output crop pixels to cache pixels.
     """
-    u = torch.rand((n, 5), generator=generator, dtype=torch.float64)
+    u = torch.rand((n, 5), generator=generator, dtype=torch.float64).numpy()
     ang = (u[:, 0] * 2 - 1) * math.radians(rotate_deg)
     zoom = 1 + (u[:, 1] * 2 - 1) * scale_jitter
     tx = (u[:, 2] * 2 - 1) * translate_frac * size
     ty = (u[:, 3] * 2 - 1) * translate_frac * size
-    flipped = (u[:, 4] < 0.5) if flip else torch.zeros(n, dtype=torch.bool)
+    flipped = (u[:, 4] < 0.5) if flip else np.zeros(n, dtype=bool)
     c = size / 2.0
     # output -> cache: p_cache = A (D p_out + o) + t, with the flip D = diag(+-1, 1), o = (S or 0, 0) - c,
-    # A = R(ang) / zoom and t = c + (tx, ty) + pad.
-    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
-    a = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
-    d = torch.ones((n, 2), dtype=torch.float64)
-    d[:, 0] = torch.where(flipped, -1.0, 1.0)
-    o = torch.stack([torch.where(flipped, float(size), 0.0).to(torch.float64) - c,
-                     torch.full((n,), -c, dtype=torch.float64)], 1)
-    t = torch.stack([tx + c + pad, ty + c + pad], 1)
-    m = torch.zeros((n, 3, 3), dtype=torch.float64)
-    m[:, :2, :2] = a * d[:, None, :]
-    m[:, :2, 2] = torch.einsum("nij,nj->ni", a, o) + t
+    # A = R(ang) / zoom and t = c + (tx, ty) + pad. (numpy on the CPU: a few [n] vectors, no per-op dispatch cost)
+    cos, sin = np.cos(ang) / zoom, np.sin(ang) / zoom
+    d = np.where(flipped, -1.0, 1.0)
+    ox = np.where(flipped, float(size), 0.0) - c
+    m = np.zeros((n, 3, 3))
+    m[:, 0, 0], m[:, 0, 1] = cos * d, -sin
+    m[:, 1, 0], m[:, 1, 1] = sin * d, cos
+    m[:, 0, 2] = cos * ox - sin * -c + tx + c + pad
+    m[:, 1, 2] = sin * ox + cos * -c + ty + c + pad
     m[:, 2, 2] = 1
-    return m, flipped
+    return torch.from_numpy(m), torch.from_numpy(flipped)
 
 
 def identity_matrices(n: int, pad: int) -> torch.Tensor:
@@ -87,33 +86,40 @@ def warp_images(images: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tenso
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """``F.affine_grid(theta, [B, C, S, S], align_corners=False)`` built from its two separable parts: the sampling
     position of output pixel ``(i, j)`` is ``theta @ (u_j, u_i, 1)`` with ``u_k = (2 k + 1) / S - 1``, so each
-    coordinate is an outer sum of a row term and a column term (two broadcast adds instead of a batched matmul
-    against a materialised base grid; equal to ``F.affine_grid`` up to float rounding).
+    coordinate is an outer sum of a row term and a column term (one broadcast add into planar ``[B, 2, S, S]``
+    storage instead of a batched matmul against a materialised base grid; equal to ``F.affine_grid`` up to float
+    rounding).
 
     Args:
         theta: ``[B, 2, 3]`` normalised output -> input maps. size: output side ``S``.
     Returns:
-        ``[B, S, S, 2]`` (x, y) normalised input coordinates, dtype and device of ``theta``.
+        ``[B, S, S, 2]`` (x, y) normalised input coordinates, dtype and device of ``theta``: a permuted view of planar
+        storage (``grid_sample`` reads any strides).
     """
     u = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
-    grid = torch.empty((theta.shape[0], size, size, 2), device=theta.device, dtype=theta.dtype)
-    for c in range(2):
-        row = theta[:, c, 1, None] * u + theta[:, c, 2, None]  # [B, S] per output row i
-        col = theta[:, c, 0, None] * u  # [B, S] per output column j
-        torch.add(row[:, :, None], col[:, None, :], out=grid[..., c])
-    return grid
+    row = theta[:, :, 1, None] * u + theta[:, :, 2, None]  # [B, 2, S]: the part that varies with output row i
+    col = theta[:, :, 0, None] * u  # [B, 2, S]: the part that varies with output column j
+    return (row[:, :, :, None] + col[:, :, None, :]).permute(0, 2, 3, 1)
 
 
 def affine_inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverses of ``[B, 3, 3]`` affine maps (last row ``0 0 1``) in closed form: ``A^-1 = adj(A) / det(A)``,
-    ``t' = -A^-1 t`` (a handful of elementwise ops instead of a batched LU solve). Singular maps give inf/nan."""
-    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
-    det = a * d - b * c
-    inv = torch.zeros_like(m)
-    inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = d / det, -b / det, -c / det, a / det
-    inv[:, :2, 2] = -torch.einsum("bij,bj->bi", inv[:, :2, :2], m[:, :2, 2])
+    ``t' = -A^-1 t`` (a handful of elementwise ops instead of a batched LU solve; on the CPU in numpy, where these
+    ``[B]``-sized ops cost a fraction of torch's per-op dispatch). Singular maps give inf/nan.
+
+    Returns:
+        ``[B, 3, 3]``, dtype and device of ``m``.
+    """
+    cpu = m.device.type == "cpu"
+    xp = np if cpu else torch
+    a = m.detach().numpy() if cpu else m
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    inv = xp.zeros_like(a)
+    inv[:, 0, 0], inv[:, 0, 1] = a[:, 1, 1] / det, -a[:, 0, 1] / det
+    inv[:, 1, 0], inv[:, 1, 1] = -a[:, 1, 0] / det, a[:, 0, 0] / det
+    inv[:, :2, 2] = -xp.einsum("bij,bj->bi", inv[:, :2, :2], a[:, :2, 2])
     inv[:, 2, 2] = 1
-    return inv
+    return torch.from_numpy(inv) if cpu else inv
 
 
 def warp_points(points: torch.Tensor, m: torch.Tensor, flipped: torch.Tensor | None = None,
