@@ -147,6 +147,20 @@ def run_cached(ctx, n_batches: int, round_: int = 0, augment_: bool = True) -> f
     return count / (time.perf_counter() - t)
 
 
+def run_load(ctx, n_batches: int, round_: int = 0) -> float:
+    """The loader alone (``data.make_loader`` over the cache: batch gather of images and points, with pinned memory
+    on CUDA): all the CPU does per image when the augmentation runs on the accelerator."""
+    sampler = BatchSampler(ctx["data"].train_idx, ctx["batch"], shuffle=True, seed=round_, drop_last=True)
+    loader = make_loader(ctx["cache"], sampler, ctx["device"], ctx["params"]["num_workers"])
+    t = time.perf_counter()
+    count = 0
+    for i, batch in enumerate(loader):
+        count += len(batch["images"])
+        if i + 1 >= n_batches:
+            break
+    return count / (time.perf_counter() - t)
+
+
 # ------------------------------------------------------------------------------------------------ (c) model alone
 def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
     """``engine.train_step`` (``engine.fit``'s model part) on random tensors: forward, ``landmark_loss``, backward,
@@ -319,6 +333,7 @@ def main(argv=None) -> int:
     runs = {"naive": lambda r: run_naive(ctx, data_batches),
             "cached": lambda r: run_cached(ctx, data_batches, r),
             "cached_noaug": lambda r: run_cached(ctx, data_batches, r, augment_=False),
+            "cached_load": lambda r: run_load(ctx, data_batches, r),
             "model_step": lambda r: run_model_step(ctx, model_batches, r),
             "train_step": lambda r: run_train(ctx, model_batches, r),
             "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
@@ -342,7 +357,8 @@ def main(argv=None) -> int:
            "train_step_img_s": med("train_step"), "infer_img_s": med("infer"),
            "csv_parse_s": None, "csv_peak_mb": None,
            "ratio_cached_naive": ratio("cached", "naive"), "ratio_train_model": ratio("train_step", "model_step"),
-           "cached_noaug_img_s": med("cached_noaug"), "ratio_cached_noaug_naive": ratio("cached_noaug", "naive")}
+           "cached_noaug_img_s": med("cached_noaug"), "ratio_cached_noaug_naive": ratio("cached_noaug", "naive"),
+           "cached_load_img_s": med("cached_load"), "ratio_cached_load_naive": ratio("cached_load", "naive")}
     if not a.no_csv:
         t = time.perf_counter()
         path = contest_csv(bench_dir, os.path.join(a.data_dir, "train", "landmarks.csv"), csv_rows)
