@@ -31,7 +31,7 @@ from . import augment, geometry, metrics, models
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
 from .io import LandmarksTable, atomic_open, read_landmarks
-from .params import default_cache_dir
+from .params import default_cache_dir, training_params
 from .predict import CHECKPOINT_FORMAT, predict_cache, select_device
 
 STAGES = ("coarse", "train", "finetune")
@@ -257,10 +257,10 @@ def model_meta(params: dict, stage: str, num_points: int, flip_perm, flip_unmatc
 
 
 def params_key(params: dict, stage: str) -> str:
-    """Hash of the parameters a stage's result depends on (a resume with other values is refused)."""
-    skip = {"run_dir", "device", "num_workers", "num_figures", "ensemble_runs", "max_test_images", "threads",
-            "cache_dir"}
-    d = {k: v for k, v in sorted(params.items()) if k not in skip}
+    """Hash of the parameters a stage's result depends on (``params.training_params``: ``data_dir`` counts as the
+    folder it names, so a relative and an absolute spelling give the same key); a resume with other values is
+    refused."""
+    d = dict(sorted(training_params(params).items()))
     return hashlib.sha1(json.dumps([stage, d], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,8 @@ Policy (documented once, tested in ``tests/test_images.py``):
   grid, so rotating by the EXIF tag would move the face away from its labels. ``image_size`` follows the same rule.
 - Grayscale (``L``, ``1``), palette (``P``), ``LA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` are converted to RGB by
   PIL. Images with alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency) are composited over black, matching the
-  black padding of crops.
+  black padding of crops; premultiplied-alpha images (``RGBa``, ``La``) already hold that composite and their colour
+  channels are used as stored.
 - 16-bit and 32-bit integer images (``I;16*``, ``I``) and float images (``F``) are scaled linearly from their own
   ``[min, max]`` range to ``[0, 255]`` (not clipped); a constant image becomes 0.
 - A missing, empty, truncated or undecodable file raises ``ImageError`` naming the file.
@@ -46,7 +47,11 @@ def _open(path):
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
-    """Convert a decoded PIL image of any mode to ``uint8 [H, W, 3]`` RGB by the policy in the module docstring."""
+    """Convert a decoded PIL image of any mode to ``uint8 [H, W, 3]`` RGB by the policy in the module docstring.
+
+    Raises:
+        ValueError: a mode PIL cannot convert to RGB (``load_image`` reports it as ``ImageError`` with the file).
+    """
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
@@ -63,7 +68,10 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if mode == "PA":
         im = im.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "RGBa", "La"):
+    if mode in ("RGBa", "La"):  # premultiplied alpha: the colour channels are the image over black
+        a = np.asarray(im, dtype=np.uint8)
+        return np.repeat(a[..., :1], 3, axis=2) if mode == "La" else a[..., :3].copy()
+    if mode in ("RGBA", "LA"):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
         alpha = rgba[..., 3:4] / 255.0
         return np.round(rgba[..., :3] * alpha).astype(np.uint8)
@@ -76,11 +84,14 @@ def load_image(path) -> np.ndarray:
     """Decode an image file as ``uint8 [H, W, 3]`` RGB (policy in the module docstring).
 
     Raises:
-        ImageError: missing, empty, truncated or undecodable file (the message names the file).
+        ImageError: missing, empty, truncated or undecodable file, or a mode that cannot be converted to RGB (the
+            message names the file).
     """
     im = _open(path)
     try:
         return to_rgb(im)
+    except ValueError as e:  # e.g. "conversion from X to RGB not supported"
+        raise ImageError(f"{path}: image mode {im.mode} cannot be converted to RGB ({e})") from e
     finally:
         im.close()
 

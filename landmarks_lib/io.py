@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 
 class DataFormatError(ValueError):
@@ -118,7 +117,8 @@ def read_landmarks(path, bad_rows: str = "error", cache_dir=None, chunksize: int
         ``LandmarksTable``.
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: bad header, or a bad row under ``bad_rows="error"`` (file and line named).
+        DataFormatError: bad header, a bad row under ``bad_rows="error"``, or text that is not UTF-8 (file and
+            line named).
     """
     if bad_rows not in ("error", "skip"):
         raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
@@ -216,9 +216,11 @@ def _read_landmarks_exact(path, bad_rows, chunksize):
                 block.append(vals)
                 if len(block) >= chunksize:
                     pack()
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise DataFormatError(f"{path}: line {max(reader.line_num, 1)}: not a readable text table "
                                   f"({type(e).__name__}: {e})") from e
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, e) from e
     pack()
     if not all_int:
         chunks = [c.astype(np.float32) for c in chunks]
@@ -368,6 +370,23 @@ def _read_landmarks_fast(path, bad_rows, chunksize):
     return names, points, skipped
 
 
+def _not_utf8(path, err: UnicodeDecodeError) -> DataFormatError:
+    r"""The error for a table that is not UTF-8 text, naming the file line of the first undecodable byte (lines
+    counted as the csv module does: ``\n``, ``\r\n`` or a lone ``\r`` ends one). Error path only: the file is read
+    once more, line by line in binary."""
+    line = 1
+    with open(path, "rb") as f:
+        for raw in f:  # split at b"\n", which is never part of a multi-byte UTF-8 character
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line += raw.count(b"\r", 0, e.start)
+                return DataFormatError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} cannot be "
+                                       f"decoded); save the file as UTF-8")
+            line += raw.replace(b"\r\n", b"\n").count(b"\r") + raw.endswith(b"\n")
+    return DataFormatError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -400,40 +419,53 @@ def read_test_points(path, num_points: int | None = None) -> TestPoints:
     """Read ``test_points.csv``.
 
     Args:
-        path: the tab-separated file with ``file_name`` and ``point_index_list``.
+        path: the tab-separated file with ``file_name`` and ``point_index_list``; UTF-8 (a byte-order mark is
+            allowed), any line ends. Blank lines are ignored (they still count in line numbers).
         num_points: when given, every index must lie in ``[0, num_points)``.
     Returns:
         ``TestPoints``; all rows must list the same number of indices (the submission has fixed columns).
     Raises:
-        FileNotFoundError, DataFormatError (file and line named).
+        FileNotFoundError, DataFormatError (file and line named: a bad header, a row without exactly two
+        tab-separated fields, a bad list, an empty or duplicate file name, text that is not UTF-8).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: test points file is missing")
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError as e:
-        raise DataFormatError(f"{path}: line 1: empty file (no header)") from e
-    except pd.errors.ParserError as e:  # e.g. "Expected 2 fields in line 7, saw 3" (file lines, header = 1)
-        m = re.search(r"line (\d+)", str(e))
-        where = f"line {m.group(1)}" if m else "a row"
-        raise DataFormatError(f"{path}: {where}: wrong number of tab-separated fields, expected 2 ({e})") from e
-    if list(df.columns) != ["file_name", "point_index_list"]:
-        raise DataFormatError(f"{path}: line 1: expected columns ['file_name', 'point_index_list'], "
-                              f"got {list(df.columns)}")
     names, rows = [], []
-    seen = set()
-    for r, (name, lst) in enumerate(zip(df["file_name"], df["point_index_list"])):
-        where = f"{path}: line {r + 2} ({name})"
-        if not name.strip():
-            raise DataFormatError(f"{where}: empty file_name")
-        if name in seen:
-            raise DataFormatError(f"{where}: duplicate file_name")
-        seen.add(name)
-        idx = parse_index_list(lst, where, num_points)
-        if rows and len(idx) != len(rows[0]):
-            raise DataFormatError(f"{where}: {len(idx)} indices, but line 2 has {len(rows[0])}")
-        names.append(name)
-        rows.append(idx)
+    first_line = {}  # file_name -> its line
+    with open(path, "r", newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataFormatError(f"{path}: line 1: empty file (no header)")
+            if header != ["file_name", "point_index_list"]:
+                raise DataFormatError(f"{path}: line 1: expected columns ['file_name', 'point_index_list'], "
+                                      f"got {header}")
+            for row in reader:
+                line = reader.line_num
+                if _is_blank(row):
+                    continue  # a blank line holds no data
+                if len(row) != 2:
+                    raise DataFormatError(f"{path}: line {line}: wrong number of tab-separated fields, expected 2, "
+                                          f"got {len(row)}")
+                name, lst = row
+                where = f"{path}: line {line} ({name})"
+                if not name.strip():
+                    raise DataFormatError(f"{where}: empty file_name")
+                if name in first_line:
+                    raise DataFormatError(f"{where}: duplicate file_name (first on line {first_line[name]})")
+                idx = parse_index_list(lst, where, num_points)
+                if rows and len(idx) != len(rows[0]):
+                    raise DataFormatError(f"{where}: {len(idx)} indices, but line {first_line[names[0]]} has "
+                                          f"{len(rows[0])}")
+                first_line[name] = line
+                names.append(name)
+                rows.append(idx)
+        except csv.Error as e:
+            raise DataFormatError(f"{path}: line {max(reader.line_num, 1)}: not a readable text table "
+                                  f"({type(e).__name__}: {e})") from e
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, e) from e
     indices = np.array(rows, dtype=np.int64).reshape(len(rows), -1 if rows else 0)
     return TestPoints(names, indices)
 

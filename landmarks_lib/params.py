@@ -26,7 +26,8 @@ SPEC = {
     "synthetic_test": (40, "embedded default: number of synthetic test images"),
     "synthetic_points": (971, "embedded default: landmarks per face"),
     "max_train_images": (0, "use at most this many training images (0 = all)"),
-    "max_test_images": (0, "predict at most this many test images (0 = all; a partial submission fails validation)"),
+    "max_test_images": (0, "predict at most this many test images (0 = all; partial runs write "
+                           "submission_partial.csv)"),
     "bad_rows": ("error", "landmarks.csv rows with missing/NaN values: 'error' stops, 'skip' drops and reports"),
     "val_fraction": (0.1, "share of training images held out for validation"),
     "val_split": ("auto", "'groups' (train/groups.csv), 'random', or 'auto' (groups when the file exists)"),
@@ -84,6 +85,11 @@ SPEC = {
 }
 
 DEFAULTS = {k: v[0] for k, v in SPEC.items()}
+
+# Parameters the trained models do not depend on: where a run reads its caches and writes, on what and how fast it
+# runs, what it shows, and what it predicts and submits after training.
+RUNTIME_PARAMS = ("run_dir", "device", "num_workers", "num_figures", "ensemble_runs", "max_test_images", "threads",
+                  "cache_dir")
 
 
 class ParamError(ValueError):
@@ -169,6 +175,17 @@ def resolve(profile: str | os.PathLike | None = None, overrides=None, **kwargs) 
     check_names(kwargs)
     out.update(kwargs)
     return {k: _check_type(k, v) for k, v in out.items()}
+
+
+def training_params(params: dict, base=None) -> dict:
+    """The parameters a run's trained models depend on: every entry of ``params`` but ``RUNTIME_PARAMS``, with a
+    non-empty ``data_dir`` as its real absolute path (``~`` expanded, taken relative to ``base``, default the current
+    directory, links resolved: ``os.path.realpath``), so one folder spelled relative, absolute or through a link
+    gives equal values, and two folders differ. An empty ``data_dir`` stays empty."""
+    out = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
+    if out.get("data_dir"):
+        out["data_dir"] = os.path.realpath(os.path.join(base or os.getcwd(), os.path.expanduser(str(out["data_dir"]))))
+    return out
 
 
 def default_cache_dir(params: dict | None = None) -> str:

@@ -18,7 +18,9 @@
 
 A run folder that is not empty is refused unless ``--resume`` (continue: notebooks recorded as finished are
 skipped, and a notebook that stopped half-way resumes its training from the last checkpoint; refused when the
-parameters differ from the recorded ones) or ``--force`` (delete the run folder's contents and start over; only
+parameters differ from those recorded in ``pipeline_state.json``, or, in a folder without it (written by
+``landmarks_lib.train`` or by the notebooks run by hand), when a parameter the trained models depend on differs
+from its ``params.yaml``) or ``--force`` (delete the run folder's contents and start over; only
 for a folder that looks like a run folder). With ``--resume``, notebooks named in ``--notebooks`` run again even
 when finished (e.g. ``--resume --notebooks 04`` redraws the figures).
 
@@ -38,6 +40,8 @@ import signal
 import sys
 import threading
 import time
+
+import yaml
 
 from . import params as params_mod
 from .io import atomic_open, atomic_write_json
@@ -169,6 +173,53 @@ def clear_run_dir(run_dir, protect=()) -> None:
             os.remove(p)
 
 
+def _written_from(recorded_run_dir, run_dir) -> str:
+    """The folder a ``params.yaml`` with relative paths was written from: the one from which its own ``run_dir``
+    names ``run_dir`` (e.g. ``notebooks/`` for ``runs/default`` written by a notebook opened in Jupyter); the current
+    directory when there is none."""
+    rec = os.path.expanduser(str(recorded_run_dir or ""))
+    real = os.path.realpath(run_dir)
+    if rec and not os.path.isabs(rec):
+        base = real
+        for _ in os.path.normpath(rec).split(os.sep):
+            base = os.path.dirname(base)
+        if os.path.realpath(os.path.join(base, rec)) == real:
+            return base
+    return os.getcwd()
+
+
+def check_params_yaml(params: dict) -> None:
+    """``--resume`` of a run folder without ``pipeline_state.json`` (written by ``landmarks_lib.train`` or by the
+    notebooks run by hand): its ``params.yaml``, if any, must agree with ``params`` on every parameter the trained
+    models depend on (``params.training_params``; an empty ``data_dir`` counts as ``<run_dir>/data``, the embedded
+    synthetic default; relative folders in the file count from where it was written, ``_written_from``). A folder
+    with neither file is accepted (training still refuses checkpoints made with other parameters).
+
+    Raises:
+        PipelineError: the file cannot be read as parameters, or values differ (the message lists them).
+    """
+    run_dir = params["run_dir"]
+    path = os.path.join(run_dir, "params.yaml")
+    if not os.path.exists(path):
+        return
+    try:
+        old = params_mod.resolve(path)
+    except (params_mod.ParamError, yaml.YAMLError) as e:
+        raise PipelineError(f"{path}: cannot be read to compare with this run's parameters ({e}); use --force to "
+                            f"start over") from e
+
+    def comparable(p, base=None):
+        return params_mod.training_params(dict(p, data_dir=p.get("data_dir") or os.path.join(run_dir, "data")), base)
+
+    a, b = comparable(old, _written_from(old["run_dir"], run_dir)), comparable(params)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise PipelineError(f"{run_dir}: --resume with other parameters than its params.yaml (the folder has no "
+                            f"{STATE_FILE}: written by landmarks_lib.train or the notebooks) "
+                            f"({', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in diff)}); "
+                            f"use the same parameters, or --force to start over")
+
+
 def prepare_run_dir(params: dict, resume: bool = False, force: bool = False) -> dict:
     """Check (or clear) the run folder and return the pipeline state to continue from.
 
@@ -176,7 +227,8 @@ def prepare_run_dir(params: dict, resume: bool = False, force: bool = False) -> 
         ``{"params": params, "finished": {name: {...}}}``: the recorded state with ``--resume``, else a new one.
     Raises:
         PipelineError: a non-empty folder without ``--resume``/``--force``; ``--resume`` with other parameters than
-            the recorded ones (the message lists the names); ``--force`` on a folder that is not a run folder.
+            the recorded ones (the message lists the names), or, without ``pipeline_state.json``, than those of the
+            folder's ``params.yaml`` (``check_params_yaml``); ``--force`` on a folder that is not a run folder.
     """
     run_dir = params["run_dir"]
     if resume and force:
@@ -195,6 +247,8 @@ def prepare_run_dir(params: dict, resume: bool = False, force: bool = False) -> 
                 raise PipelineError(f"{run_dir}: --resume with other parameters than the run's "
                                     f"({', '.join(f'{k}: {old.get(k)!r} -> {params.get(k)!r}' for k in diff)}); "
                                     f"use the same parameters, or --force to start over")
+            if state is None:
+                check_params_yaml(params)
         else:
             raise PipelineError(f"{run_dir}: run folder is not empty; add --resume to continue it or --force to "
                                 f"delete it and start over (or choose another --run-dir)")
@@ -277,7 +331,7 @@ def run_notebook(name: str, params: dict, run_dir, quiet: bool = False) -> float
 
 
 def summarize(run_dir) -> str:
-    """The final metrics (``metrics.json``) and the submission path, as text."""
+    """The final metrics (``metrics.json``) and the submission path (or the partial one), as text."""
     lines = []
     mpath = os.path.join(run_dir, "metrics.json")
     if os.path.exists(mpath):
@@ -286,8 +340,11 @@ def summarize(run_dir) -> str:
         lines.append("metrics: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                              for k, v in sorted(m.items())))
     sub = os.path.join(run_dir, "submission.csv")
+    partial = os.path.join(run_dir, "submission_partial.csv")
     if os.path.exists(sub):
         lines.append(f"submission: {sub}")
+    elif os.path.exists(partial):
+        lines.append(f"partial submission (max_test_images; not for upload): {partial}")
     lines.append(f"reports: {os.path.join(run_dir, 'reports')}")
     return "\n".join(lines)
 

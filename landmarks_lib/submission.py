@@ -9,6 +9,7 @@ truncated.
 from __future__ import annotations
 
 import os
+from io import StringIO
 
 import numpy as np
 import pandas as pd
@@ -57,40 +58,64 @@ def make_submission(test_points: TestPoints, predictions) -> pd.DataFrame:
 
 
 def write_submission(path, test_points: TestPoints, predictions) -> pd.DataFrame:
-    """``make_submission`` then write it atomically as CSV; validates the written file. Returns the table."""
+    """``make_submission``, checked by ``validate_submission`` as the CSV text it writes, then written atomically:
+    a table that fails the check is never written (``path`` is left as it was). Returns the table.
+
+    Raises:
+        SubmissionError: as ``make_submission`` and ``validate_submission`` (the message names ``path``).
+    """
     df = make_submission(test_points, predictions)
+    text = df.to_csv(index=False)
+    _check_table(StringIO(text), path, test_points)
     with atomic_open(path, "w", newline="") as f:
-        df.to_csv(f, index=False)
-    validate_submission(path, test_points)
+        f.write(text)
     return df
 
 
 def validate_submission(path, test_points: TestPoints) -> pd.DataFrame:
     """Check a submission file against ``test_points.csv``: header, row count, row order, numeric, no NaN.
 
+    ``file_name`` is read as text as it stands (a test image named ``NA``, ``nan`` or ``null`` stays that name).
+    Blank lines are not allowed (each is reported as a row without a name).
+
     Returns:
         the table read.
     Raises:
-        FileNotFoundError, SubmissionError (the message names the row or column).
+        FileNotFoundError, SubmissionError (the message names the file line, 1-based with the header as line 1,
+            or the column).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: submission is missing")
-    df = pd.read_csv(path, dtype={"file_name": str})
+    return _check_table(path, path, test_points)
+
+
+def _check_table(source, path, test_points: TestPoints) -> pd.DataFrame:
+    """``validate_submission`` of ``source`` (a path or a text buffer); messages name ``path``."""
+    try:
+        df = pd.read_csv(source, dtype={"file_name": str}, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError as e:
+        raise SubmissionError(f"{path}: line 1: empty file (no header)") from e
+    except pd.errors.ParserError as e:  # e.g. "Expected 5 fields in line 7, saw 6" (file lines, header = 1)
+        raise SubmissionError(f"{path}: not a comma-separated table with the header's columns "
+                              f"({str(e).strip()})") from e
     n, m = test_points.indices.shape
     want = submission_columns(m)
     if list(df.columns) != want:
         bad = next((i for i, (a, b) in enumerate(zip(df.columns, want)) if a != b), min(len(df.columns), len(want)))
         raise SubmissionError(f"{path}: header differs from the expected {len(want)} columns at column {bad + 1} "
                               f"(got {len(df.columns)} columns)")
-    if len(df) != n:
-        raise SubmissionError(f"{path}: {len(df)} rows, test_points.csv has {n}")
     names = df["file_name"].tolist()
-    if names != list(test_points.names):
-        r = next(i for i, (a, b) in enumerate(zip(names, test_points.names)) if a != b)
-        raise SubmissionError(f"{path}: row {r + 2} is {names[r]!r}, test_points.csv has {test_points.names[r]!r} "
+    r = next((i for i, (a, b) in enumerate(zip(names, test_points.names)) if a != b), None)
+    if r is not None:  # data row r is file line r + 2
+        raise SubmissionError(f"{path}: line {r + 2} is {names[r]!r}, test_points.csv has {test_points.names[r]!r} "
                               f"there (rows must follow test_points.csv order)")
+    if len(df) > n:
+        raise SubmissionError(f"{path}: {len(df)} rows, test_points.csv has {n} (line {n + 2} is one too many)")
+    if len(df) < n:
+        raise SubmissionError(f"{path}: {len(df)} rows, test_points.csv has {n} ({test_points.names[len(df)]!r}, "
+                              f"due on line {len(df) + 2}, is missing)")
     vals = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     if not np.isfinite(vals).all():
         r, c = np.argwhere(~np.isfinite(vals))[0]
-        raise SubmissionError(f"{path}: row {r + 2} ({names[r]}), column {want[c + 1]}: missing or non-numeric")
+        raise SubmissionError(f"{path}: line {r + 2} ({names[r]}), column {want[c + 1]}: missing or non-numeric")
     return df

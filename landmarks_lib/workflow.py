@@ -2,7 +2,8 @@
 
 A run folder is self-describing: ``params.yaml`` (resolved), ``run_info.json`` (git commit, package versions, data
 fingerprint), ``checkpoints/``, ``history.csv``, ``metrics.json``, ``noise.csv``, ``val_predictions.npy``,
-``submission.csv``, ``figures/``, ``notebooks/`` and ``reports/``. Every file is written atomically.
+``submission.csv`` (``submission_partial.csv`` instead when ``max_test_images`` left test images out), ``figures/``,
+``notebooks/`` and ``reports/``. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from .io import atomic_open, atomic_save_npy, atomic_write_json, read_test_point
 from .params import default_cache_dir
 from .engine import apply_threads  # noqa: F401  (the notebooks call workflow.apply_threads)
 from .predict import predict_images, select_device
-from .submission import validate_submission, write_submission
+from .submission import SubmissionError, validate_submission, write_submission
+
+SUBMISSION = "submission.csv"  # every test image of test_points.csv: the file to upload
+PARTIAL_SUBMISSION = "submission_partial.csv"  # only the first max_test_images of them: not a contest submission
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "matplotlib", "papermill", "jupytext", "nbdime")
 
@@ -224,7 +228,8 @@ def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
     """Predict every test image listed in ``test/test_points.csv`` (all points, original pixels).
 
     Returns:
-        ``(TestPoints, pred float64 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones.
+        ``(TestPoints, pred float64 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones (the
+        ``TestPoints`` then hold only those rows, and ``write_results`` writes ``submission_partial.csv``).
     """
     from .predict import load_checkpoint
 
@@ -241,12 +246,30 @@ def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
 
 
 def write_results(params: dict, test_points, test_pred, val_metrics: dict, val_pred=None) -> dict:
-    """Write ``submission.csv`` (validated against ``test_points.csv``), ``metrics.json``,
-    ``test_predictions.npy`` (all points of every predicted test image, ``float32 [N, K, 2]`` original pixels, rows
-    in ``test_points.csv`` order) and ``val_predictions.npy`` into the run folder, atomically. Returns the metrics
-    written."""
+    """Write the submission, ``metrics.json``, ``test_predictions.npy`` (all points of every predicted test image,
+    ``float32 [N, K, 2]`` original pixels, rows in ``test_points.csv`` order) and ``val_predictions.npy`` into the
+    run folder, atomically. Returns the metrics written.
+
+    ``test_points`` (with ``test_pred`` in its row order) must be the first ``N`` rows of the data's
+    ``test/test_points.csv``. When it holds all of them the submission is ``submission.csv``, checked against the
+    whole file; when ``max_test_images`` left some out it is ``submission_partial.csv`` (checked against the rows
+    predicted; not a contest submission), and no ``submission.csv`` is written. Either removes the other name from
+    the run folder, so a folder never holds a submission from an earlier run beside this run's.
+
+    Raises:
+        SubmissionError: ``test_points`` are not the first rows of ``test_points.csv``, or the submission fails its
+            check (nothing is written then).
+    """
     run_dir = params["run_dir"]
-    write_submission(os.path.join(run_dir, "submission.csv"), test_points, test_pred)
+    tp_path = os.path.join(resolve_data_dir(params), "test", "test_points.csv")
+    full = read_test_points(tp_path)
+    n = len(test_points)
+    if list(test_points.names) != full.names[:n] or not np.array_equal(test_points.indices, full.indices[:n]):
+        raise SubmissionError(f"{tp_path}: the {n} test images predicted are not its first {n} rows")
+    name, stale = (SUBMISSION, PARTIAL_SUBMISSION) if n == len(full) else (PARTIAL_SUBMISSION, SUBMISSION)
+    write_submission(os.path.join(run_dir, name), full if n == len(full) else test_points, test_pred)
+    if os.path.exists(os.path.join(run_dir, stale)):
+        os.remove(os.path.join(run_dir, stale))
     atomic_save_npy(os.path.join(run_dir, "test_predictions.npy"), np.asarray(test_pred, np.float32))
     if val_pred is not None:
         atomic_save_npy(os.path.join(run_dir, "val_predictions.npy"), np.asarray(val_pred, np.float32))
@@ -254,6 +277,15 @@ def write_results(params: dict, test_points, test_pred, val_metrics: dict, val_p
     m["n_test"] = len(test_points)
     atomic_write_json(os.path.join(run_dir, "metrics.json"), m)
     return m
+
+
+def submission_file(run_dir) -> str | None:
+    """The run's submission: ``<run_dir>/submission.csv``, else ``<run_dir>/submission_partial.csv`` (a run with
+    ``max_test_images``; see ``write_results``), else None."""
+    for name in (SUBMISSION, PARTIAL_SUBMISSION):
+        if os.path.exists(os.path.join(run_dir, name)):
+            return os.path.join(run_dir, name)
+    return None
 
 
 def check_submission(params: dict, data_dir) -> pd.DataFrame:

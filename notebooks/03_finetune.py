@@ -24,7 +24,8 @@
 #    kept, dropped or down-weighted (`noise_action`).
 # 3. **Evaluate** on the validation images exactly as on the test set (raw image → coarse model → face crop →
 #    model → original pixels, with flip TTA), predict the test images and write `submission.csv` (validated against
-#    `test_points.csv`) and `metrics.json`.
+#    `test_points.csv`) and `metrics.json`. With `max_test_images` below the number of test images the submission
+#    is `submission_partial.csv` instead: only those rows, not for upload.
 
 # %% [markdown]
 # ## Parameters
@@ -39,7 +40,7 @@ synthetic_train = 240       # embedded default: number of synthetic training ima
 synthetic_test = 40         # embedded default: number of synthetic test images
 synthetic_points = 971      # embedded default: landmarks per face
 max_train_images = 0        # use at most this many training images (0: all)
-max_test_images = 0         # predict at most this many test images (0: all; a partial submission fails validation)
+max_test_images = 0         # predict at most this many test images (0: all; partial runs write submission_partial.csv)
 bad_rows = "error"          # landmarks.csv rows with missing/NaN values: 'error' stops, 'skip' drops and reports
 val_fraction = 0.1          # share of training images held out for validation
 val_split = "auto"          # 'groups' (train/groups.csv), 'random', or 'auto' (groups when the file exists)
@@ -152,6 +153,9 @@ checkpoints = workflow.ensemble_checkpoints(params)
 val_pred, val_metrics = workflow.evaluate_validation(params, data, checkpoints, exclude_flagged=True)
 test_points, test_pred = workflow.predict_test(params, params["data_dir"], checkpoints)
 metrics = workflow.write_results(params, test_points, test_pred, val_metrics, val_pred)
-print(f"submission: {os.path.join(params['run_dir'], 'submission.csv')} ({len(test_points)} rows, "
-      f"{2 * test_points.indices.shape[1]} value columns, validated against test_points.csv)")
+submission_csv = workflow.submission_file(params["run_dir"])
+partial = os.path.basename(submission_csv) == workflow.PARTIAL_SUBMISSION
+print(f"{'partial submission (max_test_images; not for upload)' if partial else 'submission'}: {submission_csv} "
+      f"({len(test_points)} rows, {2 * test_points.indices.shape[1]} value columns, validated against "
+      f"{'the first rows of ' if partial else ''}test_points.csv)")
 pd.Series(metrics, name="value").to_frame()

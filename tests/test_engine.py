@@ -38,6 +38,28 @@ def _cli(data_dir, run_dir, cache_dir, **kw):
     return cmd
 
 
+def test_params_key_counts_the_data_folder_not_its_spelling(tmp_path, monkeypatch):
+    """``train.py`` keeps ``--data-dir`` as typed, the pipeline makes it absolute: one folder, one key per stage."""
+    from landmarks_lib import pipeline, train
+
+    monkeypatch.chdir(tmp_path)
+    for d in ("data", "data2"):
+        (tmp_path / d).mkdir()
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    args = train.build_parser().parse_args(["--data-dir", "data", "--run-dir", "runs/x"])
+    rel = train.resolve_params(args)
+    assert rel["data_dir"] == "data"
+    spellings = [rel, pipeline.resolve_params(None, (), "data", "runs/x"), {**rel, "data_dir": "./data/"},
+                 {**rel, "data_dir": str(tmp_path / "link")}, {**rel, "run_dir": "elsewhere", "device": "cpu"}]
+    other = {**rel, "data_dir": "data2"}
+    for stage in ("coarse", "train"):
+        keys = {engine.params_key(p, stage) for p in spellings}
+        assert len(keys) == 1
+        assert engine.params_key(other, stage) not in keys
+        assert engine.params_key({**rel, "epochs": rel["epochs"] + 1}, stage) not in keys
+    assert engine.params_key(rel, "coarse") != engine.params_key(rel, "train")
+
+
 @pytest.mark.parametrize("head", ["linear", "spatial", "softargmax"])
 def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", head=head)

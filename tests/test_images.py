@@ -138,6 +138,31 @@ def test_la_composited_over_black(tmp_path):
     assert out[0, 0].tolist() == [200] * 3 and out[0, 1].tolist() == [40] * 3
 
 
+def test_premultiplied_alpha_modes_use_their_colour_channels():
+    """``La`` and ``RGBa`` store colour already multiplied by alpha: that is the image over black, as for ``LA``."""
+    src = Image.fromarray(np.array([[[200, 128], [7, 255], [90, 0]]], np.uint8), "LA")
+    la = src.convert("La")
+    assert la.mode == "La"
+    out = to_rgb(la)
+    check_rgb(out, 1, 3)
+    assert out[0].tolist() == [[100] * 3, [7] * 3, [0] * 3]  # 200 * 128 / 255 = 100.4 -> 100
+    np.testing.assert_array_equal(out, to_rgb(src))  # the same as the LA image it came from
+    rgba = Image.new("RGBa", (2, 1), (100, 50, 20, 128))
+    assert to_rgb(rgba)[0, 0].tolist() == [100, 50, 20]
+
+
+def test_unconvertible_mode_names_the_file(tmp_path, monkeypatch):
+    p = tmp_path / "odd.png"
+    Image.new("RGB", (4, 3)).save(p)
+
+    def refuse(im):
+        raise ValueError(f"conversion from {im.mode} to RGB not supported")
+
+    monkeypatch.setattr("landmarks_lib.images.to_rgb", refuse)
+    with pytest.raises(ImageError, match=r"odd\.png: image mode RGB cannot be converted to RGB \(conversion from"):
+        load_image(p)
+
+
 def test_cmyk_jpeg_known_colour(tmp_path):
     p = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(p, quality=95)  # pure red in CMYK
@@ -188,7 +213,8 @@ def test_exif_orientation_ignored(tmp_path):
     check_rgb(load_image(p), 100, 50)  # not rotated to 50 x 100
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I", "F", "I;16", "YCbCr"])
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I", "F", "I;16", "YCbCr", "La",
+                                  "RGBa", "PA", "LAB", "HSV", "I;16B", "RGBX"])
 def test_every_mode_gives_uint8_hw3(mode):
     im = Image.new(mode, (6, 4))
     out = to_rgb(im)

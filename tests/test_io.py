@@ -130,6 +130,18 @@ def test_duplicate_file_names(tmp_path):
         read_landmarks(p)
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_not_utf8_names_file_and_line(tmp_path, eol):
+    """A Latin-1 name on line 13 (after a blank line 3): a DataFormatError naming the file and that line, in both
+    bad_rows modes (the fast parser hands the file to the exact one, which reports it)."""
+    p = tmp_path / "landmarks.csv"
+    lines = ["\t".join(header(1)), "a0.jpg\t1\t2", ""] + [f"a{i}.jpg\t1\t2" for i in range(1, 10)]
+    p.write_bytes(eol.join(lines).encode() + eol.encode() + b"caf\xe9.jpg\t1\t2" + eol.encode())
+    for bad_rows in ("error", "skip"):
+        with pytest.raises(DataFormatError, match=rf"^{p}: line 13: not UTF-8 text \(byte 0xe9"):
+            read_landmarks(p, bad_rows=bad_rows)
+
+
 def test_non_integer_values_stored_float32(tmp_path):
     p = write_rows(tmp_path / "l.csv", [GOOD[0], ["b.jpg", 1.5, 2, 3, 4.25]])
     t = read_landmarks(p)
@@ -245,6 +257,33 @@ def test_test_points_bad_header_and_field_count(tmp_path):
         read_test_points(q)
     with pytest.raises(FileNotFoundError):
         read_test_points(tmp_path / "none.csv")
+
+
+def test_test_points_blank_lines_keep_line_numbers(tmp_path):
+    p = tmp_path / "tp.csv"
+    p.write_text("file_name\tpoint_index_list\na.jpg\t[1, 2]\n\nb.jpg\t[1, 99]\n")
+    with pytest.raises(DataFormatError, match=r"line 4 \(b\.jpg\): point index 99 out of range"):  # blank line 3
+        read_test_points(p, num_points=10)
+    p.write_text("file_name\tpoint_index_list\na.jpg\t[1, 2]\n\n\nb.jpg\t[1, 2]\na.jpg\t[3, 4]\n")
+    with pytest.raises(DataFormatError, match=r"line 6 \(a\.jpg\): duplicate file_name \(first on line 2\)"):
+        read_test_points(p)
+    p.write_text("file_name\tpoint_index_list\n\na.jpg\t[1, 2]\nb.jpg\t[1]\n")
+    with pytest.raises(DataFormatError, match=r"line 4 \(b\.jpg\): 1 indices, but line 3 has 2"):
+        read_test_points(p)
+    p.write_text("file_name\tpoint_index_list\na.jpg\t[1, 2]\n\nb.jpg\n")
+    with pytest.raises(DataFormatError, match=rf"{p}: line 4: wrong number of tab-separated fields, expected 2, got 1"):
+        read_test_points(p)
+    p.write_bytes(b"\xef\xbb\xbffile_name\tpoint_index_list\r\n\r\na.jpg\t[1, 2]\r\n\r\nNA\t[0, 3]\r\n")
+    tp = read_test_points(p)  # BOM, CRLF and blank lines are fine; a name that pandas would read as NaN stays text
+    assert tp.names == ["a.jpg", "NA"]
+    np.testing.assert_array_equal(tp.indices, [[1, 2], [0, 3]])
+
+
+def test_test_points_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "tp.csv"
+    p.write_bytes(b"file_name\tpoint_index_list\na.jpg\t[1]\n\ncaf\xe9.jpg\t[2]\n")
+    with pytest.raises(DataFormatError, match=rf"^{p}: line 4: not UTF-8 text \(byte 0xe9"):
+        read_test_points(p)
 
 
 # ------------------------------------------------------------------------------------------- atomic writes

@@ -1,5 +1,7 @@
 """Metrics (contest MSE per coordinate, NME, CED) and the submission writer and validator."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,11 +68,12 @@ def test_submission_rejects_nan_and_wrong_shapes(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda df: df.iloc[::-1], "order"),
-    (lambda df: df.iloc[:1], "rows"),
+    (lambda df: df.iloc[::-1], r"line 2 is 'a\.jpg', test_points\.csv has 'b\.jpg' there \(.*order"),
+    (lambda df: df.iloc[:1], r"1 rows, test_points\.csv has 2 \('a\.jpg', due on line 3, is missing\)"),
+    (lambda df: pd.concat([df, df.iloc[:1]]), r"3 rows, test_points\.csv has 2 \(line 4 is one too many\)"),
     (lambda df: df.rename(columns={"Point_M1_Y": "Point_M1_y"}), "header"),
-    (lambda df: df.assign(Point_M0_X=["1", "x"]), "non-numeric"),
-    (lambda df: df.assign(Point_M0_Y=[1.0, np.nan]), "missing"),
+    (lambda df: df.assign(Point_M0_X=["1", "x"]), r"line 3 \(a\.jpg\), column Point_M0_X: missing or non-numeric"),
+    (lambda df: df.assign(Point_M0_Y=[1.0, np.nan]), r"line 3 \(a\.jpg\), column Point_M0_Y: missing"),
 ])
 def test_validator_names_the_problem(tmp_path, mutate, message):
     tp = _tp()
@@ -89,3 +92,72 @@ def test_validator_accepts_written_file_with_real_test_points(tmp_path):
     assert df.iloc[0, 1:].tolist() == [6, 7, 2, 3]
     assert df.iloc[1, 1:].tolist() == [8, 9, 12, 13]
     assert isinstance(df, pd.DataFrame)
+
+
+def test_validator_reads_names_as_text_and_counts_file_lines(tmp_path):
+    names = ["NA", "nan", "null", "None", "N/A", "#N/A"]  # pandas' default NA markers are names here
+    tp = TestPoints(names, np.zeros((len(names), 1), np.int64))
+    path = tmp_path / "s.csv"
+    submission.write_submission(path, tp, np.ones((len(names), 1, 2)))
+    df = submission.validate_submission(path, tp)
+    assert df["file_name"].tolist() == names
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + [""] + lines[3:]) + "\n")  # a blank line 4
+    with pytest.raises(submission.SubmissionError, match=rf"{path}: line 4 is '', test_points\.csv has 'null'"):
+        submission.validate_submission(path, tp)
+
+
+def test_failed_check_writes_nothing(tmp_path):
+    """A table whose written form does not read back as ``test_points`` (a name with a carriage return) is refused
+    before anything is written: an existing submission stays as it was, no file appears, no temporary is left."""
+    path = tmp_path / "submission.csv"
+    submission.write_submission(path, _tp(), np.zeros((2, 3, 2)))
+    before = path.read_bytes()
+    bad = TestPoints(["b\r.jpg", "a.jpg"], np.array([[2, 0], [1, 1]]))
+    with pytest.raises(submission.SubmissionError, match=rf"{path}: line 2 is 'b'"):
+        submission.write_submission(path, bad, np.ones((2, 3, 2)))
+    assert path.read_bytes() == before
+    with pytest.raises(submission.SubmissionError):
+        submission.write_submission(tmp_path / "new.csv", bad, np.ones((2, 3, 2)))
+    assert sorted(os.listdir(tmp_path)) == ["submission.csv"]
+
+
+def test_partial_run_writes_a_partial_submission_only(tmp_path):
+    """``max_test_images`` below the test set: ``submission_partial.csv`` (its rows checked), no ``submission.csv``
+    (an earlier one is removed, never left looking like this run's); a complete run puts ``submission.csv`` back."""
+    from landmarks_lib import params as lp
+    from landmarks_lib import workflow
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "landmarks.csv").write_text("file_name\tPoint_0_X\tPoint_0_Y\n")
+    (data / "test").mkdir()
+    (data / "test" / "test_points.csv").write_text(
+        "file_name\tpoint_index_list\n" + "".join(f"img{i}.jpg\t[0, 2]\n" for i in range(5)))
+    full = read_test_points(data / "test" / "test_points.csv", num_points=3)
+    pred = np.arange(5 * 3 * 2, dtype=float).reshape(5, 3, 2)
+    p = lp.resolve(None, None, data_dir=str(data), run_dir=str(run), max_test_images=2)
+
+    workflow.write_results(p, full, pred, {"val_mse": 1.0})
+    assert len(workflow.check_submission(p, data)) == 5
+    assert workflow.submission_file(run) == str(run / "submission.csv")
+
+    cut = TestPoints(full.names[:2], full.indices[:2])  # what predict_test returns with max_test_images = 2
+    m = workflow.write_results(p, cut, pred[:2], {"val_mse": 1.0})
+    assert m["n_test"] == 2
+    assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission_partial.csv"]
+    assert workflow.submission_file(run) == str(run / "submission_partial.csv")
+    assert (run / "submission_partial.csv").read_text().splitlines()[1:] == ["img0.jpg,0,1,4,5",
+                                                                             "img1.jpg,6,7,10,11"]
+    with pytest.raises(submission.SubmissionError, match="2 rows, test_points.csv has 5"):
+        submission.validate_submission(run / "submission_partial.csv", full)
+    with pytest.raises(FileNotFoundError):
+        workflow.check_submission(p, data)
+
+    shifted = TestPoints(full.names[1:3], full.indices[1:3])
+    with pytest.raises(submission.SubmissionError, match="the 2 test images predicted are not its first 2 rows"):
+        workflow.write_results(p, shifted, pred[1:3], {})
+    assert (run / "submission_partial.csv").read_text().splitlines()[1] == "img0.jpg,0,1,4,5"
+
+    workflow.write_results(p, full, pred, {})
+    assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission.csv"]

@@ -191,6 +191,46 @@ def test_prepare_run_dir_rules(tmp_path, monkeypatch):
         pipeline.prepare_run_dir(params, resume=True, force=True)
 
 
+def test_resume_without_state_compares_with_params_yaml(tmp_path, monkeypatch):
+    """A folder written by ``landmarks_lib.train`` or by the notebooks has ``params.yaml`` but no
+    ``pipeline_state.json``: ``--resume`` compares the parameters the models depend on with that file, each folder
+    counting as the folder it names however spelled."""
+    from landmarks_lib import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data2").mkdir()
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    # as `python -m landmarks_lib.train --data-dir data --run-dir runs/x -p epochs 3` writes it (relative folders)
+    args = train.build_parser().parse_args(["--data-dir", "data", "--run-dir", "runs/x", "-p", "epochs", "3"])
+    lp.dump(train.resolve_params(args), run / "params.yaml")
+    same = pipeline.resolve_params(None, [("epochs", "3")], "data", "runs/x")
+    assert same["data_dir"] == str(tmp_path / "data")  # absolute here, relative in the file
+    assert pipeline.prepare_run_dir(same, resume=True)["finished"] == {}
+    pipeline.prepare_run_dir({**same, "device": "cpu", "num_workers": 0, "max_test_images": 2}, resume=True)
+    with pytest.raises(pipeline.PipelineError, match=r"params\.yaml .*no pipeline_state\.json.*epochs: 3 -> 50"):
+        pipeline.prepare_run_dir({**same, "epochs": 50}, resume=True)
+    with pytest.raises(pipeline.PipelineError, match=rf"data_dir: '{tmp_path / 'data'}' -> '{tmp_path / 'data2'}'"):
+        pipeline.prepare_run_dir(pipeline.resolve_params(None, [("epochs", "3")], "data2", "runs/x"), resume=True)
+    assert not (run / pipeline.STATE_FILE).exists()
+
+    # a notebook opened in Jupyter (working directory notebooks/) with the defaults: run_dir "runs/default" and the
+    # synthetic data it resolved into runs/default/data, both relative to notebooks/
+    nb_run = tmp_path / "notebooks" / "runs" / "default"
+    nb_run.mkdir(parents=True)
+    lp.dump(lp.resolve(None, None, run_dir="runs/default", data_dir="runs/default/data"), nb_run / "params.yaml")
+    p = pipeline.resolve_params(None, (), None, str(nb_run))  # from tmp_path: data_dir stays empty
+    assert p["data_dir"] == ""
+    pipeline.prepare_run_dir(p, resume=True)
+    with pytest.raises(pipeline.PipelineError, match="seed: 0 -> 1"):
+        pipeline.prepare_run_dir({**p, "seed": 1}, resume=True)
+
+    bare = tmp_path / "bare"  # neither file: nothing to compare with
+    (bare / "checkpoints").mkdir(parents=True)
+    pipeline.prepare_run_dir(pipeline.resolve_params(None, (), None, str(bare)), resume=True)
+
+
 def test_force_never_deletes_a_folder_holding_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("epochs: 1\n")
     (tmp_path / "sub").mkdir()
