@@ -202,7 +202,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclu
     names = [data.names[i] for i in data.val_idx]
     pred = predict_images(checkpoints, data.image_dir, names, default_cache_dir(params),
                           select_device(params["device"]), tta_flip=params["tta_flip"],
-                          refine_steps=params["refine_steps"], progress=progress)
+                          refine_steps=params["refine_steps"], progress=progress, tta_scales=params["tta_scales"])
     truth = data.points(data.val_idx)
     out = _val_metrics(metrics.summary(pred, truth))
     if exclude_flagged:
@@ -236,7 +236,7 @@ def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
     pred = predict_images(checkpoints, os.path.join(data_dir, "test", "images"), tp.names,
                           default_cache_dir(params), select_device(params["device"]),
                           tta_flip=params["tta_flip"], refine_steps=params["refine_steps"],
-                          progress=progress)
+                          progress=progress, tta_scales=params["tta_scales"])
     return tp, pred
 
 
@@ -246,7 +246,8 @@ def write_results(params: dict, test_points, test_pred, val_metrics: dict, val_p
     in ``test_points.csv`` order) and ``val_predictions.npy`` into the run folder, atomically. Returns the metrics
     written."""
     run_dir = params["run_dir"]
-    write_submission(os.path.join(run_dir, "submission.csv"), test_points, test_pred)
+    write_submission(os.path.join(run_dir, "submission.csv"), test_points, test_pred,
+                     decimals=params["submission_decimals"])
     atomic_save_npy(os.path.join(run_dir, "test_predictions.npy"), np.asarray(test_pred, np.float32))
     if val_pred is not None:
         atomic_save_npy(os.path.join(run_dir, "val_predictions.npy"), np.asarray(val_pred, np.float32))
