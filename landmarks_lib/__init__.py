@@ -5,7 +5,9 @@ Coordinate convention (the only one used in this package)
 Points are ``(x, y)`` pairs in **continuous pixel coordinates**: pixel column ``i`` spans ``[i, i + 1)``, so the
 centre of pixel ``(i, j)`` is at ``(i + 0.5, j + 0.5)``, the image spans ``[0, W] x [0, H]``, ``x`` grows to the
 right and ``y`` grows downward. A horizontal flip maps ``x -> W - x``. Arrays of points are ``float32`` of shape
-``[K, 2]`` or ``[N, K, 2]`` unless a docstring says otherwise (the contest's integer labels are stored as ``int16``).
+``[K, 2]`` or ``[N, K, 2]`` unless a docstring says otherwise. Files (``landmarks.csv``, submissions) hold *labels*,
+pixel indices (label ``i`` is continuous ``i + 0.5``, ``io.LABEL_OFFSET``); ``io.labels_to_points`` and
+``io.points_to_labels`` convert at that boundary, and nowhere else (the integer labels are stored as ``int16``).
 Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x``) are converted at the boundary.
 
 Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and

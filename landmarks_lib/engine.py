@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import augment, geometry, metrics, models
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
-from .io import LandmarksTable, atomic_open, read_landmarks
+from .io import LandmarksTable, atomic_open, labels_to_points, read_landmarks
 from .params import default_cache_dir, training_params
 from .predict import CHECKPOINT_FORMAT, predict_cache, select_device
 
@@ -63,9 +63,10 @@ class TrainData:
         return self.table.names
 
     def points(self, idx=None) -> np.ndarray:
-        """``float32 [n, K, 2]`` original pixels (all images, or ``idx``)."""
+        """``float32 [n, K, 2]`` continuous original pixels (all images, or ``idx``): the labels of
+        ``landmarks.csv`` plus ``io.LABEL_OFFSET`` (``io.labels_to_points``)."""
         p = self.table.points if idx is None else self.table.points[np.asarray(idx)]
-        return np.asarray(p, dtype=np.float32)
+        return labels_to_points(p)
 
     def flip_perm(self) -> np.ndarray:
         """The mirror permutation estimated from (up to 2,000) training shapes; computed once."""

@@ -1,7 +1,7 @@
 """Reading the contest's tables and writing files atomically.
 
 - ``train/landmarks.csv``: tab-separated; ``file_name`` then ``Point_0_X, Point_0_Y, ..., Point_{K-1}_Y`` in
-  original-image pixels (continuous convention, see ``landmarks_lib``). ``K`` is read from the header.
+  original-image pixels, as *labels* (pixel indices: see ``LABEL_OFFSET``). ``K`` is read from the header.
 - ``test/test_points.csv``: tab-separated; ``file_name`` and ``point_index_list``, a list literal of point indices,
   parsed as JSON (never evaluated).
 
@@ -23,6 +23,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+#: The contest's label convention: a label value ``v`` is a pixel *index* coordinate (``v = i`` is the centre of pixel
+#: ``i``), i.e. the continuous coordinate of the package convention (``landmarks_lib``) is ``v + LABEL_OFFSET``, and a
+#: horizontal mirror maps labels ``v -> W - 1 - v``. Evidence on the stand-in data: a model trained with flips under
+#: the other reading (labels continuous, mirrored ``v -> W - v``) predicts x 0.37 px to the right of the labels on
+#: average (y: -0.06 px), the shift that reading predicts (up to +0.5 px: flipped targets one pixel off). Files in
+#: label convention: ``landmarks.csv``, submissions, ``predict.write_points_csv``; everything else is continuous.
+LABEL_OFFSET = 0.5
+
+
+def labels_to_points(labels) -> np.ndarray:
+    """Label-convention coordinates (``LABEL_OFFSET``; any numeric dtype, any shape ``[..., 2]``) -> continuous
+    pixels, ``float32``: ``labels + 0.5``."""
+    return np.asarray(labels, dtype=np.float32) + np.float32(LABEL_OFFSET)
+
+
+def points_to_labels(points) -> np.ndarray:
+    """Continuous pixels ``[..., 2]`` -> label-convention coordinates, ``float64`` (not rounded): ``points - 0.5``."""
+    return np.asarray(points, dtype=np.float64) - LABEL_OFFSET
+
+
 class DataFormatError(ValueError):
     """A table that does not follow the contest format; the message names the file and the line."""
 
@@ -33,8 +53,9 @@ class LandmarksTable:
 
     Attributes:
         names: image file names, ``N`` strings, in file order.
-        points: ``[N, K, 2]`` (x, y) original pixels; ``int16`` when every value is an integer in range (the
-            contest's case), else ``float32``. Convert per batch (``points.astype(np.float32)``).
+        points: ``[N, K, 2]`` (x, y) original-pixel *labels* as in the file (``LABEL_OFFSET``: continuous pixels are
+            ``labels_to_points(points)``); ``int16`` when every value is an integer in range (the contest's case),
+            else ``float32``. Convert per batch.
         skipped: ``(line, file_name, reason)`` of rows dropped under ``bad_rows="skip"``.
     """
 

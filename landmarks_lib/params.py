@@ -73,6 +73,7 @@ SPEC = {
     "cache_margin": (0.125, "extra border kept in the cache around each crop, share of the crop, for augmentation"),
     "tta_flip": (True, "average predictions on the image and its mirror"),
     "refine_steps": (1, "face crops: how often the face model re-places its own crop at inference"),
+    "tta_scales": ("1.0", "face crops: comma-separated crop scales (times face_scale) of the last pass, averaged"),
     # runtime
     "seed": (0, "random seed"),
     "device": ("auto", "auto, cpu, cuda or mps"),
@@ -81,6 +82,7 @@ SPEC = {
     "amp": (True, "bf16 autocast on CUDA (ignored on CPU)"),
     "channels_last": (True, "channels-last memory format for training (CUDA and CPU)"),
     "num_figures": (8, "images per gallery figure"),
+    "submission_decimals": (2, "decimals of submission coordinates (0 = integers, halves up)"),
     "ensemble_runs": ("", "comma-separated run folders whose predictions are averaged into this run's submission"),
 }
 

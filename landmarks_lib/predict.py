@@ -139,9 +139,33 @@ def _frames_from_points(points, size, face_scale):
     return np.stack([geometry.face_frame(p, size, face_scale).as_array() for p in points])
 
 
+def parse_scales(text) -> tuple:
+    """``"0.92, 1.0"`` (or a number, or a sequence of numbers) -> ``(0.92, 1.0)``.
+
+    Raises:
+        ValueError: an empty list, or a value that is not a positive finite number.
+    """
+    items = [text] if isinstance(text, (int, float)) else (
+        str(text).replace(";", ",").split(",") if isinstance(text, str) else list(text))
+    out = []
+    for v in items:
+        if isinstance(v, str) and not v.strip():
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"crop scale {v!r} is not a number (in {text!r})") from None
+        if not (np.isfinite(f) and f > 0):
+            raise ValueError(f"crop scale {v!r} must be a positive number (in {text!r})")
+        out.append(f)
+    if not out:
+        raise ValueError(f"no crop scale in {text!r}")
+    return tuple(out)
+
+
 def predict_images(checkpoint, image_dir, names, cache_dir, device="cpu", batch_size: int = 128,
                    tta_flip: bool = True, refine_steps: int = 1, num_workers: int = 0, progress: bool = True,
-                   amp: bool = False) -> np.ndarray:
+                   amp: bool = False, tta_scales=(1.0,)) -> np.ndarray:
     """All landmarks of each image, in original pixels.
 
     Args:
@@ -151,12 +175,15 @@ def predict_images(checkpoint, image_dir, names, cache_dir, device="cpu", batch_
         cache_dir: where their crops are cached (``cache.get_cache``).
         tta_flip: flip test-time augmentation (ignored for a checkpoint without a mirror permutation).
         refine_steps: for ``face`` checkpoints, how often the face model re-places its own crop.
+        tta_scales: for ``face`` checkpoints, crop scales (factors of the checkpoint's ``face_scale``; ``parse_scales``
+            text or numbers) of the last pass: each places its own crop around the same refined points and the
+            predictions are averaged in original pixels (scale test-time augmentation; ``(1.0,)`` = off).
     Returns:
         ``float64 [N, K, 2]`` original pixels.
     """
     if isinstance(checkpoint, (list, tuple)):
         preds = [predict_images(c, image_dir, names, cache_dir, device, batch_size, tta_flip, refine_steps,
-                                num_workers, progress, amp) for c in checkpoint]
+                                num_workers, progress, amp, tta_scales) for c in checkpoint]
         return np.mean(preds, axis=0)
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     meta = ckpt["meta"]
@@ -172,12 +199,22 @@ def predict_images(checkpoint, image_dir, names, cache_dir, device="cpu", batch_
         raise CheckpointError("a 'face' checkpoint needs its coarse model to place crops; it has none")
     points = predict_images(ckpt["coarse"], image_dir, names, cache_dir, device, batch_size, tta_flip, 0,
                             num_workers, progress, amp)
-    for _ in range(1 + max(0, int(refine_steps))):
-        frames = _frames_from_points(points, size, meta["face_scale"])
-        c = cache_mod.get_cache(image_dir, names, "face", size, cache_dir, margin=0.0, frames=frames,
-                                num_workers=num_workers, progress=progress, desc="face crops")
-        points = predict_cache(model, meta, c, None, dev, batch_size, tta, amp)
-    return points
+    scales = parse_scales(tta_scales)
+    for _ in range(max(0, int(refine_steps))):
+        points = _predict_face(model, meta, points, 1.0, image_dir, names, cache_dir, dev, batch_size, tta,
+                               num_workers, progress, amp)
+    return np.mean([_predict_face(model, meta, points, s, image_dir, names, cache_dir, dev, batch_size, tta,
+                                  num_workers, progress, amp) for s in scales], axis=0)
+
+
+def _predict_face(model, meta, points, scale, image_dir, names, cache_dir, dev, batch_size, tta, num_workers,
+                  progress, amp) -> np.ndarray:
+    """One face-crop pass: crops of side ``face_scale * scale`` times each face's extent around ``points``."""
+    size = int(meta["crop_size"])
+    frames = _frames_from_points(points, size, meta["face_scale"] * scale)
+    c = cache_mod.get_cache(image_dir, names, "face", size, cache_dir, margin=0.0, frames=frames,
+                            num_workers=num_workers, progress=progress, desc="face crops")
+    return predict_cache(model, meta, c, None, dev, batch_size, tta, amp)
 
 
 def list_images(image_dir) -> list:
@@ -186,13 +223,13 @@ def list_images(image_dir) -> list:
 
 
 def write_points_csv(path, names, points) -> None:
-    """Write ``[N, K, 2]`` original-pixel points in ``landmarks.csv`` layout (tab-separated, 2 decimals),
-    atomically."""
+    """Write ``[N, K, 2]`` continuous original-pixel points as labels in ``landmarks.csv`` layout and convention
+    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``; tab-separated, 2 decimals), atomically."""
     import pandas as pd
 
-    from .io import atomic_open
+    from .io import atomic_open, points_to_labels
 
-    pts = np.asarray(points, dtype=np.float64)
+    pts = points_to_labels(points)
     k = pts.shape[1]
     cols = [f"Point_{i}_{a}" for i in range(k) for a in "XY"]
     df = pd.DataFrame(pts.reshape(len(pts), -1), columns=cols)
@@ -212,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
+    ap.add_argument("--refine-steps", type=int, default=1, help="face crops: re-placements by the face model")
+    ap.add_argument("--tta-scales", default="1.0", help="face crops: crop scales of the last pass, e.g. 0.92,1.0")
     ap.add_argument("--cache-dir", default=None)
     a = ap.parse_args(argv)
     names = list_images(a.images)
@@ -219,7 +258,8 @@ def main(argv=None) -> int:
         ap.error(f"no images in {a.images}")
     dev = select_device(a.device)
     pts = predict_images(a.checkpoint if len(a.checkpoint) > 1 else a.checkpoint[0], a.images, names,
-                         a.cache_dir or default_cache_dir(), dev, a.batch_size, not a.no_tta)
+                         a.cache_dir or default_cache_dir(), dev, a.batch_size, not a.no_tta, a.refine_steps,
+                         tta_scales=a.tta_scales)
     write_points_csv(a.out, names, pts)
     print(f"wrote {len(names)} rows x {pts.shape[1]} points to {a.out}")
     return 0

@@ -2,7 +2,9 @@
 
 Format: comma-separated, header ``file_name,Point_M0_X,Point_M0_Y,...,Point_M{M-1}_Y``; one row per test image in
 ``test_points.csv`` order; row ``r`` holds x, y of the points listed for that image, in list order, in original-image
-pixels, rounded to the nearest integer (halves up: ``floor(v + 0.5)``), never
+pixels in the label convention of ``landmarks.csv`` (``io.LABEL_OFFSET``: continuous predictions minus 0.5), with
+``decimals`` decimals (default 2: the metric is a mean squared error, and rounding to integers would add about
+1/12 px^2 to it), or rounded to the nearest integer with ``decimals=0`` (halves up: ``floor(v + 0.5)``), never
 truncated.
 """
 
@@ -14,7 +16,7 @@ from io import StringIO
 import numpy as np
 import pandas as pd
 
-from .io import TestPoints, atomic_open
+from .io import TestPoints, atomic_open, points_to_labels
 
 
 class SubmissionError(ValueError):
@@ -31,17 +33,22 @@ def round_half_up(values) -> np.ndarray:
     return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
 
 
-def make_submission(test_points: TestPoints, predictions) -> pd.DataFrame:
-    """Select each image's listed points from full predictions.
+def make_submission(test_points: TestPoints, predictions, decimals: int = 2) -> pd.DataFrame:
+    """Select each image's listed points from full predictions, as labels.
 
     Args:
         test_points: ``io.TestPoints`` (names and ``int64 [N, M]`` indices).
-        predictions: ``[N, K, 2]`` original pixels, rows in ``test_points.names`` order.
+        predictions: ``[N, K, 2]`` continuous original pixels, rows in ``test_points.names`` order.
+        decimals: ``> 0``: ``float64`` labels rounded to that many decimals; ``0``: ``int64`` labels rounded to the
+            nearest integer, halves up.
     Returns:
-        the submission table (``int64`` coordinates).
+        the submission table: label-convention coordinates (``io.points_to_labels``).
     Raises:
         SubmissionError: row count mismatch, NaN predictions, index outside ``[0, K)``.
+        ValueError: negative ``decimals``.
     """
+    if int(decimals) < 0:
+        raise ValueError(f"decimals must be >= 0, got {decimals}")
     p = np.asarray(predictions, dtype=np.float64)
     n, m = test_points.indices.shape
     if p.ndim != 3 or p.shape[0] != n or p.shape[2] != 2:
@@ -52,19 +59,21 @@ def make_submission(test_points: TestPoints, predictions) -> pd.DataFrame:
     if not np.isfinite(sel).all():
         r = int(np.flatnonzero(~np.isfinite(sel).all(axis=(1, 2)))[0])
         raise SubmissionError(f"prediction for {test_points.names[r]} (row {r + 1}) has NaN or infinite values")
-    df = pd.DataFrame(round_half_up(sel.reshape(n, 2 * m)), columns=submission_columns(m)[1:])
+    labels = points_to_labels(sel.reshape(n, 2 * m))
+    labels = round_half_up(labels) if int(decimals) == 0 else np.round(labels, int(decimals))
+    df = pd.DataFrame(labels, columns=submission_columns(m)[1:])
     df.insert(0, "file_name", list(test_points.names))
     return df
 
 
-def write_submission(path, test_points: TestPoints, predictions) -> pd.DataFrame:
+def write_submission(path, test_points: TestPoints, predictions, decimals: int = 2) -> pd.DataFrame:
     """``make_submission``, checked by ``validate_submission`` as the CSV text it writes, then written atomically:
     a table that fails the check is never written (``path`` is left as it was). Returns the table.
 
     Raises:
         SubmissionError: as ``make_submission`` and ``validate_submission`` (the message names ``path``).
     """
-    df = make_submission(test_points, predictions)
+    df = make_submission(test_points, predictions, decimals)
     text = df.to_csv(index=False)
     _check_table(StringIO(text), path, test_points)
     with atomic_open(path, "w", newline="") as f:

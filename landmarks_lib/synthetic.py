@@ -21,7 +21,8 @@ pixel first and stroke widths are odd, which keeps strokes centred on the labels
 Files written under ``out_dir``::
 
     train/images/NNNNN.jpg      JPEG quality 92, no EXIF; sizes in [min_size, max_size], some 3:4 and 4:3
-    train/landmarks.csv         TAB-separated, file_name, Point_0_X, Point_0_Y, ... (integers, rounded to nearest)
+    train/landmarks.csv         TAB-separated, file_name, Point_0_X, Point_0_Y, ... (integer labels in the contest's
+                                convention, ``io.LABEL_OFFSET``: continuous point minus 0.5, rounded to nearest)
     train/groups.csv            TAB-separated, file_name, group (integer person id)
     test/images/NNNNN.jpg       numbered after the training images (names never collide)
     test/test_points.csv        TAB-separated, file_name, point_index_list like "[431, 770, 428]"
@@ -35,12 +36,12 @@ background (flat, gradient, noise or stripes; luma >= 110 so the dark strokes st
 
 Training images come in **mirror twins**: every person's images are pairs whose geometry is the exact horizontal
 mirror of each other (same person, rotation ``-theta``, centre ``W - cx``; the twin's labels are exactly
-``W - x`` of the first's, permuted by ``mirror_permutation``). Backgrounds differ. So the set of training labels is
+``W - 1 - x`` of the first's (the mirror in label convention), permuted by ``mirror_permutation``). Backgrounds differ. So the set of training labels is
 exactly mirror symmetric and ``landmarks_lib.geometry.estimate_mirror_permutation`` recovers ``mirror_permutation``
 exactly, provided the images are enough for the median shape to keep neighbouring points apart (integer labels of
 points a fraction of a pixel apart often coincide): checked for K=68 from 41 images and K=971 from 96-240 images on
 several seeds; K=971 from 48 images, or K=2000 from 240, can merge a few neighbours and mispair them. Twins share their group, so group-wise validation splits keep them together. With an odd ``n_train`` the
-last image is self-symmetric (no rotation, centred, even width). Test images are independent (new persons).
+last image is self-symmetric (no rotation, centred, odd width, so the midline is a whole label column). Test images are independent (new persons).
 
 Run ``python -m landmarks_lib.synthetic OUT_DIR [--n-train N] [--n-test N] [--num-points K] [--seed S]``.
 """
@@ -59,7 +60,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .io import atomic_open
+from .io import atomic_open, points_to_labels
 
 SUPERSAMPLE = 4
 JPEG_QUALITY = 92
@@ -394,9 +395,9 @@ def _sample_geometry(rng, person, min_size, max_size, symmetric=False):
     frac = rng.uniform(0.35, 0.70)
     theta = math.radians(rng.uniform(-15.0, 15.0))
     squash = rng.uniform(0.8, 1.0)
-    if symmetric:  # self-mirror image: no rotation, centred, even width
+    if symmetric:  # self-mirror image: no rotation, centred, odd width (midline label (w - 1) / 2 is an integer)
         theta = 0.0
-        if w % 2:
+        if w % 2 == 0:
             w = w - 1 if w - 1 >= min_size else w + 1
     unit = frac * min(w, h) / 2.0
     ex, ey = _pose_extent(person, theta, squash, unit)
@@ -596,8 +597,9 @@ def _render(spec, layout: _Layout, extras: bool = False) -> dict:
 
 
 def _round_labels(points) -> np.ndarray:
-    """Round to the nearest integer (halves up), ``int64``."""
-    return np.floor(np.asarray(points, dtype=np.float64) + 0.5).astype(np.int64)
+    """Continuous points -> integer labels (``io.points_to_labels``, rounded to the nearest integer, halves up),
+    ``int64``."""
+    return np.floor(points_to_labels(points) + 0.5).astype(np.int64)
 
 
 def _labels(spec, points, labels_by_index, perm) -> np.ndarray:
@@ -608,10 +610,10 @@ def _labels(spec, points, labels_by_index, perm) -> np.ndarray:
     if spec["twin_of"] == "self":
         lab = _round_labels(points)
         first = np.flatnonzero(perm >= np.arange(len(perm)))  # one of each pair, and midline points
-        lab[perm[first]] = np.stack([w - lab[first, 0], lab[first, 1]], axis=1)
+        lab[perm[first]] = np.stack([w - 1 - lab[first, 0], lab[first, 1]], axis=1)
         return lab
     src = labels_by_index[spec["twin_of"]]
-    return np.stack([w - src[perm, 0], src[perm, 1]], axis=1)
+    return np.stack([w - 1 - src[perm, 0], src[perm, 1]], axis=1)
 
 
 # ------------------------------------------------------------------------------------------------------ writing

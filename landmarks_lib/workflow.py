@@ -206,7 +206,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, checkpoints, exclu
     names = [data.names[i] for i in data.val_idx]
     pred = predict_images(checkpoints, data.image_dir, names, default_cache_dir(params),
                           select_device(params["device"]), tta_flip=params["tta_flip"],
-                          refine_steps=params["refine_steps"], progress=progress)
+                          refine_steps=params["refine_steps"], progress=progress, tta_scales=params["tta_scales"])
     truth = data.points(data.val_idx)
     out = _val_metrics(metrics.summary(pred, truth))
     if exclude_flagged:
@@ -241,7 +241,7 @@ def predict_test(params: dict, data_dir, checkpoints, progress: bool = True):
     pred = predict_images(checkpoints, os.path.join(data_dir, "test", "images"), tp.names,
                           default_cache_dir(params), select_device(params["device"]),
                           tta_flip=params["tta_flip"], refine_steps=params["refine_steps"],
-                          progress=progress)
+                          progress=progress, tta_scales=params["tta_scales"])
     return tp, pred
 
 
@@ -267,7 +267,8 @@ def write_results(params: dict, test_points, test_pred, val_metrics: dict, val_p
     if list(test_points.names) != full.names[:n] or not np.array_equal(test_points.indices, full.indices[:n]):
         raise SubmissionError(f"{tp_path}: the {n} test images predicted are not its first {n} rows")
     name, stale = (SUBMISSION, PARTIAL_SUBMISSION) if n == len(full) else (PARTIAL_SUBMISSION, SUBMISSION)
-    write_submission(os.path.join(run_dir, name), full if n == len(full) else test_points, test_pred)
+    write_submission(os.path.join(run_dir, name), full if n == len(full) else test_points, test_pred,
+                     decimals=params["submission_decimals"])
     if os.path.exists(os.path.join(run_dir, stale)):
         os.remove(os.path.join(run_dir, stale))
     atomic_save_npy(os.path.join(run_dir, "test_predictions.npy"), np.asarray(test_pred, np.float32))

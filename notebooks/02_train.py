@@ -81,6 +81,7 @@ photometric = 0.2           # strength of brightness/contrast/saturation jitter 
 cache_margin = 0.125        # extra border kept in the cache around each crop, share of the crop, for augmentation
 tta_flip = True             # average predictions on the image and its mirror
 refine_steps = 1            # face crops: how often the face model re-places its own crop at inference
+tta_scales = "1.0"          # face crops: comma-separated crop scales (times face_scale) of the last pass, averaged
 seed = 0                    # random seed
 device = "auto"             # auto, cpu, cuda or mps
 num_workers = -1            # DataLoader workers (-1: chosen for the device)
@@ -88,6 +89,7 @@ threads = 0                 # torch CPU threads (0: all cores)
 amp = True                  # bf16 autocast on CUDA (ignored on CPU)
 channels_last = True        # channels-last memory format for training (CUDA and CPU)
 num_figures = 8             # images per gallery figure
+submission_decimals = 2     # decimals of submission coordinates (0: integers, halves up)
 ensemble_runs = ""          # comma-separated run folders whose predictions are averaged into this run's submission
 
 # %% [markdown]

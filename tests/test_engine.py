@@ -232,3 +232,13 @@ def test_final_checkpoint_is_the_better_of_train_and_finetune(tmp_path):
     write("train", float("nan"))  # no validation split: nothing to compare, the finetuned model
     write("finetune", float("nan"))
     assert workflow.final_checkpoint(tmp_path).endswith("finetune_best.pt")
+
+
+def test_train_data_points_are_continuous_labels_plus_half(tmp_path):
+    synthetic.write_dataset(tmp_path / "d", n_train=6, n_test=1, num_points=15, seed=1, min_size=48, max_size=56)
+    p = P.resolve(None, None, data_dir=str(tmp_path / "d"), cache_dir=str(tmp_path / "c"), val_fraction=0.0)
+    data = engine.load_train_data(p, progress=False)
+    assert data.table.points.dtype == np.int16
+    pts = data.points([1, 4])
+    assert pts.dtype == np.float32
+    np.testing.assert_array_equal(pts, data.table.points[[1, 4]].astype(np.float32) + 0.5)

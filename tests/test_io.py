@@ -306,3 +306,16 @@ def test_atomic_open_replaces_on_success_and_json(tmp_path):
         f.write("new")
     assert p.read_text() == "new"
     assert os.listdir(p.parent) == ["out.json"]
+
+
+def test_labels_are_pixel_indices_converted_at_the_boundary(tmp_path):
+    from landmarks_lib.io import LABEL_OFFSET, labels_to_points, points_to_labels
+
+    lab = np.array([[[0, 3], [-2, 7]]], dtype=np.int16)
+    pts = labels_to_points(lab)
+    assert pts.dtype == np.float32 and LABEL_OFFSET == 0.5
+    np.testing.assert_array_equal(pts, [[[0.5, 3.5], [-1.5, 7.5]]])
+    np.testing.assert_array_equal(points_to_labels(pts), lab)
+    # the mirror of label column x in a W-wide image is W - 1 - x; in continuous pixels it is W - x
+    w = 10
+    np.testing.assert_array_equal(labels_to_points(w - 1 - lab[..., 0]), w - labels_to_points(lab[..., 0]))

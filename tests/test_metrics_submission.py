@@ -41,19 +41,36 @@ def _tp():
 
 
 def test_submission_selects_listed_points_in_order_and_rounds(tmp_path):
+    # continuous predictions; the file holds labels (minus io.LABEL_OFFSET = 0.5)
     pred = np.array([
-        [[0.4, 0.5], [1.0, 1.0], [2.5, 2.49]],
-        [[9.0, 9.0], [-0.5, 7.6], [0.0, 0.0]],
+        [[0.9, 1.0], [1.5, 1.5], [3.0, 2.99]],
+        [[9.5, 9.5], [0.0, 8.1], [0.5, 0.5]],
     ])
     path = tmp_path / "submission.csv"
-    df = submission.write_submission(path, _tp(), pred)
+    df = submission.write_submission(path, _tp(), pred, decimals=0)
     text = path.read_text().splitlines()
     assert text[0] == "file_name,Point_M0_X,Point_M0_Y,Point_M1_X,Point_M1_Y"
-    # b.jpg: point 2 then point 0, rounded half up (2.5 -> 3, 2.49 -> 2, 0.4 -> 0, 0.5 -> 1)
+    # b.jpg: point 2 then point 0, labels 2.5, 2.49, 0.4, 0.5 rounded half up
     assert text[1] == "b.jpg,3,2,0,1"
-    # a.jpg: point 1 twice; -0.5 rounds half up to 0, 7.6 -> 8 (never truncated to 7)
+    # a.jpg: point 1 twice; label -0.5 rounds half up to 0, 7.6 -> 8 (never truncated to 7)
     assert text[2] == "a.jpg,0,8,0,8"
     assert list(df["file_name"]) == ["b.jpg", "a.jpg"]
+
+
+def test_submission_keeps_decimals_by_default(tmp_path):
+    pred = np.array([
+        [[0.9, 1.0], [1.5, 1.5], [3.0, 2.994]],
+        [[9.5, 9.5], [0.0, 8.1], [0.5, 0.5]],
+    ])
+    path = tmp_path / "submission.csv"
+    submission.write_submission(path, _tp(), pred)
+    text = path.read_text().splitlines()
+    assert text[1] == "b.jpg,2.5,2.49,0.4,0.5"
+    assert text[2] == "a.jpg,-0.5,7.6,-0.5,7.6"
+    df = submission.make_submission(_tp(), pred, decimals=1)
+    assert df.iloc[0, 1:].tolist() == [2.5, 2.5, 0.4, 0.5]
+    with pytest.raises(ValueError, match="decimals"):
+        submission.make_submission(_tp(), pred, decimals=-1)
 
 
 def test_submission_rejects_nan_and_wrong_shapes(tmp_path):
@@ -89,8 +106,8 @@ def test_validator_accepts_written_file_with_real_test_points(tmp_path):
     tp = read_test_points(tmp_path / "tp.csv", num_points=4)
     submission.write_submission(tmp_path / "s.csv", tp, np.arange(16, dtype=float).reshape(2, 4, 2))
     df = submission.validate_submission(tmp_path / "s.csv", tp)
-    assert df.iloc[0, 1:].tolist() == [6, 7, 2, 3]
-    assert df.iloc[1, 1:].tolist() == [8, 9, 12, 13]
+    assert df.iloc[0, 1:].tolist() == [5.5, 6.5, 1.5, 2.5]  # labels: continuous minus 0.5
+    assert df.iloc[1, 1:].tolist() == [7.5, 8.5, 11.5, 12.5]
     assert isinstance(df, pd.DataFrame)
 
 

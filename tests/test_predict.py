@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from landmarks_lib import engine, noise, params as P, predict, synthetic
-from landmarks_lib.io import read_landmarks
+from landmarks_lib.io import labels_to_points, read_landmarks
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_predict_cli_writes_all_points_in_original_pixels(trained, tmp_path):
     table = read_landmarks(out)
     assert table.names == sorted(os.listdir(img_dir)) and table.points.shape == (5, 20, 2)
     direct = predict.predict_images(best, img_dir, table.names, p["cache_dir"], progress=False)
-    np.testing.assert_allclose(table.points, direct, atol=0.006)
+    np.testing.assert_allclose(labels_to_points(table.points), direct, atol=0.006)  # the file holds labels
 
 
 def test_noise_flags_and_weights():
@@ -110,3 +110,22 @@ def test_training_errors_find_a_corrupted_label(trained):
     err_bad = noise.training_errors(best, bad, c)
     assert err_bad[0] > err[0] + 100  # percent of the face size
     np.testing.assert_allclose(err_bad[1:], err[1:])
+
+
+def test_scale_tta_averages_single_scale_passes(trained):
+    p, data, best = trained
+    names = [data.names[i] for i in data.val_idx]
+    ck = predict.load_checkpoint(best)
+    # a face checkpoint built from the letterbox model (it places its own crops; accuracy is not the point here)
+    face = dict(ck, meta=dict(ck["meta"], crop_mode="face", face_scale=1.25), coarse=ck)
+    run = lambda s: predict.predict_images(face, data.image_dir, names, p["cache_dir"], progress=False,  # noqa: E731
+                                           refine_steps=1, tta_scales=s)
+    one, small, large = run("1.0"), run((0.8,)), run([1.2])
+    np.testing.assert_allclose(run("0.8, 1.2"), (small + large) / 2, atol=1e-5)
+    np.testing.assert_allclose(predict.predict_images(face, data.image_dir, names, p["cache_dir"], progress=False,
+                                                      refine_steps=1), one, atol=1e-6)
+    assert np.abs(small - large).mean() > 0.1  # the scales really place other crops
+    assert predict.parse_scales("0.92;1") == (0.92, 1.0) and predict.parse_scales(1.1) == (1.1,)
+    for bad in ("", "0", "-1", "a", "1,nan"):
+        with pytest.raises(ValueError, match="scale"):
+            predict.parse_scales(bad)

@@ -156,12 +156,13 @@ def test_mirror_twins_are_exact_mirrors(ds68):
     for i in range(0, args["n_train"] - 1, 2):
         with Image.open(os.path.join(summary["train_images"], tab.names[i])) as im:
             w = im.size[0]
-        assert np.array_equal(p[i + 1], np.stack([w - p[i][perm, 0], p[i][perm, 1]], axis=1))
+        # labels are pixel indices (io.LABEL_OFFSET): the mirror of column x is w - 1 - x
+        assert np.array_equal(p[i + 1], np.stack([w - 1 - p[i][perm, 0], p[i][perm, 1]], axis=1))
     # n_train is odd: the last image is its own mirror.
     with Image.open(os.path.join(summary["train_images"], tab.names[-1])) as im:
         w = im.size[0]
     last = p[-1]
-    assert np.array_equal(last, np.stack([w - last[perm, 0], last[perm, 1]], axis=1))
+    assert w % 2 == 1 and np.array_equal(last, np.stack([w - 1 - last[perm, 0], last[perm, 1]], axis=1))
 
 
 @pytest.mark.parametrize("which", ["ds971", "ds68"])
@@ -261,7 +262,7 @@ def test_labels_lie_on_drawn_strokes(ds971):
         r = S._render(spec, lay, extras=True)
         lab = tab.points[spec["index"]].astype(np.int64)
         pts = r["points"]
-        assert np.abs(lab - pts).max() <= 0.5  # rounded to nearest, never truncated
+        assert np.abs(lab + 0.5 - pts).max() <= 0.5  # labels: continuous minus 0.5, rounded to nearest
         with Image.open(os.path.join(summary["train_images"], spec["file_name"])) as im:
             jpg = np.asarray(im.convert("RGB"), dtype=np.int64)
         h, w = jpg.shape[:2]
@@ -271,11 +272,10 @@ def test_labels_lie_on_drawn_strokes(ds971):
         assert np.abs(diff).mean() < 6  # another image would differ by tens
         bg, plain = r["background"].astype(np.int64), r["no_strokes"].astype(np.int64)
         for x, y in lab:
-            xs = [c for c in (x - 1, x) if 0 <= c < w]
-            ys = [c for c in (y - 1, y) if 0 <= c < h]
-            if not xs or not ys:
+            if not (0 <= x < w and 0 <= y < h):
                 continue
-            block = jpg[np.ix_(ys, xs)]  # the pixels touching the label point (x, y)
+            xs, ys = [x], [y]
+            block = jpg[np.ix_(ys, xs)]  # the pixel the label (x, y) indexes
             on_bg.append(np.abs(block - bg[np.ix_(ys, xs)]).max() >= 40)
             on_stroke.append(np.abs(block - plain[np.ix_(ys, xs)]).max() >= 40)
         # The pixel containing each continuous point is covered by a stroke.
