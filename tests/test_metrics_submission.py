@@ -164,8 +164,9 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
     assert m["n_test"] == 2
     assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission_partial.csv"]
     assert workflow.submission_file(run) == str(run / "submission_partial.csv")
-    assert (run / "submission_partial.csv").read_text().splitlines()[1:] == ["img0.jpg,0,1,4,5",
-                                                                             "img1.jpg,6,7,10,11"]
+    # labels: the continuous predictions minus 0.5
+    assert (run / "submission_partial.csv").read_text().splitlines()[1:] == ["img0.jpg,-0.5,0.5,3.5,4.5",
+                                                                             "img1.jpg,5.5,6.5,9.5,10.5"]
     with pytest.raises(submission.SubmissionError, match="2 rows, test_points.csv has 5"):
         submission.validate_submission(run / "submission_partial.csv", full)
     with pytest.raises(FileNotFoundError):
