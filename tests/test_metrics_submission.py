@@ -175,7 +175,7 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
     shifted = TestPoints(full.names[1:3], full.indices[1:3])
     with pytest.raises(submission.SubmissionError, match="the 2 test images predicted are not its first 2 rows"):
         workflow.write_results(p, shifted, pred[1:3], {})
-    assert (run / "submission_partial.csv").read_text().splitlines()[1] == "img0.jpg,0,1,4,5"
+    assert (run / "submission_partial.csv").read_text().splitlines()[1] == "img0.jpg,-0.5,0.5,3.5,4.5"
 
     workflow.write_results(p, full, pred, {})
     assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission.csv"]
