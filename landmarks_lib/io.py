@@ -206,6 +206,14 @@ def _is_blank(row) -> bool:
     return not row or (len(row) == 1 and not row[0].strip())
 
 
+def _header(reader, path) -> list:
+    """The first row of a ``csv.reader``; ``DataFormatError`` for an empty file."""
+    header = next(reader, None)
+    if header is None:
+        raise DataFormatError(f"{path}: line 1: empty file (no header)")
+    return header
+
+
 def _read_landmarks_exact(path, bad_rows, chunksize):
     """The reference parser: the csv module row by row, so every bad row is found with its exact line, whatever is
     wrong with it (about 4,000 rows/s). Returns ``(names, points, skipped)``."""
@@ -226,9 +234,7 @@ def _read_landmarks_exact(path, bad_rows, chunksize):
     with open(path, "r", newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter="\t")
         try:
-            header = next(reader, None)
-            if header is None:
-                raise DataFormatError(f"{path}: line 1: empty file (no header)")
+            header = _header(reader, path)
             k = parse_header(header, path)
             ncol = 1 + 2 * k
             for line, name, vals in _good_rows(reader, 0, header, ncol, first_line, bad_rows, path, skipped):
@@ -456,9 +462,7 @@ def read_test_points(path, num_points: int | None = None) -> TestPoints:
     with open(path, "r", newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter="\t")
         try:
-            header = next(reader, None)
-            if header is None:
-                raise DataFormatError(f"{path}: line 1: empty file (no header)")
+            header = _header(reader, path)
             if header != ["file_name", "point_index_list"]:
                 raise DataFormatError(f"{path}: line 1: expected columns ['file_name', 'point_index_list'], "
                                       f"got {header}")
