@@ -68,6 +68,17 @@ class TrainData:
         p = self.table.points if idx is None else self.table.points[np.asarray(idx)]
         return labels_to_points(p)
 
+    def data_key(self) -> str:
+        """A hash of what training sees of the data: the file names, the labels and the train/validation split (a
+        resume on changed labels, or on another split, is refused). Hashes the whole label table: about a second for
+        the contest's 394,000 rows."""
+        h = hashlib.sha1()
+        h.update("\n".join(self.table.names).encode())
+        for a in (np.ascontiguousarray(self.table.points), self.train_idx, self.val_idx):
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        return h.hexdigest()[:16]
+
     def flip_perm(self) -> np.ndarray:
         """The mirror permutation estimated from (up to 2,000) training shapes; computed once."""
         if self._perm is None:
@@ -379,7 +390,8 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     Returns:
         ``{"best": path, "last": path, "best_val_mse": float, "history": list of dict, "stopped_early": bool}``.
     Raises:
-        RuntimeError: a ``<stage>_last.pt`` made with other parameters (start over with ``--force``).
+        RuntimeError: a ``<stage>_last.pt`` made with other parameters, or on other data (``TrainData.data_key``:
+            names, labels, split; and other ``sample_weights``); start over with ``--force``.
     """
     dist = dist or _Single()
     if params["head"] == "softargmax" and not params["normalize_targets"]:
@@ -389,6 +401,10 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     last_path = os.path.join(ck_dir, f"{stage}_last.pt")
     best_path = os.path.join(ck_dir, f"{stage}_best.pt")
     key = params_key(params, stage)
+    dkey = data.data_key()
+    if sample_weights is not None:
+        w = np.ascontiguousarray(sample_weights, dtype=np.float64)
+        dkey += "-" + hashlib.sha1(memoryview(w).cast("B")).hexdigest()[:8]
     device = getattr(dist, "device", None) or select_device(params["device"])  # cuda:LOCAL_RANK under DDP
     apply_threads(params)
     num_points = data.table.num_points
@@ -443,6 +459,9 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
         if ck.get("params_key") != key:
             raise RuntimeError(f"{last_path} was made with other parameters; resume with the same ones, "
                                f"or start over (--force)")
+        if ck.get("data_key", dkey) != dkey:
+            raise RuntimeError(f"{last_path} was made on other data (landmarks.csv, its split or the sample "
+                               f"weights changed since); start over (--force)")
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -510,7 +529,8 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
             if improved:
                 save_checkpoint(best_path, base)
             save_checkpoint(last_path, {**base, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                        "history": history, "elapsed_s": elapsed, "params_key": key})
+                                        "history": history, "elapsed_s": elapsed, "params_key": key,
+                                        "data_key": dkey})
             _write_history(run_dir, stage, [{k: r[k] for k in HISTORY_COLUMNS} for r in history])
         dist.barrier()
         if progress and dist.rank == 0:

@@ -85,6 +85,16 @@ def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     # a resume with other parameters is refused
     with pytest.raises(RuntimeError, match="other parameters"):
         engine.fit({**p, "lr": 0.5}, data, p["run_dir"], "train", progress=False)
+    # ... and so is one on changed labels or another split (same parameters)
+    import dataclasses
+
+    moved = dataclasses.replace(data, table=dataclasses.replace(data.table, points=np.asarray(data.table.points) + 1))
+    other_split = dataclasses.replace(data, train_idx=data.train_idx[1:])
+    for changed in (moved, other_split):
+        assert changed.data_key() != data.data_key()
+        with pytest.raises(RuntimeError, match="other data"):
+            engine.fit(p, changed, p["run_dir"], "train", progress=False)
+    assert dataclasses.replace(data).data_key() == data.data_key()
     # a non-checkpoint file is a clear error
     bad = tmp_path / "bad.pt"
     torch.save({"x": 1}, bad)
