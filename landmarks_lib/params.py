@@ -54,7 +54,7 @@ SPEC = {
     "plateau_factor": (0.25, "ReduceLROnPlateau factor"),
     "plateau_patience": (4, "ReduceLROnPlateau patience in epochs"),
     "restart_epochs": (5, "first cycle length of cosine_restarts, in epochs"),
-    "warmup_epochs": (0.0, "linear warm-up at the start of cosine schedules, in epochs"),
+    "warmup_epochs": (0.5, "linear warm-up at the start of cosine schedules, in epochs"),
     "loss": ("smooth_l1", "mse, l1, smooth_l1 or wing"),
     "grad_clip": (0.0, "clip the gradient norm to this value (0 = off)"),
     "time_budget_min": (0.0, "stop a training stage after this many minutes (0 = off)"),
