@@ -104,22 +104,20 @@ def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
 
 def affine_inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverses of ``[B, 3, 3]`` affine maps (last row ``0 0 1``) in closed form: ``A^-1 = adj(A) / det(A)``,
-    ``t' = -A^-1 t`` (a handful of elementwise ops instead of a batched LU solve; on the CPU in numpy, where these
-    ``[B]``-sized ops cost a fraction of torch's per-op dispatch). Singular maps give inf/nan.
+    ``t' = -A^-1 t`` (a handful of elementwise ops instead of a batched LU solve, in numpy, where these ``[B]``-sized
+    ops cost a fraction of torch's per-op dispatch). Singular maps give inf/nan.
 
     Returns:
         ``[B, 3, 3]``, dtype and device of ``m``.
     """
-    cpu = m.device.type == "cpu"
-    xp = np if cpu else torch
-    a = m.detach().numpy() if cpu else m
+    a = m.detach().cpu().numpy()
     det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-    inv = xp.zeros_like(a)
+    inv = np.zeros_like(a)
     inv[:, 0, 0], inv[:, 0, 1] = a[:, 1, 1] / det, -a[:, 0, 1] / det
     inv[:, 1, 0], inv[:, 1, 1] = -a[:, 1, 0] / det, a[:, 0, 0] / det
-    inv[:, :2, 2] = -xp.einsum("bij,bj->bi", inv[:, :2, :2], a[:, :2, 2])
+    inv[:, :2, 2] = -np.einsum("bij,bj->bi", inv[:, :2, :2], a[:, :2, 2])
     inv[:, 2, 2] = 1
-    return torch.from_numpy(inv) if cpu else inv
+    return torch.from_numpy(inv).to(m.device)
 
 
 def warp_points(points: torch.Tensor, m: torch.Tensor, flipped: torch.Tensor | None = None,

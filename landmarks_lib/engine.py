@@ -68,15 +68,19 @@ class TrainData:
         p = self.table.points if idx is None else self.table.points[np.asarray(idx)]
         return labels_to_points(p)
 
-    def data_key(self) -> str:
-        """A hash of what training sees of the data: the file names, the labels and the train/validation split (a
-        resume on changed labels, or on another split, is refused). Hashes the whole label table: about a second for
-        the contest's 394,000 rows."""
+    def data_key(self, sample_weights=None) -> str:
+        """A hash of what training sees of the data: the file names, the labels, the train/validation split and,
+        when given, per-image ``sample_weights`` (a resume on any other is refused). Hashes the whole label table:
+        about a second for the contest's 394,000 rows."""
         h = hashlib.sha1()
         h.update("\n".join(self.table.names).encode())
-        for a in (np.ascontiguousarray(self.table.points), self.train_idx, self.val_idx):
+        arrays = [self.table.points, self.train_idx, self.val_idx]
+        if sample_weights is not None:
+            arrays.append(np.asarray(sample_weights, dtype=np.float64))
+        for a in arrays:
+            a = np.ascontiguousarray(a)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+            h.update(memoryview(a).cast("B"))
         return h.hexdigest()[:16]
 
     def flip_perm(self) -> np.ndarray:
@@ -401,10 +405,7 @@ def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_check
     last_path = os.path.join(ck_dir, f"{stage}_last.pt")
     best_path = os.path.join(ck_dir, f"{stage}_best.pt")
     key = params_key(params, stage)
-    dkey = data.data_key()
-    if sample_weights is not None:
-        w = np.ascontiguousarray(sample_weights, dtype=np.float64)
-        dkey += "-" + hashlib.sha1(memoryview(w).cast("B")).hexdigest()[:8]
+    dkey = data.data_key(sample_weights)
     device = getattr(dist, "device", None) or select_device(params["device"])  # cuda:LOCAL_RANK under DDP
     apply_threads(params)
     num_points = data.table.num_points

@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .io import atomic_open, points_to_labels
+from .submission import round_half_up
 
 SUPERSAMPLE = 4
 JPEG_QUALITY = 92
@@ -599,7 +600,7 @@ def _render(spec, layout: _Layout, extras: bool = False) -> dict:
 def _round_labels(points) -> np.ndarray:
     """Continuous points -> integer labels (``io.points_to_labels``, rounded to the nearest integer, halves up),
     ``int64``."""
-    return np.floor(points_to_labels(points) + 0.5).astype(np.int64)
+    return round_half_up(points_to_labels(points))
 
 
 def _labels(spec, points, labels_by_index, perm) -> np.ndarray:

@@ -42,7 +42,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .images import ImageError, load_image
-from .io import LABEL_OFFSET, DataFormatError, labels_to_points, parse_index_list, read_landmarks
+from .io import DataFormatError, labels_to_points, parse_index_list, points_to_labels, read_landmarks
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -544,7 +544,7 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
                 # the farthest point, by how far beyond the image it lies, in units of the image size
                 over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
                 kmax = ks[int(np.argmax(over))]
-                x, y = pts[r, kmax] - LABEL_OFFSET  # as written in the file
+                x, y = points_to_labels(pts[r, kmax])  # as written in the file
                 add("warning", f"train/images/{name}", line_of.get(name), "points_far_outside",
                     f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image size "
                     f"outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point {kmax} at "

@@ -267,7 +267,7 @@ def write_results(params: dict, test_points, test_pred, val_metrics: dict, val_p
     if list(test_points.names) != full.names[:n] or not np.array_equal(test_points.indices, full.indices[:n]):
         raise SubmissionError(f"{tp_path}: the {n} test images predicted are not its first {n} rows")
     name, stale = (SUBMISSION, PARTIAL_SUBMISSION) if n == len(full) else (PARTIAL_SUBMISSION, SUBMISSION)
-    write_submission(os.path.join(run_dir, name), full if n == len(full) else test_points, test_pred,
+    write_submission(os.path.join(run_dir, name), test_points, test_pred,
                      decimals=params["submission_decimals"])
     if os.path.exists(os.path.join(run_dir, stale)):
         os.remove(os.path.join(run_dir, stale))
