@@ -10,17 +10,16 @@ Every error names the file and the line (1-based, the header is line 1).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .files import atomic_open, atomic_save_npy, atomic_write_json, fingerprint, file_identity  # noqa: F401
 
 
 #: The contest's label convention: a label value ``v`` is a pixel *index* coordinate (``v = i`` is the centre of pixel
@@ -114,9 +113,7 @@ def parse_header(columns, path="landmarks.csv") -> int:
 
 def file_fingerprint(path) -> str:
     """A short key for a file's identity: sha1 of its absolute path, size and modification time (not its content)."""
-    st = os.stat(path)
-    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
+    return fingerprint(file_identity(path))
 
 
 def read_landmarks(path, bad_rows: str = "error", cache_dir=None, chunksize: int = 20000) -> LandmarksTable:
@@ -493,52 +490,3 @@ def read_test_points(path, num_points: int | None = None) -> TestPoints:
             raise _not_utf8(path, e) from e
     indices = np.array(rows, dtype=np.int64).reshape(len(rows), -1 if rows else 0)
     return TestPoints(names, indices)
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode: str = "w", **kwargs):
-    """Open a temporary file beside ``path`` and rename it over ``path`` only when the block finishes without error,
-    so readers see the old file or the complete new one, never a partial one."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_save_npy(path, array) -> None:
-    """``np.save`` through ``atomic_open``."""
-    with atomic_open(path, "wb") as f:
-        np.save(f, np.asarray(array))
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write JSON (indented, keys sorted) through ``atomic_open``."""
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,126 @@
+"""Files written safely and identified cheaply: the one atomic-write helper and the one fingerprint helper.
+
+- ``atomic_open(path, mode)``: a temporary file beside ``path`` renamed over it only when the block ends without
+  error, so a reader sees the old file or the complete new one, never a partial one. ``atomic_save_npy``,
+  ``atomic_write_json`` and ``viz.save_figure`` write through it. Temporary files are named
+  ``.<name>.<random>.tmp`` (``TMP_SUFFIX``) so a run folder's stale ones can be recognised after a kill.
+- ``fingerprint(*parts)``: a short SHA-1 of strings, bytes, numbers, ``None``, numpy arrays (dtype, shape and
+  bytes) and nested lists/tuples/dicts of them (dicts by sorted key). Every key of this package (cache keys, stage
+  keys, data keys, data fingerprints) is made with it; ``file_identity`` gives the ``path|size|mtime`` text a file
+  contributes without reading its content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+TMP_SUFFIX = ".tmp"
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w", **kwargs):
+    """Open a temporary file beside ``path`` and rename it over ``path`` only when the block finishes without error.
+
+    The folder is created. The file gets the usual permissions (``0666 & ~umask``), is flushed and fsync'ed before
+    the rename, and is removed on any error (the previous file at ``path``, if any, is left untouched).
+
+    Raises:
+        OSError: the folder cannot be created or written (e.g. ``ENOSPC``, a full disk).
+    """
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=d)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_save_npy(path, array) -> None:
+    """``np.save`` through ``atomic_open``."""
+    with atomic_open(path, "wb") as f:
+        np.save(f, np.asarray(array))
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write JSON (indented, keys sorted; numpy scalars and arrays as plain values) through ``atomic_open``."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+
+
+def read_json(path, default=None):
+    """``json.load`` of ``path``, or ``default`` when the file does not exist."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _feed(h, part) -> None:
+    if part is None:
+        h.update(b"\x00none")
+    elif isinstance(part, np.ndarray):
+        a = np.ascontiguousarray(part)
+        h.update(f"\x00array|{a.dtype}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))
+    elif isinstance(part, (bytes, bytearray, memoryview)):
+        h.update(b"\x00bytes|" + bytes(part))
+    elif isinstance(part, dict):
+        h.update(b"\x00dict")
+        for k in sorted(part, key=str):
+            _feed(h, str(k))
+            _feed(h, part[k])
+    elif isinstance(part, (list, tuple)):
+        h.update(f"\x00seq{len(part)}".encode())
+        for p in part:
+            _feed(h, p)
+    else:
+        h.update(("\x00" + type(part).__name__ + "|" + repr(part)).encode())
+
+
+def fingerprint(*parts, digits: int = 16) -> str:
+    """SHA-1 (first ``digits`` hex digits) of ``parts``: text, bytes, numbers, bools, ``None``, numpy arrays (dtype,
+    shape and bytes) and lists/tuples/dicts of them. Equal inputs give equal keys in every process and Python
+    version (no ``hash()``); ``1`` and ``1.0`` and ``"1"`` differ."""
+    h = hashlib.sha1()
+    for p in parts:
+        _feed(h, p)
+    return h.hexdigest()[:digits]
+
+
+def file_identity(path) -> str:
+    """``"<real path>|<size>|<mtime ns>"`` of a file (links followed), or ``"<path>|missing"``: what a file
+    contributes to a fingerprint without reading its content."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}|missing"
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
