@@ -1,22 +1,29 @@
-"""Training: stages, checkpoints, resume, validation in original pixels, ``history.csv``.
+"""Training: stages, their recipes and keys, resume, one epoch, validation in original pixels, ``history.csv``.
 
-A run trains in named *stages*, each writing ``checkpoints/<stage>_last.pt`` (everything needed to resume) after every
-epoch and ``checkpoints/<stage>_best.pt`` (the model with the lowest validation MSE in original pixels) atomically:
+A run trains in named *stages* (``STAGES``), each reading only the parameter scopes of ``STAGE_SCOPES``:
 
-- ``coarse`` (``crop_mode="face"`` only): a letterbox model at ``coarse_crop_size`` that places face crops;
-- ``train``: the main model from ImageNet weights, ``epochs`` at ``lr``;
-- ``finetune``: continues from ``train_best`` at ``finetune_lr`` for ``finetune_epochs``, optionally without (or
-  down-weighting) the training labels that ``noise.find_noisy_labels`` flags.
+- ``localizer`` (``crop_mode="face"`` only; scopes ``data``, ``localizer``): a letterbox model at
+  ``localizer_crop_size`` whose points place the face crop; its recipe is ``LOCALIZER_RECIPE`` plus the
+  ``localizer_*`` parameters, so a change of the face model's parameters never retrains it;
+- ``train`` (``data``, ``train``): the face model, ``epochs`` at ``lr``;
+- ``finetune`` (``data``, ``train``, ``finetune``): continues from ``train_best`` at ``finetune_lr`` for
+  ``finetune_epochs``, optionally without (or down-weighting) the labels that ``noise`` flags.
+
+``fit`` composes the pieces as torchvision's reference scripts do: ``build`` (model, loader, optimizer, scheduler),
+``resume`` (from ``<stage>_last.pt``), ``train_one_epoch``, ``evaluate``, ``save_epoch``, ``finish``. Each stage
+writes ``checkpoints/<stage>_last.pt`` (everything needed to resume) after every epoch and ``<stage>_best.pt`` (the
+lowest validation MSE in original pixels); when the stage ends, ``best`` is marked ``finished`` and ``last`` is
+removed. The resume rule: a stage's ``scope_key`` hashes the values of its scopes (``stage_key``) and its
+``data_key`` the labels and split. A finished stage with equal keys is not trained again; one with other keys is
+retrained only when asked (``retrain=True``), otherwise ``StageChanged`` lists ``name: old -> new``.
 
 Every random draw of an epoch (batch order, augmentation, dropout) is seeded from ``(seed, stage, epoch)``, so a run
-killed at any moment and resumed from its last checkpoint (model, optimizer, scheduler, epoch, history) repeats the
-interrupted epoch exactly and ends with the result of an uninterrupted run (on CPU with the same thread count).
+killed at any moment and resumed from its last checkpoint repeats the interrupted epoch exactly and ends with the
+result of an uninterrupted run (on CPU with the same thread count).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -27,15 +34,30 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import augment, geometry, metrics, models
+from . import augment, checkpoint, geometry, metrics, models
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
-from .io import LandmarksTable, atomic_open, labels_to_points, read_landmarks
-from .params import default_cache_dir, training_params
-from .predict import CHECKPOINT_FORMAT, predict_cache, select_device
+from .distributed import Context
+from .files import atomic_open, fingerprint
+from .io import LandmarksTable, labels_to_points, read_landmarks
+from .params import default_cache_dir, names_in, scoped
+from .predict import predict_cache, select_device
 
-STAGES = ("coarse", "train", "finetune")
+STAGES = ("localizer", "train", "finetune")
+STAGE_SCOPES = {"localizer": ("data", "localizer"), "train": ("data", "train"),
+                "finetune": ("data", "train", "finetune")}
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_mse", "lr", "time_s"]
+# The localizer's fixed training recipe (its own parameters are the localizer_* ones).
+LOCALIZER_RECIPE = {"crop_mode": "letterbox", "face_scale": 1.25, "input_norm": "weights",
+                    "normalize_targets": True, "dropout": 0.0, "head": "linear", "optimizer": "adamw",
+                    "amsgrad": False, "weight_decay": 1e-4, "scheduler": "cosine", "plateau_factor": 0.25,
+                    "plateau_patience": 4, "restart_epochs": 5, "loss": "smooth_l1", "grad_clip": 0.0,
+                    "augment": True, "rotate_deg": 10.0, "scale_jitter": 0.15, "translate_frac": 0.1, "flip": True,
+                    "photometric": 0.2, "cache_margin": 0.125}
+
+
+class StageChanged(RuntimeError):
+    """A stage's checkpoint was made with other parameters or data, and retraining was not asked for."""
 
 
 @dataclass
@@ -72,16 +94,9 @@ class TrainData:
         """A hash of what training sees of the data: the file names, the labels, the train/validation split and,
         when given, per-image ``sample_weights`` (a resume on any other is refused). Hashes the whole label table:
         about a second for the contest's 394,000 rows."""
-        h = hashlib.sha1()
-        h.update("\n".join(self.table.names).encode())
-        arrays = [self.table.points, self.train_idx, self.val_idx]
-        if sample_weights is not None:
-            arrays.append(np.asarray(sample_weights, dtype=np.float64))
-        for a in arrays:
-            a = np.ascontiguousarray(a)
-            h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(memoryview(a).cast("B"))
-        return h.hexdigest()[:16]
+        w = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64)
+        return fingerprint("\n".join(self.table.names), np.asarray(self.table.points), self.train_idx,
+                           self.val_idx, w)
 
     def flip_perm(self) -> np.ndarray:
         """The mirror permutation estimated from (up to 2,000) training shapes; computed once."""
@@ -159,6 +174,47 @@ def load_train_data(params: dict, progress: bool = True) -> TrainData:
     return TrainData(data_dir, os.path.join(data_dir, "train", "images"), table, tr, va, mode)
 
 
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The values of the scopes ``stage`` reads (``STAGE_SCOPES``).
+
+    Raises:
+        ValueError: an unknown stage.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    return scoped(params, *STAGE_SCOPES[stage])
+
+
+def stage_recipe(params: dict, stage: str) -> dict:
+    """What a stage's training reads, as one flat dict in the face model's names (``backbone``, ``crop_size``,
+    ``epochs``, ``lr``, ``augment``, ...), built from ``stage_params`` alone: the localizer's from
+    ``LOCALIZER_RECIPE`` and the ``localizer_*`` values, the finetune stage's with ``finetune_epochs`` /
+    ``finetune_lr`` as its ``epochs`` / ``lr``."""
+    sp = stage_params(params, stage)
+    if stage == "localizer":
+        r = dict(LOCALIZER_RECIPE, **{k[len("localizer_"):]: sp[k] for k in names_in("localizer")})
+    else:
+        r = {k: sp[k] for k in names_in("train")}
+        if stage == "finetune":
+            r.update(epochs=sp["finetune_epochs"], lr=sp["finetune_lr"])
+    r.update(stage=stage, seed=sp["seed"])
+    return r
+
+
+def stage_key(params: dict, stage: str) -> str:
+    """The fingerprint of ``stage_params`` (``data_dir`` left out: the data's content counts, through
+    ``TrainData.data_key``, not where it lies), so only a change in the scopes a stage reads changes its key."""
+    sp = {k: v for k, v in stage_params(params, stage).items() if k != "data_dir"}
+    return fingerprint(stage, sp)
+
+
+def changed(old: dict, new: dict) -> list:
+    """``["name: old -> new", ...]`` for the names whose values differ (``data_dir`` left out)."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k != "data_dir" and old.get(k) != new.get(k)]
+
+
 def apply_threads(params: dict) -> int:
     """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
     cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same count.
@@ -166,18 +222,6 @@ def apply_threads(params: dict) -> int:
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
     return torch.get_num_threads()
-
-
-def stage_settings(params: dict, stage: str) -> dict:
-    """Crop geometry, epochs and learning rate of a stage."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-    if stage == "coarse":
-        return {"crop_mode": "letterbox", "crop_size": params["coarse_crop_size"], "epochs": params["coarse_epochs"],
-                "lr": params["lr"]}
-    return {"crop_mode": params["crop_mode"], "crop_size": params["crop_size"],
-            "epochs": params["epochs"] if stage == "train" else params["finetune_epochs"],
-            "lr": params["lr"] if stage == "train" else params["finetune_lr"]}
 
 
 def landmark_loss(pred_px: torch.Tensor, target_px: torch.Tensor, kind: str, weights=None) -> torch.Tensor:
@@ -216,107 +260,91 @@ def landmark_loss(pred_px: torch.Tensor, target_px: torch.Tensor, kind: str, wei
     return (per * w).sum() / w.sum().clamp_min(1e-8)
 
 
-def make_optimizer(params: dict, model, lr: float):
+
+def make_optimizer(recipe: dict, model, lr: float):
     """Adam / AdamW / SGD (momentum 0.9, Nesterov) with ``weight_decay`` (AdamW decoupled)."""
-    kind = params["optimizer"]
+    kind, wd = recipe["optimizer"], recipe["weight_decay"]
     if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=params["weight_decay"],
-                                amsgrad=params["amsgrad"])
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd, amsgrad=recipe["amsgrad"])
     if kind == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=params["weight_decay"],
-                                 amsgrad=params["amsgrad"])
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, amsgrad=recipe["amsgrad"])
     if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                               weight_decay=params["weight_decay"])
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
     raise ValueError(f"unknown optimizer {kind!r}; expected adam, adamw or sgd")
 
 
-def make_scheduler(params: dict, optimizer, lr: float, epochs: int, steps_per_epoch: int):
-    """``(scheduler, per_step)``: cosine (with optional linear warm-up) and one-cycle step per batch; cosine warm
-    restarts (SGDR, Loshchilov & Hutter 2017) per batch with a first cycle of ``restart_epochs``; ReduceLROnPlateau
-    per epoch on validation MSE; ``none`` is constant."""
-    kind = params["scheduler"]
+def make_scheduler(recipe: dict, optimizer, lr: float, epochs: int, steps_per_epoch: int):
+    """``(scheduler, per_step)``. ``cosine``: ``CosineAnnealingLR`` per step after a ``LinearLR`` warm-up of
+    ``warmup_epochs`` (``SequentialLR``; the warm-up's step ``s`` runs at ``(s + 1) / warm`` of the rate);
+    ``onecycle`` per step; cosine warm restarts (SGDR) per step with a first cycle of ``restart_epochs``;
+    ``plateau`` (ReduceLROnPlateau) per epoch on validation MSE; ``none`` constant."""
+    kind = recipe["scheduler"]
+    sched = torch.optim.lr_scheduler
     total = max(1, epochs * steps_per_epoch)
     if kind == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=params["plateau_factor"],
-                                                          patience=params["plateau_patience"]), False
+        return sched.ReduceLROnPlateau(optimizer, factor=recipe["plateau_factor"],
+                                       patience=recipe["plateau_patience"]), False
     if kind == "cosine":
-        warm = int(params["warmup_epochs"] * steps_per_epoch)
-
-        def f(step):
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, f), True
+        warm = min(int(recipe["warmup_epochs"] * steps_per_epoch), total - 1)
+        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
+        if warm <= 0:
+            return cosine, True
+        linear = sched.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=max(1, warm - 1))
+        return sched.SequentialLR(optimizer, [linear, cosine], milestones=[warm]), True
     if kind == "cosine_restarts":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=max(1, int(params["restart_epochs"] * steps_per_epoch)), T_mult=2), True
+        return sched.CosineAnnealingWarmRestarts(
+            optimizer, T_0=max(1, int(recipe["restart_epochs"] * steps_per_epoch)), T_mult=2), True
     if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total), True
+        return sched.OneCycleLR(optimizer, max_lr=lr, total_steps=total), True
     if kind == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), True
+        return sched.LambdaLR(optimizer, lambda s: 1.0), True
     raise ValueError(f"unknown scheduler {kind!r}; expected plateau, cosine, cosine_restarts, onecycle or none")
 
 
-def model_meta(params: dict, stage: str, num_points: int, flip_perm, flip_unmatched=None) -> dict:
-    """What prediction needs to rebuild and run a model (stored in each checkpoint): among others the mirror
-    permutation and the points it cannot mirror (``TrainData.flip_perm``, ``TrainData.flip_unmatched``)."""
-    st = stage_settings(params, stage)
-    mean, std = models.input_normalization(params["backbone"], params["input_norm"])
-    return {"backbone": params["backbone"], "num_points": int(num_points), "crop_size": int(st["crop_size"]),
-            "crop_mode": st["crop_mode"], "face_scale": float(params["face_scale"]),
-            "input_mean": list(mean), "input_std": list(std), "normalize_targets": bool(params["normalize_targets"]),
-            "dropout": float(params["dropout"]), "stage": stage, "head": params["head"],
+def model_meta(recipe: dict, num_points: int, flip_perm, flip_unmatched=None) -> dict:
+    """What prediction needs to rebuild and run a stage's model (stored in each checkpoint): backbone, number of
+    points, crop geometry, input normalisation, target units, head, the mirror permutation and the points it cannot
+    mirror (``TrainData.flip_perm``, ``TrainData.flip_unmatched``)."""
+    mean, std = models.input_normalization(recipe["backbone"], recipe["input_norm"])
+    return {"backbone": recipe["backbone"], "num_points": int(num_points), "crop_size": int(recipe["crop_size"]),
+            "crop_mode": recipe["crop_mode"], "face_scale": float(recipe["face_scale"]),
+            "input_mean": list(mean), "input_std": list(std), "normalize_targets": bool(recipe["normalize_targets"]),
+            "dropout": float(recipe["dropout"]), "stage": recipe["stage"], "head": recipe["head"],
             "flip_perm": None if flip_perm is None else [int(v) for v in flip_perm],
             "flip_unmatched": [int(v) for v in (flip_unmatched if flip_unmatched is not None else [])]}
 
 
-def params_key(params: dict, stage: str) -> str:
-    """Hash of the parameters a stage's result depends on (``params.training_params``: ``data_dir`` counts as the
-    folder it names, so a relative and an absolute spelling give the same key); a resume with other values is
-    refused."""
-    d = dict(sorted(training_params(params).items()))
-    return hashlib.sha1(json.dumps([stage, d], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path, obj: dict) -> None:
-    """``torch.save`` to a temporary file and rename: a crash leaves the previous checkpoint intact."""
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
-
-
-def _write_history(run_dir, stage, rows):
-    path = os.path.join(run_dir, "history.csv")
+def write_history(run, stage: str, rows) -> None:
+    """Replace ``stage``'s rows of ``history.csv`` by ``rows`` (stages in ``STAGES`` order), atomically."""
+    path = run.file("history.csv")
     old = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame(columns=HISTORY_COLUMNS)
     old = old[old["stage"] != stage]
+    new = pd.DataFrame([{k: r[k] for k in HISTORY_COLUMNS} for r in rows], columns=HISTORY_COLUMNS)
+    df = pd.concat([old, new], ignore_index=True) if len(old) else new
     order = {s: i for i, s in enumerate(STAGES)}
-    df = pd.concat([old, pd.DataFrame(rows, columns=HISTORY_COLUMNS)], ignore_index=True) if len(old) else \
-        pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     df = df.sort_values(["stage", "epoch"], key=lambda c: c.map(order) if c.name == "stage" else c, kind="stable")
     with atomic_open(path, "w", newline="") as f:
         df.to_csv(f, index=False)
 
 
 def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:7], "little")
+    return int(fingerprint(*parts, digits=14), 16)
 
 
-def stage_cache(params: dict, data: TrainData, stage: str, progress: bool = True):
+def stage_cache(recipe: dict, data: TrainData, runtime: dict, progress: bool = True):
     """The crop cache of all training images for a stage's geometry (built once, then reused)."""
-    st = stage_settings(params, stage)
-    margin = params["cache_margin"] if params["augment"] else 0.0
-    return cache_mod.get_cache(data.image_dir, data.names, st["crop_mode"], st["crop_size"],
-                               default_cache_dir(params), margin=margin, face_scale=params["face_scale"],
+    margin = recipe["cache_margin"] if recipe["augment"] else 0.0
+    return cache_mod.get_cache(data.image_dir, data.names, recipe["crop_mode"], recipe["crop_size"],
+                               default_cache_dir(runtime), margin=margin, face_scale=recipe["face_scale"],
                                points=data.points(), num_workers=0, progress=progress,
-                               desc=f"caching {st['crop_mode']} crops")
+                               desc=f"caching {recipe['crop_mode']} crops")
 
 
-def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
+def prepare_batch(batch: dict, recipe: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
                   channels_last: bool = False, unmatched=None):
     """A cache batch (``data.CacheBatches``) -> network input and targets, as training sees them.
 
-    With ``params["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
+    With ``recipe["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
     flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
     is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.to_input`` and
     ``data.normalize`` define them, fused with the jitter into one pass (``augment.color_normalize``). In flipped
@@ -328,10 +356,10 @@ def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, 
     """
     u8 = batch["images"].to(device, non_blocking=True)  # [B, Sc, Sc, 3]
     pts = batch["points"].to(device)
-    if params["augment"] and generator is not None:
-        m, flipped = augment.random_matrices(len(u8), size, pad, generator, params["rotate_deg"],
-                                             params["scale_jitter"], params["translate_frac"],
-                                             params["flip"] and perm is not None)
+    if recipe["augment"] and generator is not None:
+        m, flipped = augment.random_matrices(len(u8), size, pad, generator, recipe["rotate_deg"],
+                                             recipe["scale_jitter"], recipe["translate_frac"],
+                                             recipe["flip"] and perm is not None)
         # a float view of the raw 0..255 values (channels-last strides, no copy of layout); /255, the photometric
         # jitter and the normalisation then happen in one pass (augment.color_normalize)
         x = augment.warp_images(u8.permute(0, 3, 1, 2).float(), m, size)
@@ -339,7 +367,7 @@ def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, 
         if unmatched is not None and len(unmatched) and bool(flipped.any()):
             fl = torch.nonzero(flipped.to(pts.device)).flatten()
             pts[fl[:, None], unmatched.to(pts.device)[None, :]] = float("nan")
-        x = augment.color_normalize(x, mean, std, params["photometric"], generator, value_scale=1 / 255.0)
+        x = augment.color_normalize(x, mean, std, recipe["photometric"], generator, value_scale=1 / 255.0)
     else:
         x = u8[:, pad: pad + size, pad: pad + size].permute(0, 3, 1, 2).contiguous().float()
         pts = pts - pad
@@ -349,195 +377,304 @@ def prepare_batch(batch: dict, params: dict, device, size: int, pad: int, mean, 
     return x, pts
 
 
-def train_step(model, optimizer, scheduler, x, points, weights, params: dict, size: int) -> float:
-    """One optimisation step: forward (bf16 autocast on CUDA with ``params["amp"]``), ``landmark_loss`` in crop
-    pixels against ``points`` (``[B, K, 2]`` crop pixels), backward, optional gradient-norm clipping, optimizer
-    step and, when given, a per-step ``scheduler`` step. Returns the loss as a float."""
-    unit = size if params["normalize_targets"] else 1.0
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=params["amp"] and x.device.type == "cuda"):
+def train_step(model, optimizer, scheduler, x, points, weights, recipe: dict, size: int, amp: bool = False) -> float:
+    """One optimisation step: forward (bf16 autocast on CUDA with ``amp``), ``landmark_loss`` in crop pixels against
+    ``points`` (``[B, K, 2]`` crop pixels), backward, optional gradient-norm clipping, optimizer step and, when
+    given, a per-step ``scheduler`` step. Returns the loss as a float."""
+    unit = size if recipe["normalize_targets"] else 1.0
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
         out = model(x)
-    target = models.to_target_units(points, size, params["normalize_targets"])
-    loss = landmark_loss(out.float() * unit, target * unit, params["loss"], weights)
+    target = models.to_target_units(points, size, recipe["normalize_targets"])
+    loss = landmark_loss(out.float() * unit, target * unit, recipe["loss"], weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if params["grad_clip"] > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], params["grad_clip"])
+    if recipe["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], recipe["grad_clip"])
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     return float(loss.detach())
 
 
-class _Single:
-    rank, world_size = 0, 1
+@dataclass
+class Stage:
+    """Everything ``build`` makes for one stage's training; ``fit`` passes it to the other steps."""
 
-    def all_reduce_mean(self, value: float, count: int) -> float:
-        return value
+    name: str
+    recipe: dict
+    runtime: dict
+    run: object
+    data: TrainData
+    dist: Context
+    device: torch.device
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    cache: object
+    sampler: BatchSampler
+    loader: object
+    optimizer: object
+    scheduler: object
+    per_step: bool
+    meta: dict
+    key: str
+    data_key: str
+    params: dict
+    perm: torch.Tensor | None = None
+    unmatched: torch.Tensor | None = None
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best: float = float("inf")
+    elapsed: float = 0.0
+    stopped: bool = False
 
-    def barrier(self):
-        pass
+    @property
+    def size(self) -> int:
+        return int(self.recipe["crop_size"])
 
 
-def fit(params: dict, data: TrainData, run_dir, stage: str = "train", init_checkpoint=None, coarse_checkpoint=None,
-        sample_weights=None, progress: bool = True, dist=None) -> dict:
-    """Train one stage, resuming from ``checkpoints/<stage>_last.pt`` when it exists.
-
-    Args:
-        params: resolved parameters (``params.resolve``).
-        data: ``TrainData``.
-        run_dir: the run folder (``checkpoints/`` and ``history.csv`` are written there).
-        stage: ``coarse``, ``train`` or ``finetune``.
-        init_checkpoint: path of a checkpoint whose weights start this stage (finetune); else ImageNet/scratch.
-        coarse_checkpoint: for ``face`` crops, the coarse model's checkpoint, embedded into this stage's checkpoints.
-        sample_weights: ``float [N]`` per training image (0 drops it), e.g. from label-noise finding.
-        dist: distributed context (``distributed.Context``); default single process.
-    Returns:
-        ``{"best": path, "last": path, "best_val_mse": float, "history": list of dict, "stopped_early": bool}``.
-    Raises:
-        RuntimeError: a ``<stage>_last.pt`` made with other parameters, or on other data (``TrainData.data_key``:
-            names, labels, split; and other ``sample_weights``); start over with ``--force``.
-    """
-    dist = dist or _Single()
-    if params["head"] == "softargmax" and not params["normalize_targets"]:
-        raise ValueError("head 'softargmax' predicts normalised crop coordinates: set normalize_targets true")
-    st = stage_settings(params, stage)
-    ck_dir = os.path.join(run_dir, "checkpoints")
-    last_path = os.path.join(ck_dir, f"{stage}_last.pt")
-    best_path = os.path.join(ck_dir, f"{stage}_best.pt")
-    key = params_key(params, stage)
-    dkey = data.data_key(sample_weights)
-    device = getattr(dist, "device", None) or select_device(params["device"])  # cuda:LOCAL_RANK under DDP
-    apply_threads(params)
-    num_points = data.table.num_points
-    perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
-    unmatched = data.flip_unmatched() if perm is not None else None
-    meta = model_meta(params, stage, num_points, perm, unmatched)
-    size = int(st["crop_size"])
-
-    c = stage_cache(params, data, stage, progress and dist.rank == 0)
-    pad = c.pad
-    torch.manual_seed(_seed(params["seed"], stage, "init") % 2**63)  # same initial weights on 1 or N processes
+def _initial_model(recipe: dict, data: TrainData, cache, init_checkpoint) -> torch.nn.Module:
+    """The stage's starting network: ``init_checkpoint``'s weights (finetune), else ImageNet or scratch with the
+    regression head's bias at the mean training shape (``normalize_targets``)."""
+    kw = dict(dropout=recipe["dropout"], head=recipe["head"], crop_size=recipe["crop_size"])
+    k = data.table.num_points
     if init_checkpoint:
-        from .predict import load_checkpoint
+        model = models.build_model(recipe["backbone"], k, pretrained=False, **kw)
+        model.load_state_dict(checkpoint.load(init_checkpoint, "stage")["state_dict"])
+        return model
+    init_shape = None
+    if recipe["normalize_targets"]:
+        ms = np.nanmean(np.asarray(cache.points)[data.train_idx], axis=0)
+        init_shape = models.to_target_units(torch.as_tensor(ms), recipe["crop_size"], True)
+    return models.build_model(recipe["backbone"], k, recipe["pretrained"], init_shape=init_shape, **kw)
 
-        init = load_checkpoint(init_checkpoint)
-        model = models.build_model(params["backbone"], num_points, pretrained=False, dropout=params["dropout"],
-                                   head=params["head"], crop_size=size)
-        model.load_state_dict(init["state_dict"])
-    else:
-        init_shape = None
-        if params["normalize_targets"]:
-            ms = np.nanmean(np.asarray(c.points)[data.train_idx], axis=0)
-            init_shape = models.to_target_units(torch.as_tensor(ms), size, True)
-        model = models.build_model(params["backbone"], num_points, params["pretrained"], params["dropout"],
-                                   init_shape, head=params["head"], crop_size=size)
-    model = model.to(device)
-    cl = params["channels_last"]  # CUDA and CPU alike: oneDNN's depthwise convolutions (MobileNet) gain most
-    if cl:
+
+def build(params: dict, data: TrainData, run, stage: str, init_checkpoint=None, sample_weights=None,
+          progress: bool = True, dist: Context | None = None) -> Stage:
+    """Build a stage's model, crop cache, loader, optimizer and scheduler from ``stage_recipe`` and the runtime
+    parameters (device, threads, workers, channels-last)."""
+    dist = dist or Context(device=select_device(params["device"]))
+    recipe, runtime = stage_recipe(params, stage), scoped(params, "runtime")
+    if recipe["head"] == "softargmax" and not recipe["normalize_targets"]:
+        raise ValueError("head 'softargmax' predicts normalised crop coordinates: set normalize_targets true")
+    apply_threads(runtime)
+    device = dist.device
+    perm, unmatched = data.flip_perm(), data.flip_unmatched()
+    cache = stage_cache(recipe, data, runtime, progress and dist.is_main)
+    torch.manual_seed(_seed(recipe["seed"], stage, "init") % 2**63)  # same initial weights on 1 or N processes
+    model = _initial_model(recipe, data, cache, init_checkpoint).to(device)
+    if runtime["channels_last"]:  # CUDA and CPU alike: oneDNN's depthwise convolutions (MobileNet) gain most
         model = model.to(memory_format=torch.channels_last)
     train_model = model
     if dist.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    train_idx = data.train_idx
+    idx = data.train_idx
     if sample_weights is not None:
-        train_idx = train_idx[np.asarray(sample_weights)[train_idx] > 0]
-    per_rank_batch = max(1, params["batch_size"] // dist.world_size)
-    sampler = BatchSampler(train_idx, per_rank_batch, shuffle=True, seed=_seed(params["seed"], stage) % 2**32,
-                           drop_last=len(train_idx) >= per_rank_batch * dist.world_size, rank=dist.rank,
+        idx = idx[np.asarray(sample_weights)[idx] > 0]
+    per_rank = max(1, recipe["batch_size"] // dist.world_size)
+    sampler = BatchSampler(idx, per_rank, shuffle=True, seed=_seed(recipe["seed"], stage) % 2**32,
+                           drop_last=len(idx) >= per_rank * dist.world_size, rank=dist.rank,
                            world_size=dist.world_size)
-    loader = make_loader(c, sampler, device, params["num_workers"], sample_weights)
-    steps = max(1, len(sampler))
-    opt = make_optimizer(params, model, st["lr"])
-    sched, per_step = make_scheduler(params, opt, st["lr"], st["epochs"], steps)
+    loader = make_loader(cache, sampler, device, runtime["num_workers"], sample_weights)
+    opt = make_optimizer(recipe, model, recipe["lr"])
+    sched, per_step = make_scheduler(recipe, opt, recipe["lr"], recipe["epochs"], max(1, len(sampler)))
+    return Stage(stage, recipe, runtime, run, data, dist, device, model, train_model, cache, sampler, loader, opt,
+                 sched, per_step, model_meta(recipe, data.table.num_points, perm, unmatched),
+                 stage_key(params, stage), data.data_key(sample_weights), stage_params(params, stage),
+                 torch.as_tensor(perm, dtype=torch.long), torch.as_tensor(unmatched, dtype=torch.long))
 
-    start, history, best, elapsed = 0, [], float("inf"), 0.0
-    if os.path.exists(last_path):
-        from .predict import load_checkpoint
 
-        ck = load_checkpoint(last_path, map_location=device)
-        if ck.get("params_key") != key:
-            raise RuntimeError(f"{last_path} was made with other parameters; resume with the same ones, "
-                               f"or start over (--force)")
-        if ck.get("data_key", dkey) != dkey:
-            raise RuntimeError(f"{last_path} was made on other data (landmarks.csv, its split or the sample "
-                               f"weights changed since); start over (--force)")
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, history, best, elapsed = ck["epoch"] + 1, ck["history"], ck["best_val_mse"], ck["elapsed_s"]
-    stopped = bool(history and history[-1].get("stopped_early"))
-    coarse = None
-    if coarse_checkpoint:
-        from .predict import load_checkpoint
+def check_keys(ck: dict, path, stage: str, key: str, data_key: str, params: dict, retrain: bool) -> bool:
+    """Whether checkpoint ``ck`` of ``stage`` may be used: True with equal keys; False (train again from the
+    start) with other keys and ``retrain``.
 
-        cc = load_checkpoint(coarse_checkpoint)
-        coarse = {k: cc[k] for k in ("format", "meta", "state_dict")}
-    perm_t = torch.as_tensor(perm, dtype=torch.long) if perm is not None else None
-    unmatched_t = torch.as_tensor(unmatched, dtype=torch.long) if unmatched is not None else None
-    gt_val = data.points(data.val_idx)
-    budget = params["time_budget_min"] * 60.0
+    Raises:
+        StageChanged: other keys and not ``retrain``; the message lists ``name: old -> new`` and the stages
+            affected, and says how to retrain.
+    """
+    if ck.get("scope_key") == key and ck.get("data_key") == data_key:
+        return True
+    if retrain:
+        return False
+    diff = changed(ck.get("params") or {}, params) or ["the training data (labels, split or sample weights)"]
+    later = STAGES[STAGES.index(stage):]
+    raise StageChanged(f"{path} was made with other parameters or data: {'; '.join(diff)}. Stages affected: "
+                       f"{', '.join(later)}. Retrain them with retrain = True in the notebook (--retrain on the "
+                       f"runner), or go back to the old values")
 
-    for epoch in range(start, st["epochs"]):
-        if stopped:
+
+def resume(st: Stage, retrain: bool = False) -> None:
+    """Continue from ``<stage>_last.pt`` when its keys match (model, optimizer, scheduler, epoch, history, best
+    MSE and time so far); with ``retrain`` a mismatching one is ignored (and overwritten by the next epoch).
+
+    Raises:
+        StageChanged: see ``check_keys``.
+    """
+    path = st.run.checkpoint(st.name, "last")
+    if not os.path.exists(path):
+        return
+    ck = checkpoint.load(path, "stage", map_location=st.device)
+    if not check_keys(ck, path, st.name, st.key, st.data_key, st.params, retrain):
+        return
+    st.model.load_state_dict(ck["state_dict"])
+    st.optimizer.load_state_dict(ck["optimizer"])
+    st.scheduler.load_state_dict(ck["scheduler"])
+    st.epoch, st.history, st.best, st.elapsed = ck["epoch"] + 1, ck["history"], ck["best_val_mse"], ck["elapsed_s"]
+    st.stopped = bool(st.history and st.history[-1].get("stopped_early"))
+
+
+def _over_budget(st: Stage, t0: float) -> bool:
+    budget = st.runtime["time_budget_min"] * 60.0
+    over = bool(budget) and st.elapsed + time.time() - t0 > budget
+    if st.dist.world_size > 1:  # every rank stops after the same step (DDP would hang otherwise)
+        over = st.dist.all_reduce_sum(float(over)) > 0
+    return over
+
+
+def train_one_epoch(st: Stage, progress: bool = True) -> float:
+    """One epoch over the sampler's batches (seeded from ``(seed, stage, epoch)``); stops early, setting
+    ``st.stopped``, when ``time_budget_min`` runs out. Returns the mean training loss over every rank."""
+    t0 = time.time()
+    r, epoch, rank = st.recipe, st.epoch, st.dist.rank
+    st.sampler.set_epoch(epoch)
+    torch.manual_seed(_seed(r["seed"], st.name, epoch, "torch", rank) % 2**63)
+    gen = torch.Generator().manual_seed(_seed(r["seed"], st.name, epoch, "augment", rank) % 2**63)
+    st.train_model.train()
+    total, count = 0.0, 0
+    bar = _bar(len(st.sampler), f"{st.name} {epoch + 1}/{r['epochs']}", progress and st.dist.is_main)
+    for batch in st.loader:
+        x, pts = prepare_batch(batch, r, st.device, st.size, st.cache.pad, st.meta["input_mean"],
+                               st.meta["input_std"], gen, st.perm, st.runtime["channels_last"], st.unmatched)
+        loss = train_step(st.train_model, st.optimizer, st.scheduler if st.per_step else None, x, pts,
+                          batch["weights"].to(st.device), r, st.size, st.runtime["amp"])
+        total, count = total + loss * len(x), count + len(x)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)
+        if _over_budget(st, t0):
+            st.stopped = True
             break
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(_seed(params["seed"], stage, epoch, "torch", dist.rank) % 2**63)
-        gen = torch.Generator().manual_seed(_seed(params["seed"], stage, epoch, "augment", dist.rank) % 2**63)
-        train_model.train()
-        total, count = 0.0, 0
-        bar = _bar(len(sampler), f"{stage} {epoch + 1}/{st['epochs']}", progress and dist.rank == 0)
-        for batch in loader:
-            x, pts = prepare_batch(batch, params, device, size, pad, meta["input_mean"], meta["input_std"], gen,
-                                   perm_t, cl, unmatched_t)
-            loss = train_step(train_model, opt, sched if per_step else None, x, pts, batch["weights"].to(device),
-                              params, size)
-            total += loss * len(x)
-            count += len(x)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)
-            if budget and (dist.all_reduce_sum(float(elapsed + time.time() - t0 > budget)) > 0
-                           if dist.world_size > 1 else elapsed + time.time() - t0 > budget):
-                stopped = True  # every rank stops after the same step (DDP would hang otherwise)
-                break
-        bar.close()
-        train_loss = dist.all_reduce_mean(total / max(count, 1), count)
-        val_mse = float("nan")
-        if len(data.val_idx):
-            model.eval()  # running batch-norm statistics, no dropout
-            if dist.world_size > 1:  # rank 0's model on every rank, each rank scores a shard: same MSE everywhere
-                dist.broadcast_buffers(model)
-            shard = np.arange(len(data.val_idx))[dist.rank::dist.world_size]
-            pred = predict_cache(model, meta, c, data.val_idx[shard], device, batch_size=128)
-            val_mse = metrics.mse(pred, gt_val[shard]) if len(shard) else 0.0
-            val_mse = dist.all_reduce_mean(val_mse, len(shard))
-        if not per_step:
-            sched.step(val_mse if math.isfinite(val_mse) else train_loss)
-        elapsed += time.time() - t0
-        row = {"epoch": epoch + 1, "stage": stage, "train_loss": train_loss, "val_mse": val_mse,
-               "lr": opt.param_groups[0]["lr"], "time_s": round(elapsed, 2)}
-        if stopped:
-            row["stopped_early"] = True
-        history.append(row)
-        improved = not (val_mse >= best) if math.isfinite(val_mse) else True
+    bar.close()
+    st.elapsed += time.time() - t0
+    return st.dist.all_reduce_mean(total / max(count, 1), count)
+
+
+def evaluate(st: Stage) -> float:
+    """Validation MSE (original pixels²) of the model on the validation crops of the stage's cache (no TTA), each
+    rank scoring a shard of rank 0's model; NaN without a validation split."""
+    val = st.data.val_idx
+    if not len(val):
+        return float("nan")
+    st.model.eval()  # running batch-norm statistics, no dropout
+    if st.dist.world_size > 1:
+        st.dist.broadcast_buffers(st.model)
+    shard = np.arange(len(val))[st.dist.rank::st.dist.world_size]
+    pred = predict_cache(st.model, st.meta, st.cache, val[shard], st.device, batch_size=128)
+    mse = metrics.mse(pred, st.data.points(val[shard])) if len(shard) else 0.0
+    return st.dist.all_reduce_mean(mse, len(shard))
+
+
+def _stage_dict(st: Stage, val_mse: float, finished: bool) -> dict:
+    return {"kind": "stage", "stage": st.name, "meta": st.meta, "state_dict": st.model.state_dict(),
+            "params": st.params, "scope_key": st.key, "data_key": st.data_key, "finished": finished,
+            "val_mse": val_mse, "epoch": st.epoch}
+
+
+def save_epoch(st: Stage, row: dict) -> None:
+    """Append the epoch's history row; save ``best`` when the validation MSE improved (or there is none) and
+    ``last`` always (rank 0 only), and rewrite the stage's ``history.csv`` rows."""
+    st.history.append(row)
+    val = row["val_mse"]
+    improved = not (val >= st.best) if math.isfinite(val) else True
+    if improved and math.isfinite(val):
+        st.best = val
+    if st.dist.is_main:
+        base = _stage_dict(st, val, False)
         if improved:
-            best = val_mse if math.isfinite(val_mse) else best
-        if dist.rank == 0:
-            base = {"format": CHECKPOINT_FORMAT, "meta": meta, "state_dict": model.state_dict(), "coarse": coarse,
-                    "epoch": epoch, "best_val_mse": best, "val_mse": val_mse}
-            if improved:
-                save_checkpoint(best_path, base)
-            save_checkpoint(last_path, {**base, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                        "history": history, "elapsed_s": elapsed, "params_key": key,
-                                        "data_key": dkey})
-            _write_history(run_dir, stage, [{k: r[k] for k in HISTORY_COLUMNS} for r in history])
-        dist.barrier()
-        if progress and dist.rank == 0:
-            print(f"{stage} epoch {epoch + 1}/{st['epochs']}: train loss {train_loss:.4f}, val MSE {val_mse:.3f} px^2,"
-                  f" {time.time() - t0:.0f} s", flush=True)
-    return {"best": best_path, "last": last_path, "best_val_mse": best, "history": history, "stopped_early": stopped}
+            checkpoint.save(st.run.checkpoint(st.name, "best"), base)
+        checkpoint.save(st.run.checkpoint(st.name, "last"), {
+            **base, "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
+            "history": st.history, "elapsed_s": st.elapsed, "best_val_mse": st.best})
+        write_history(st.run, st.name, st.history)
+    st.dist.barrier()
+
+
+def finish(st: Stage) -> dict:
+    """Mark ``<stage>_best.pt`` finished and remove ``<stage>_last.pt`` (rank 0); the result of ``fit``."""
+    best, last = st.run.checkpoint(st.name, "best"), st.run.checkpoint(st.name, "last")
+    if st.dist.is_main:
+        ck = checkpoint.load(best, "stage")
+        ck.update(finished=True, stopped_early=st.stopped)
+        checkpoint.save(best, ck)
+        if os.path.exists(last):
+            os.remove(last)
+    st.dist.barrier()
+    return {"best": best, "best_val_mse": st.best, "history": st.history, "stopped_early": st.stopped}
+
+
+def finished_result(params: dict, data: TrainData, run, stage: str, sample_weights=None,
+                    retrain: bool = False) -> dict | None:
+    """The result of a stage that already finished with these parameters and data (``<stage>_best.pt`` marked
+    finished, equal keys), else None (with ``retrain`` and other keys too).
+
+    Raises:
+        StageChanged: a finished stage with other keys and not ``retrain``.
+    """
+    best = run.checkpoint(stage, "best")
+    if not os.path.exists(best) or os.path.exists(run.checkpoint(stage, "last")):
+        return None
+    ck = checkpoint.load(best, "stage")
+    if not ck.get("finished") or not check_keys(ck, best, stage, stage_key(params, stage),
+                                                data.data_key(sample_weights), stage_params(params, stage),
+                                                retrain):
+        return None
+    hist = run.read_history() if os.path.exists(run.file("history.csv")) else pd.DataFrame(columns=HISTORY_COLUMNS)
+    rows = hist[hist["stage"] == stage].to_dict("records")
+    vals = [r["val_mse"] for r in rows if math.isfinite(r["val_mse"])]
+    return {"best": best, "best_val_mse": min(vals) if vals else float("nan"), "history": rows,
+            "stopped_early": bool(ck.get("stopped_early"))}
+
+
+def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoint=None, sample_weights=None,
+        retrain: bool = False, progress: bool = True, dist: Context | None = None) -> dict:
+    """Train one stage (or return its finished result), resuming from ``<stage>_last.pt`` when it exists.
+
+    Args:
+        params: resolved parameters (``params.resolve``); the stage reads only ``stage_params`` and the runtime.
+        data: ``TrainData``. run: ``run.RunFolder`` (``checkpoints/`` and ``history.csv`` are written there).
+        stage: ``localizer``, ``train`` or ``finetune``.
+        init_checkpoint: a stage checkpoint whose weights start this stage (finetune); else ImageNet/scratch.
+        sample_weights: ``float [N]`` per training image (0 drops it), e.g. from label-noise finding.
+        retrain: train again when the stage's checkpoints were made with other parameters or data.
+        dist: ``distributed.Context``; default one process on ``params["device"]``.
+    Returns:
+        ``{"best": path, "best_val_mse": float, "history": list of dict, "stopped_early": bool}``.
+    Raises:
+        StageChanged: checkpoints made with other parameters or data, without ``retrain``.
+    """
+    done = finished_result(params, data, run, stage, sample_weights, retrain)
+    if done is not None:
+        return done
+    st = build(params, data, run, stage, init_checkpoint, sample_weights, progress, dist)
+    resume(st, retrain)
+    while st.epoch < st.recipe["epochs"] and not st.stopped:
+        t0 = time.time()
+        train_loss = train_one_epoch(st, progress)
+        val_mse = evaluate(st)
+        if not st.per_step:
+            st.scheduler.step(val_mse if math.isfinite(val_mse) else train_loss)
+        row = {"epoch": st.epoch + 1, "stage": stage, "train_loss": train_loss, "val_mse": val_mse,
+               "lr": st.optimizer.param_groups[0]["lr"], "time_s": round(st.elapsed, 2)}
+        if st.stopped:
+            row["stopped_early"] = True
+        save_epoch(st, row)
+        if progress and st.dist.is_main:
+            print(f"{stage} epoch {st.epoch + 1}/{st.recipe['epochs']}: train loss {train_loss:.4f}, val MSE "
+                  f"{val_mse:.3f} px^2, {time.time() - t0:.0f} s", flush=True)
+        st.epoch += 1
+    if not st.history:  # zero epochs: the initial model is the stage's result
+        save_epoch(st, {"epoch": 0, "stage": stage, "train_loss": float("nan"), "val_mse": evaluate(st),
+                        "lr": st.optimizer.param_groups[0]["lr"], "time_s": 0.0})
+    return finish(st)
 
 
 def _bar(total, desc, enabled):
@@ -546,15 +683,15 @@ def _bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=2.0)
 
 
-def train_all(params: dict, data: TrainData, run_dir, progress: bool = True, dist=None) -> dict:
-    """The train notebook's job: the coarse stage (``face`` crops only), then the train stage.
+def train_all(params: dict, data: TrainData, run, retrain: bool = False, progress: bool = True,
+              dist: Context | None = None) -> dict:
+    """The train notebook's job: the localizer stage (``face`` crops only), then the train stage.
 
     Returns:
-        ``{"coarse": fit result or None, "train": fit result}``.
+        ``{"localizer": fit result or None, "train": fit result}``.
     """
-    coarse = None
+    loc = None
     if params["crop_mode"] == "face":
-        coarse = fit(params, data, run_dir, "coarse", progress=progress, dist=dist)
-    res = fit(params, data, run_dir, "train", coarse_checkpoint=coarse["best"] if coarse else None,
-              progress=progress, dist=dist)
-    return {"coarse": coarse, "train": res}
+        loc = fit(params, data, run, "localizer", retrain=retrain, progress=progress, dist=dist)
+    res = fit(params, data, run, "train", retrain=retrain, progress=progress, dist=dist)
+    return {"localizer": loc, "train": res}

@@ -345,3 +345,91 @@ def mirror_error(points: np.ndarray, perm: np.ndarray) -> float:
     of the mean shape and the permuted one, in units of the shape's RMS radius (0 for a perfectly symmetric
     layout)."""
     return float(np.sqrt((mirror_residuals(points, perm) ** 2).mean()))
+
+
+# ------------------------------------------------------------------------------------ EDA: crops and shapes
+def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1.25, modes=None) -> list:
+    """How each crop mode treats the faces of a dataset (EDA: which crop keeps the face, at what resolution).
+
+    For every image the crop of each mode is placed (``make_frame``; ``face`` crops from the labels
+    themselves, as in training) and the landmarks are compared with the image and with the crop.
+
+    Args:
+        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed).
+        widths, heights: ``[N]`` image sizes, pixels.
+        crop_size: crop side in pixels.
+        face_scale: face crop side over the landmarks' bounding-box longer side.
+        modes: crop modes to report (default ``geometry.CROP_MODES``).
+    Returns:
+        a list of dicts, one per mode (``pd.DataFrame(rows)`` shows them): ``crop_mode``, ``points_outside_image_pct`` (share of all points outside
+        ``[0, W] x [0, H]``; the same for every mode), ``points_outside_crop_pct`` (share of all points outside the
+        crop), ``images_cut_pct`` (share of images with at least one point outside the crop), ``face_px_median``
+        (median longer side of the landmarks' bounding box in crop pixels: the resolution the network sees) and
+        ``face_share_median`` (the same over the crop side).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    w = np.asarray(widths, dtype=np.float64).reshape(-1)
+    h = np.asarray(heights, dtype=np.float64).reshape(-1)
+    if p.ndim != 3 or p.shape[2] != 2 or len(p) != len(w) or len(w) != len(h):
+        raise ValueError(f"points {p.shape} must be [N, K, 2] with N widths and heights ({len(w)}, {len(h)})")
+    ok = np.isfinite(p).all(axis=2)
+    x, y = p[..., 0], p[..., 1]
+    outside_img = ok & ((x < 0) | (y < 0) | (x > w[:, None]) | (y > h[:, None]))
+    lo = np.nanmin(np.where(ok[..., None], p, np.nan), axis=1)
+    hi = np.nanmax(np.where(ok[..., None], p, np.nan), axis=1)
+    face_side = (hi - lo).max(axis=1)
+    rows = []
+    for mode in (modes or CROP_MODES):
+        frames = np.array([make_frame(mode, w[i], h[i], crop_size, points=p[i], face_scale=face_scale).as_array()
+                           for i in range(len(p))]).reshape(-1, 4)
+        x0, y0, side = frames[:, 0], frames[:, 1], frames[:, 2]
+        out = ok & ((x < x0[:, None]) | (y < y0[:, None]) | (x > (x0 + side)[:, None]) | (y > (y0 + side)[:, None]))
+        share = face_side / side
+        rows.append({"crop_mode": mode,
+                     "points_outside_image_pct": 100.0 * outside_img.sum() / max(ok.sum(), 1),
+                     "points_outside_crop_pct": 100.0 * out.sum() / max(ok.sum(), 1),
+                     "images_cut_pct": 100.0 * out.any(axis=1).mean() if len(p) else 0.0,
+                     "face_px_median": float(np.nanmedian(share * crop_size)) if len(p) else float("nan"),
+                     "face_share_median": float(np.nanmedian(share)) if len(p) else float("nan")})
+    return rows
+
+
+def shape_residuals(points, per_point: bool = False, iterations: int = 3):
+    """How far each labelled shape is from the mean shape, up to position, scale and rotation (EDA: labels that
+    look wrong by shape, whatever the image shows).
+
+    Each shape is normalised (``normalise_shapes``: centred, RMS radius 1) and rotated onto a reference by
+    the least-squares rotation (2-D Procrustes, no reflection). The reference starts as ``mean_shape`` and
+    is replaced ``iterations`` times by the per-coordinate median of the rotated shapes (generalised Procrustes
+    with a robust mean), so the shapes' own rotations do not blur it. The residual of a shape is the RMS distance of
+    its rotated points to the reference's, in units of the shape's RMS radius. Flag outliers with
+    ``noise.flag_outliers(residuals, threshold)``.
+
+    Args:
+        points: ``[N, K, 2]`` landmarks (any pixels; NaN points are ignored).
+        per_point: also return the per-point distances.
+        iterations: Procrustes refinements of the reference shape.
+    Returns:
+        ``float64 [N]`` residuals, or ``(residuals, float64 [N, K] per-point distances)`` with ``per_point``.
+    """
+    q = normalise_shapes(points)
+    m = mean_shape(points)
+    m = m - np.nanmean(m, axis=0)
+    r = _rotate_onto(q, m)
+    for _ in range(max(0, int(iterations))):
+        m = np.nanmedian(r, axis=0)
+        m = m - np.nanmean(m, axis=0)
+        r = _rotate_onto(q, m)
+    d = np.sqrt(((r - m[None]) ** 2).sum(-1))
+    res = np.sqrt(np.nanmean(d ** 2, axis=1))
+    return (res, d) if per_point else res
+
+
+def _rotate_onto(q, m):
+    """Rotate each centred shape of ``q [N, K, 2]`` by the angle that best maps it onto ``m [K, 2]`` (least
+    squares: ``atan2(sum(q_x m_y - q_y m_x), sum(q_x m_x + q_y m_y))``; NaN points ignored)."""
+    s = np.nansum(q[..., 0] * m[None, :, 1] - q[..., 1] * m[None, :, 0], axis=1)
+    c = np.nansum(q[..., 0] * m[None, :, 0] + q[..., 1] * m[None, :, 1], axis=1)
+    a = np.arctan2(s, c)
+    ca, sa = np.cos(a)[:, None], np.sin(a)[:, None]
+    return np.stack([ca * q[..., 0] - sa * q[..., 1], sa * q[..., 0] + ca * q[..., 1]], axis=-1)

@@ -13,8 +13,9 @@ import os
 
 import numpy as np
 
+from . import checkpoint as checkpoint_mod
 from . import metrics
-from .predict import load_checkpoint, model_from_checkpoint, predict_cache, select_device
+from .predict import predict_cache, select_device
 
 
 def robust_cut(errors, threshold: float) -> float:
@@ -61,9 +62,9 @@ def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu
     Returns:
         ``float64 [n, K, 2]`` original pixels, in ``indices`` order.
     """
-    ck = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     dev = select_device(str(device))
-    model = model_from_checkpoint(ck, dev)
+    model = checkpoint_mod.network(ck, dev)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
     return predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
 

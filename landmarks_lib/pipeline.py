@@ -1,57 +1,54 @@
 """Run the four notebooks in order on one run folder, with papermill: the whole pipeline from the shell.
 
 ``python -m landmarks_lib.pipeline [--data-dir DIR] --run-dir DIR [--params FILE.yaml] [-p NAME VALUE ...]
-[--resume | --force] [--notebooks 01,02,...]``
+[--resume [--retrain] | --force] [--notebooks 01,02,...]``
 
-1. Parameters are resolved as everywhere in the package (``params.resolve``): defaults < ``--params`` profile <
-   ``-p NAME VALUE`` (values read as YAML scalars: ``5`` int, ``1e-3`` float, ``true`` bool, ``null``, text
-   otherwise; unknown names are an error listing the known ones) < ``--data-dir`` / ``--run-dir``. Folder
-   parameters (``data_dir``, ``run_dir``, ``cache_dir``, ``ensemble_runs``) are made absolute, so the notebooks find
-   them whatever their working directory (the run folder).
-2. The resolved parameters are written to ``<run_dir>/params.yaml``.
-3. ``notebooks/01_eda.ipynb`` .. ``04_visualize.ipynb`` are executed in order with the parameters injected after
-   their ``parameters`` cell; each executed copy goes to ``<run_dir>/notebooks/NN_name.ipynb`` (never over the
-   sources) and is exported to ``<run_dir>/reports/NN_name.html``. The kernel inherits this process's environment
+1. Parameters are resolved by ``params.resolve``: defaults < the run's ``params.yaml`` if it exists (else the
+   ``--params`` profile) < ``-p NAME VALUE`` (typed by the spec) < ``--data-dir`` / ``--run-dir``; folders are made
+   absolute. Every value is checked before any work (exit status 2).
+2. The run folder gets its marker (``run.MARKER``) and its lock (a second runner is refused with the first one's
+   pid), and ``<run_dir>/params.yaml`` is written.
+3. ``notebooks/01_eda.ipynb`` .. ``04_visualize.ipynb`` are executed in order; papermill injects only ``run_dir``
+   (and ``retrain``), and each notebook reads the rest from ``params.yaml``. Each executed copy goes to
+   ``<run_dir>/notebooks/NN_name.ipynb`` and is exported to ``<run_dir>/reports/NN_name.html``. A notebook whose
+   ``.py`` and ``.ipynb`` differ is refused (``make sync-notebooks``). The kernel inherits this process's environment
    (``TORCH_HOME``, ``LANDMARKS_CACHE``, ``CUDA_VISIBLE_DEVICES``, ...).
-4. After each notebook, ``<run_dir>/pipeline_state.json`` records it as finished (atomically), with the
-   parameters of the run.
+4. Each notebook records in ``pipeline_state.json`` that it finished, with its parameters.
 
-A run folder that is not empty is refused unless ``--resume`` (continue: notebooks recorded as finished are
-skipped, and a notebook that stopped half-way resumes its training from the last checkpoint; refused when the
-parameters differ from those recorded in ``pipeline_state.json``, or, in a folder without it (written by
-``landmarks_lib.train`` or by the notebooks run by hand), when a parameter the trained models depend on differs
-from its ``params.yaml``) or ``--force`` (delete the run folder's contents and start over; only
-for a folder that looks like a run folder). With ``--resume``, notebooks named in ``--notebooks`` run again even
-when finished (e.g. ``--resume --notebooks 04`` redraws the figures).
+A run folder that is not empty is refused unless ``--resume`` or ``--force``. ``--resume`` follows the resume rule
+(``plan``): a notebook re-runs when it never finished or when a value of a scope it reads changed, and so does every
+later one; ``runtime`` values (device, threads, workers, the folder's location) change freely; a changed training
+value is refused (exit 2, listing ``name: old -> new`` and the stages affected) unless ``--retrain``. With
+``--notebooks`` exactly those notebooks run (``--resume --notebooks 04`` redraws the figures). ``--force`` removes
+only the paths the run folder's manifest declares and refuses any folder without the marker.
 
-A failing cell stops the pipeline with exit status 1 and a message naming the notebook, the cell and the error;
-the partly executed notebook (with the error in it) and its HTML report stay in the run folder. Usage errors and
-refusals exit with status 2. At the end the validation metrics and the submission path are printed.
+A failing cell stops the pipeline with exit status 1 and a message naming the notebook, the cell and the error; a
+dead kernel is named as such; the partly executed notebook and its HTML report stay in the run folder. Usage errors
+and refusals exit with status 2. At the end the validation metrics and the submission path are printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
 
-import yaml
-
 from . import params as params_mod
-from .io import atomic_open, atomic_write_json
+from .engine import STAGE_SCOPES, STAGES
+from .files import atomic_open
+from .run import RunFolder, RunFolderError
 
 NOTEBOOKS = ("01_eda", "02_train", "03_finetune", "04_visualize")
+# The parameter scopes each notebook reads (a change re-runs the first notebook that reads it, and every later one).
+NOTEBOOK_SCOPES = {"01_eda": ("data", "train"), "02_train": ("data", "localizer", "train"),
+                   "03_finetune": ("data", "localizer", "train", "finetune", "inference"),
+                   "04_visualize": ("data", "figures")}
+TRAINING_SCOPES = ("data", "localizer", "train", "finetune")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(REPO_ROOT, "notebooks")
-STATE_FILE = "pipeline_state.json"
-RUN_MARKERS = (STATE_FILE, "params.yaml", "run_info.json")
-PATH_PARAMS = ("data_dir", "run_dir", "cache_dir")
 KERNEL = "python3"
 
 
@@ -69,43 +66,18 @@ class NotebookFailed(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------ parameters
-def absolute_paths(params: dict, base: str | None = None) -> dict:
-    """A copy of ``params`` with the folder parameters made absolute (relative to ``base``, default the current
-    directory): ``data_dir``, ``run_dir``, ``cache_dir`` when not empty, and every entry of ``ensemble_runs``."""
-    base = os.path.abspath(base or os.getcwd())
-    out = dict(params)
-
-    def absolute(p):
-        return os.path.normpath(os.path.join(base, os.path.expanduser(str(p))))
-
-    for k in PATH_PARAMS:
-        if out.get(k):
-            out[k] = absolute(out[k])
-    if out.get("ensemble_runs"):
-        out["ensemble_runs"] = ",".join(absolute(r.strip()) for r in str(out["ensemble_runs"]).split(",")
-                                        if r.strip())
-    return out
-
-
-def resolve_params(profile=None, overrides=(), data_dir=None, run_dir=None) -> dict:
-    """The run's parameters: defaults < ``profile`` < ``overrides`` (``(name, text)`` pairs, YAML scalars) <
-    ``data_dir`` / ``run_dir``; folder parameters made absolute (``absolute_paths``).
+def resolve_params(profile=None, overrides=(), data_dir=None, run_dir=None, force: bool = False) -> dict:
+    """The run's parameters (``params.resolve``): defaults < the run's ``params.yaml`` (unless ``force``: the run
+    starts over) or else ``profile`` < ``overrides`` (``(name, text)`` pairs) < ``data_dir`` / ``run_dir``.
 
     Raises:
-        params.ParamError: unknown name (the message lists the known ones) or a value of the wrong type.
+        params.ParamError: unknown name (the message lists the known ones) or a bad value.
         PipelineError: no run folder.
     """
-    kw = {}
-    if data_dir is not None:
-        kw["data_dir"] = data_dir
-    if run_dir is not None:
-        kw["run_dir"] = run_dir
-    if profile and not os.path.exists(profile):
-        raise PipelineError(f"{profile}: parameter profile not found")
-    p = params_mod.resolve(profile, list(overrides or ()), **kw)
-    if not p["run_dir"]:
-        raise PipelineError("run_dir is empty; give --run-dir DIR")
-    return absolute_paths(p)
+    if not run_dir:
+        raise PipelineError("give --run-dir DIR")
+    return params_mod.resolve(run_dir=run_dir, profile=profile, overrides=list(overrides or ()), data_dir=data_dir,
+                              use_run_params=not force)
 
 
 def select_notebooks(spec: str | None) -> list:
@@ -129,133 +101,79 @@ def select_notebooks(spec: str | None) -> list:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
-# ------------------------------------------------------------------------------------------------ run folder
-def read_state(run_dir) -> dict | None:
-    """``<run_dir>/pipeline_state.json`` or None."""
-    path = os.path.join(run_dir, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+# ------------------------------------------------------------------------------------------------ resume rule
+def _same(name: str, old, new) -> bool:
+    if name == "data_dir" and old and new:
+        return os.path.realpath(str(old)) == os.path.realpath(str(new))
+    return old == new
 
 
-def write_state(run_dir, state: dict) -> None:
-    """Write ``pipeline_state.json`` atomically."""
-    atomic_write_json(os.path.join(run_dir, STATE_FILE), state)
+def changes(recorded: dict, params: dict, scopes) -> list:
+    """``[(name, old, new)]`` of the parameters in ``scopes`` whose values differ from ``recorded``."""
+    return [(k, recorded.get(k), params[k]) for k in params_mod.names_in(*scopes)
+            if k in recorded and not _same(k, recorded.get(k), params[k])]
 
 
-def _is_within(path, parent) -> bool:
-    path, parent = os.path.realpath(path), os.path.realpath(parent)
-    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+def plan(run: RunFolder, params: dict, retrain: bool = False) -> tuple[int, list]:
+    """The resume rule: the first notebook to run again, and the training changes that need ``--retrain``.
 
-
-def clear_run_dir(run_dir, protect=()) -> None:
-    """Delete the contents of a run folder (``--force``).
-
-    Args:
-        protect: further folders that must survive (e.g. the data and cache folders of the run's parameters).
-    Raises:
-        PipelineError: the folder does not look like a run folder (none of ``params.yaml``, ``run_info.json``,
-            ``pipeline_state.json``), or it holds the repository, the home folder, the current directory or one
-            of ``protect``.
-    """
-    if not any(os.path.exists(os.path.join(run_dir, m)) for m in RUN_MARKERS):
-        raise PipelineError(f"{run_dir}: not empty and not a run folder (no {', '.join(RUN_MARKERS)}); "
-                            f"refusing to delete its contents with --force; choose a new or empty --run-dir")
-    for guarded in (REPO_ROOT, os.path.expanduser("~"), os.getcwd(), *[p for p in protect if p]):
-        if _is_within(guarded, run_dir):
-            raise PipelineError(f"{run_dir}: holds {guarded}; refusing to delete it with --force")
-    for name in os.listdir(run_dir):
-        p = os.path.join(run_dir, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.remove(p)
-
-
-def _written_from(recorded_run_dir, run_dir) -> str:
-    """The folder a ``params.yaml`` with relative paths was written from: the one from which its own ``run_dir``
-    names ``run_dir`` (e.g. ``notebooks/`` for ``runs/default`` written by a notebook opened in Jupyter); the current
-    directory when there is none."""
-    rec = os.path.expanduser(str(recorded_run_dir or ""))
-    real = os.path.realpath(run_dir)
-    if rec and not os.path.isabs(rec):
-        base = real
-        for _ in os.path.normpath(rec).split(os.sep):
-            base = os.path.dirname(base)
-        if os.path.realpath(os.path.join(base, rec)) == real:
-            return base
-    return os.getcwd()
-
-
-def check_params_yaml(params: dict) -> None:
-    """``--resume`` of a run folder without ``pipeline_state.json`` (written by ``landmarks_lib.train`` or by the
-    notebooks run by hand): its ``params.yaml``, if any, must agree with ``params`` on every parameter the trained
-    models depend on (``params.training_params``; an empty ``data_dir`` counts as ``<run_dir>/data``, the embedded
-    synthetic default; relative folders in the file count from where it was written, ``_written_from``). A folder
-    with neither file is accepted (training still refuses checkpoints made with other parameters).
-
-    Raises:
-        PipelineError: the file cannot be read as parameters, or values differ (the message lists them).
-    """
-    run_dir = params["run_dir"]
-    path = os.path.join(run_dir, "params.yaml")
-    if not os.path.exists(path):
-        return
-    try:
-        old = params_mod.resolve(path)
-    except (params_mod.ParamError, yaml.YAMLError) as e:
-        raise PipelineError(f"{path}: cannot be read to compare with this run's parameters ({e}); use --force to "
-                            f"start over") from e
-
-    def comparable(p, base=None):
-        return params_mod.training_params(dict(p, data_dir=p.get("data_dir") or os.path.join(run_dir, "data")), base)
-
-    a, b = comparable(old, _written_from(old["run_dir"], run_dir)), comparable(params)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if diff:
-        raise PipelineError(f"{run_dir}: --resume with other parameters than its params.yaml (the folder has no "
-                            f"{STATE_FILE}: written by landmarks_lib.train or the notebooks) "
-                            f"({', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in diff)}); "
-                            f"use the same parameters, or --force to start over")
-
-
-def prepare_run_dir(params: dict, resume: bool = False, force: bool = False) -> dict:
-    """Check (or clear) the run folder and return the pipeline state to continue from.
+    For each notebook in order: one never recorded as finished in ``pipeline_state.json`` runs again, and so does
+    one whose recorded parameters differ in a scope it reads (``NOTEBOOK_SCOPES``), and every later one. ``runtime``
+    values may differ freely. A change in a training scope (``data``, ``localizer``, ``train``, ``finetune``) is
+    listed as ``name: old -> new`` with the stages it affects; the caller refuses it without ``retrain``.
 
     Returns:
-        ``{"params": params, "finished": {name: {...}}}``: the recorded state with ``--resume``, else a new one.
-    Raises:
-        PipelineError: a non-empty folder without ``--resume``/``--force``; ``--resume`` with other parameters than
-            the recorded ones (the message lists the names), or, without ``pipeline_state.json``, than those of the
-            folder's ``params.yaml`` (``check_params_yaml``); ``--force`` on a folder that is not a run folder.
+        ``(index into NOTEBOOKS of the first notebook to run, ["name: old -> new (stages: ...)", ...])``.
     """
-    run_dir = params["run_dir"]
+    state = run.state()["notebooks"]
+    first, training = len(NOTEBOOKS), {}
+    for i, nb in enumerate(NOTEBOOKS):
+        rec = state.get(nb)
+        diff = changes(rec["params"], params, NOTEBOOK_SCOPES[nb]) if rec else None
+        if rec is None or diff:
+            first = min(first, i)
+        for name, old, new in diff or ():
+            scope = params_mod.SPEC[name].scope
+            if scope in TRAINING_SCOPES:
+                stages = [s for s in STAGES if scope in STAGE_SCOPES[s]]
+                training[name] = f"{name}: {old!r} -> {new!r} (stages: {', '.join(stages)})"
+    return first, list(training.values())
+
+
+def prepare_run(params: dict, resume: bool = False, force: bool = False, retrain: bool = False,
+                log=print) -> tuple[RunFolder, int]:
+    """Check (or clear) the run folder, take its lock, and find where to start.
+
+    Returns:
+        ``(run, index of the first notebook to run)`` (0 for a new run).
+    Raises:
+        PipelineError: a non-empty folder without ``--resume``/``--force``; ``--force`` or ``--resume`` on a folder
+            without the run-folder marker; a resume whose training parameters changed, without ``--retrain`` (the
+            message lists ``name: old -> new`` and the stages affected).
+        RunFolderError: another process works on the run.
+    """
+    run = RunFolder(params["run_dir"])
     if resume and force:
         raise PipelineError("--resume and --force exclude each other")
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise PipelineError(f"{run_dir}: exists and is not a folder")
-    state = None
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        if force:
-            clear_run_dir(run_dir, protect=[params.get("data_dir"), params.get("cache_dir")])
-        elif resume:
-            state = read_state(run_dir)
-            if state is not None and state.get("params") != params:
-                old = state.get("params") or {}
-                diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-                raise PipelineError(f"{run_dir}: --resume with other parameters than the run's "
-                                    f"({', '.join(f'{k}: {old.get(k)!r} -> {params.get(k)!r}' for k in diff)}); "
-                                    f"use the same parameters, or --force to start over")
-            if state is None:
-                check_params_yaml(params)
-        else:
-            raise PipelineError(f"{run_dir}: run folder is not empty; add --resume to continue it or --force to "
-                                f"delete it and start over (or choose another --run-dir)")
-    os.makedirs(run_dir, exist_ok=True)
-    if state is None:
-        state = {"params": params, "finished": {}}
-    return state
+    busy = os.path.isdir(run.path) and bool(os.listdir(run.path))
+    if busy and not run.is_run():
+        raise PipelineError(f"{run.path}: not empty and not a run folder (no {os.path.basename(run.marker)}); "
+                            f"nothing in it is touched; choose a new or empty --run-dir")
+    if busy and not (resume or force):
+        raise PipelineError(f"{run.path}: run folder is not empty; add --resume to continue it, or --force to "
+                            f"remove what this project wrote there and start over (or choose another --run-dir)")
+    run.create(created_by="landmarks_lib.pipeline").lock("landmarks_lib.pipeline")
+    if force and busy:
+        run.clear(log)
+    first = 0
+    if resume:
+        first, training = plan(run, params, retrain)
+        if training and not retrain:
+            run.unlock()
+            raise PipelineError(f"{run.path}: --resume with other training parameters than the run's: "
+                                f"{'; '.join(training)}. Add --retrain to train those stages again (their "
+                                f"checkpoints are replaced; nothing else is removed), or use the old values")
+    return run, first
 
 
 # ------------------------------------------------------------------------------------------------- execution
@@ -287,97 +205,112 @@ def export_html(ipynb_path, html_path) -> None:
         f.write(body)
 
 
-def run_notebook(name: str, params: dict, run_dir, quiet: bool = False) -> float:
-    """Execute ``notebooks/<name>.ipynb`` with ``params`` into ``<run_dir>/notebooks/<name>.ipynb`` and export
-    ``<run_dir>/reports/<name>.html``. The notebook is written beside its target under a hidden name while it runs
-    and renamed into place when it ends, finished or failed.
+def check_pair(name: str) -> None:
+    """Refuse a notebook whose ``.py`` (the source people edit) and paired ``.ipynb`` (what papermill runs) differ
+    in their code cells.
+
+    Raises:
+        PipelineError: the pair is out of sync (the message says ``make sync-notebooks``), or the ``.ipynb`` is
+            missing.
+    """
+    import jupytext
+    import nbformat
+
+    py, ipynb = os.path.join(NOTEBOOK_DIR, f"{name}.py"), os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")
+    if not os.path.exists(ipynb):
+        raise PipelineError(f"{ipynb}: source notebook is missing; run make sync-notebooks")
+
+    def code(nb):
+        return [c.source.strip() for c in nb.cells if c.cell_type == "code"]
+
+    if os.path.exists(py) and code(jupytext.read(py)) != code(nbformat.read(ipynb, as_version=4)):
+        raise PipelineError(f"{py} and {os.path.basename(ipynb)} differ in their code cells; run make "
+                            f"sync-notebooks (the .ipynb is what runs)")
+
+
+def run_notebook(name: str, run: RunFolder, retrain: bool = False, quiet: bool = False) -> float:
+    """Execute ``notebooks/<name>.ipynb`` on the run into ``<run>/notebooks/<name>.ipynb`` and export
+    ``<run>/reports/<name>.html``; papermill injects ``run_dir`` (and ``retrain`` into the training notebooks), and
+    the notebook reads every other value from the run's ``params.yaml``. The notebook is written beside its target
+    under a hidden name while it runs and renamed into place when it ends, finished or failed.
 
     Returns:
         seconds taken.
     Raises:
-        NotebookFailed: a cell raised (the partly executed notebook and its report are kept).
-        FileNotFoundError: the source notebook is missing (run ``make sync-notebooks``).
+        NotebookFailed: a cell raised, or the kernel died (the partly executed notebook and its report are kept).
     """
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
-    src = os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")
-    if not os.path.exists(src):
-        raise FileNotFoundError(f"{src}: source notebook is missing (make sync-notebooks writes it from {name}.py)")
-    out_dir = os.path.join(run_dir, "notebooks")
-    os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, f"{name}.ipynb")
-    tmp = os.path.join(out_dir, f".{name}.running.ipynb")
-    html = os.path.join(run_dir, "reports", f"{name}.html")
-    t0 = time.time()
-    failure = None
+    check_pair(name)
+    out = os.path.join(run.file("notebooks"), f"{name}.ipynb")
+    tmp = os.path.join(run.file("notebooks"), f".{name}.running.ipynb")
+    os.makedirs(run.file("notebooks"), exist_ok=True)
+    inject = {"run_dir": run.path, **({"retrain": bool(retrain)} if name in ("02_train", "03_finetune") else {})}
+    t0, failure = time.time(), None
     try:
-        pm.execute_notebook(src, tmp, parameters=params, cwd=run_dir, kernel_name=KERNEL, progress_bar=False,
-                            log_output=False, stdout_file=None if quiet else sys.stdout,
-                            stderr_file=None if quiet else sys.stderr)
+        pm.execute_notebook(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), tmp, parameters=inject, cwd=run.path,
+                            kernel_name=KERNEL, progress_bar=False, log_output=False,
+                            stdout_file=None if quiet else sys.stdout, stderr_file=None if quiet else sys.stderr)
     except pm.PapermillExecutionError as e:
         failure = (f"notebook {name} failed in {_cell_label(e, tmp)}\n  {e.ename}: {e.evalue}\n"
                    f"  the partly executed notebook is {out}")
+    except DeadKernelError:
+        failure = f"notebook {name}: kernel died (killed, likely out of memory); the partly executed notebook is {out}"
     finally:
         if os.path.exists(tmp):
             os.replace(tmp, out)
     if os.path.exists(out):
         try:
-            export_html(out, html)
+            export_html(out, os.path.join(run.file("reports"), f"{name}.html"))
         except Exception as e:  # noqa: BLE001 - a report that cannot be rendered must not hide the run's result
-            print(f"[pipeline] warning: could not export {html}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"[pipeline] warning: could not export the report of {name}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
     if failure:
         raise NotebookFailed(failure, name, out)
     return time.time() - t0
 
 
-def summarize(run_dir) -> str:
+def summarize(run: RunFolder) -> str:
     """The final metrics (``metrics.json``) and the submission path (or the partial one), as text."""
     lines = []
-    mpath = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(mpath):
-        with open(mpath) as f:
-            m = json.load(f)
+    m = run.read_metrics()
+    if m:
         lines.append("metrics: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                              for k, v in sorted(m.items())))
-    sub = os.path.join(run_dir, "submission.csv")
-    partial = os.path.join(run_dir, "submission_partial.csv")
-    if os.path.exists(sub):
+    sub = run.submission()
+    if sub and sub.endswith("partial.csv"):
+        lines.append(f"partial submission (max_test_images; not for upload): {sub}")
+    elif sub:
         lines.append(f"submission: {sub}")
-    elif os.path.exists(partial):
-        lines.append(f"partial submission (max_test_images; not for upload): {partial}")
-    lines.append(f"reports: {os.path.join(run_dir, 'reports')}")
+    lines.append(f"reports: {run.file('reports')}")
     return "\n".join(lines)
 
 
-def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool = False,
-                 quiet: bool = False) -> dict:
-    """Prepare the run folder, write ``params.yaml`` and execute the notebooks (see the module docstring).
+def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool = False, retrain: bool = False,
+                 quiet: bool = False) -> RunFolder:
+    """Prepare the run folder (``prepare_run``), write ``params.yaml`` and execute the notebooks from the first one
+    the resume rule names (``plan``), or exactly ``notebooks`` when given.
 
-    Args:
-        params: resolved parameters with absolute folders (``resolve_params``).
-        notebooks: names to run (default all, in order); with ``resume`` they run even when finished.
-    Returns:
-        the final pipeline state.
     Raises:
-        PipelineError, NotebookFailed.
+        PipelineError, NotebookFailed, RunFolderError.
     """
-    run_dir = params["run_dir"]
-    chosen = list(notebooks) if notebooks else list(NOTEBOOKS)
-    state = prepare_run_dir(params, resume=resume, force=force)
-    if not os.path.exists(os.path.join(run_dir, "params.yaml")):
-        params_mod.dump(params, os.path.join(run_dir, "params.yaml"))
-    write_state(run_dir, state)
-    for name in chosen:
-        if resume and notebooks is None and name in state["finished"]:
-            print(f"[pipeline] {name}: finished earlier, skipped (--resume)", flush=True)
-            continue
-        print(f"[pipeline] {name}: running -> {os.path.join(run_dir, 'notebooks', name + '.ipynb')}", flush=True)
-        seconds = run_notebook(name, params, run_dir, quiet=quiet)
-        state["finished"][name] = {"seconds": round(seconds, 1),
-                                   "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        write_state(run_dir, state)
-        print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
-    return state
+    run, first = prepare_run(params, resume=resume, force=force, retrain=retrain)
+    try:
+        params_mod.dump(params, run.file("params.yaml"))
+        chosen = list(notebooks) if notebooks else list(NOTEBOOKS[first:])
+        for name in NOTEBOOKS:
+            if name not in chosen:
+                if resume:
+                    print(f"[pipeline] {name}: finished earlier with these parameters, skipped (--resume)", flush=True)
+                continue
+            print(f"[pipeline] {name}: running -> {os.path.join(run.file('notebooks'), name + '.ipynb')}",
+                  flush=True)
+            seconds = run_notebook(name, run, retrain=retrain, quiet=quiet)
+            print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
+    finally:
+        run.unlock()
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,13 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", default=None,
                     help="contest-format data folder (parameter data_dir; default: the embedded synthetic data)")
     ap.add_argument("--run-dir", default=None, help="run folder (parameter run_dir)")
-    ap.add_argument("--params", default=None, metavar="FILE.yaml", help="parameter profile, e.g. params/cpu.yaml")
+    ap.add_argument("--params", default=None, metavar="FILE.yaml",
+                    help="parameter profile for a new run, e.g. params/cpu.yaml (a run's own params.yaml wins)")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override one parameter (repeatable); VALUE is read as a YAML scalar")
+                    help="override one parameter (repeatable); VALUE is typed by the parameter spec")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
-                   help="continue a run folder: skip finished notebooks (same parameters only)")
-    g.add_argument("--force", action="store_true", help="delete the run folder's contents and start over")
+                   help="continue a run folder: re-run only the notebooks whose parameters changed, and later ones")
+    g.add_argument("--force", action="store_true",
+                   help="remove what this project wrote in the run folder and start over")
+    ap.add_argument("--retrain", action="store_true",
+                    help="with --resume: train again the stages whose training parameters changed")
     ap.add_argument("--notebooks", default=None, metavar="01,02,...",
                     help=f"run only these notebooks (numbers or names; default all: {','.join(NOTEBOOKS)})")
     ap.add_argument("--quiet", action="store_true", help="do not stream the notebooks' output")
@@ -423,19 +360,22 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
-        params = resolve_params(args.params, args.p, args.data_dir, args.run_dir)
+        params = resolve_params(args.params, args.p, args.data_dir, args.run_dir, force=args.force)
         chosen = select_notebooks(args.notebooks)
         t0 = time.time()
-        run_pipeline(params, chosen if args.notebooks else None, resume=args.resume, force=args.force,
-                     quiet=args.quiet)
-    except (params_mod.ParamError, PipelineError) as e:
+        run = run_pipeline(params, chosen if args.notebooks else None, resume=args.resume, force=args.force,
+                           retrain=args.retrain, quiet=args.quiet)
+    except (params_mod.ParamError, PipelineError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NotebookFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"[pipeline] finished in {time.time() - t0:.0f} s; run folder {params['run_dir']}")
-    print(summarize(params["run_dir"]), flush=True)
+    except OSError as e:
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"[pipeline] finished in {time.time() - t0:.0f} s; run folder {run.path}")
+    print(summarize(run), flush=True)
     return 0
 
 

@@ -1,60 +1,33 @@
-"""Inference: checkpoints -> landmarks in original-image pixels.
+"""Inference: a run's final model -> landmarks in original-image pixels.
 
-A checkpoint (``engine.save_checkpoint``) is self-describing: backbone, number of points, crop geometry, input
-normalisation, target units, the mirror permutation for flip TTA and, for ``crop_mode="face"``, the coarse model that
-places the face crop. Prediction for ``face`` checkpoints is two-stage: the coarse model predicts on the letterboxed
-image, a square around its points is cropped (``geometry.face_frame``) and the face model predicts there; with
-``refine_steps`` > 0 the face model's own prediction re-places the crop and predicts again. Every prediction is mapped
-back to original pixels by the crop's frame before it leaves this module.
+A final model (``checkpoint.load_model``: ``<run>/model.pt``) holds the localizer and the face model, each
+self-describing (backbone, number of points, crop geometry, input normalisation, target units, the mirror permutation
+for flip TTA), and the inference settings it was validated with. Prediction for ``face`` models is two-stage: the
+localizer predicts on the letterboxed image, a square around its points is cropped (``geometry.face_frame``) and the
+face model predicts there; with ``refine_steps`` > 0 the face model's own prediction re-places the crop and predicts
+again. Every prediction is mapped back to original pixels by the crop's frame before it leaves this module.
 
-``python -m landmarks_lib.predict --checkpoint FILE --images DIR --out FILE.csv`` writes all points of every image
-of a folder in ``landmarks.csv`` layout (tab-separated, original pixels, 2 decimals).
+``python -m landmarks_lib.predict --checkpoint RUN_DIR_OR_MODEL --images DIR --out FILE.csv`` writes all points of
+every image of a folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals), with the model's own
+inference settings unless flags change them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import cache as cache_mod
-from . import geometry, models
+from . import checkpoint, geometry, models
+from .params import parse_scales  # noqa: F401  (re-exported: predict.parse_scales)
 from .data import normalize, to_input
 
-CHECKPOINT_FORMAT = "thousand-landmarks/1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a checkpoint of this package (or of an incompatible format)."""
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` (no code from the file is run).
-
-    Raises:
-        FileNotFoundError, CheckpointError.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: checkpoint is missing")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, device="cpu") -> torch.nn.Module:
-    """Rebuild the network of a checkpoint (no pretrained download: the weights are in the checkpoint), eval mode."""
-    meta = ckpt["meta"]
-    model = models.build_model(meta["backbone"], meta["num_points"], pretrained=False, dropout=meta.get("dropout", 0),
-                               head=meta.get("head", "linear"), crop_size=meta["crop_size"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -139,82 +112,82 @@ def _frames_from_points(points, size, face_scale):
     return np.stack([geometry.face_frame(p, size, face_scale).as_array() for p in points])
 
 
-def parse_scales(text) -> tuple:
-    """``"0.92, 1.0"`` (or a number, or a sequence of numbers) -> ``(0.92, 1.0)``.
+@dataclass(frozen=True)
+class Inference:
+    """Test-time settings: flip TTA, how often the face model re-places its own crop, the crop scales of the last
+    pass (scale TTA, factors of the model's ``face_scale``), the batch size and bf16 autocast on CUDA."""
 
-    Raises:
-        ValueError: an empty list, or a value that is not a positive finite number.
-    """
-    items = [text] if isinstance(text, (int, float)) else (
-        str(text).replace(";", ",").split(",") if isinstance(text, str) else list(text))
-    out = []
-    for v in items:
-        if isinstance(v, str) and not v.strip():
-            continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"crop scale {v!r} is not a number (in {text!r})") from None
-        if not (np.isfinite(f) and f > 0):
-            raise ValueError(f"crop scale {v!r} must be a positive number (in {text!r})")
-        out.append(f)
-    if not out:
-        raise ValueError(f"no crop scale in {text!r}")
-    return tuple(out)
+    tta_flip: bool = True
+    refine_steps: int = 1
+    tta_scales: tuple = (1.0,)
+    batch_size: int = 128
+    amp: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: dict, **kw) -> "Inference":
+        """From a mapping with ``tta_flip``, ``refine_steps``, ``tta_scales`` (parameters, or a model's stored
+        ``inference``); ``kw`` sets the others."""
+        return cls(bool(settings["tta_flip"]), int(settings["refine_steps"]), parse_scales(settings["tta_scales"]),
+                   **kw)
 
 
-def predict_images(checkpoint, image_dir, names, cache_dir, device="cpu", batch_size: int = 128,
-                   tta_flip: bool = True, refine_steps: int = 1, num_workers: int = 0, progress: bool = True,
-                   amp: bool = False, tta_scales=(1.0,)) -> np.ndarray:
+@dataclass(frozen=True)
+class ImageSet:
+    """Images to predict: ``names`` in ``image_dir``, their crops cached under ``cache_dir``."""
+
+    image_dir: str
+    names: tuple
+    cache_dir: str
+    num_workers: int = 0
+    progress: bool = True
+
+    def crops(self, mode: str, size: int, frames=None, desc: str = "crops"):
+        """The ``cache.CropCache`` of these images for a crop geometry (``frames`` for given face boxes)."""
+        return cache_mod.get_cache(self.image_dir, list(self.names), mode, size, self.cache_dir, margin=0.0,
+                                   frames=frames, num_workers=self.num_workers, progress=self.progress, desc=desc)
+
+
+def predict_images(model, images: ImageSet, device="cpu", settings: Inference = Inference()) -> np.ndarray:
     """All landmarks of each image, in original pixels.
 
     Args:
-        checkpoint: a checkpoint path or loaded dict, or a list of them (an ensemble: predictions of each are
-            averaged in original pixels, after each model's own crops).
-        image_dir, names: the images.
-        cache_dir: where their crops are cached (``cache.get_cache``).
-        tta_flip: flip test-time augmentation (ignored for a checkpoint without a mirror permutation).
-        refine_steps: for ``face`` checkpoints, how often the face model re-places its own crop.
-        tta_scales: for ``face`` checkpoints, crop scales (factors of the checkpoint's ``face_scale``; ``parse_scales``
-            text or numbers) of the last pass: each places its own crop around the same refined points and the
-            predictions are averaged in original pixels (scale test-time augmentation; ``(1.0,)`` = off).
+        model: a final model (``checkpoint.load_model``: localizer + face model), or a list of them (an
+            ensemble: each model's predictions, after its own crops, are averaged in original pixels).
+        images: the images (``ImageSet``).
+        settings: ``Inference``; flip TTA is skipped for a model without a mirror permutation.
     Returns:
         ``float64 [N, K, 2]`` original pixels.
+    Raises:
+        checkpoint.CheckpointError: a ``face`` model without its localizer.
     """
-    if isinstance(checkpoint, (list, tuple)):
-        preds = [predict_images(c, image_dir, names, cache_dir, device, batch_size, tta_flip, refine_steps,
-                                num_workers, progress, amp, tta_scales) for c in checkpoint]
-        return np.mean(preds, axis=0)
-    ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    meta = ckpt["meta"]
+    if isinstance(model, (list, tuple)):
+        return np.mean([predict_images(m, images, device, settings) for m in model], axis=0)
     dev = torch.device(device)
-    tta = tta_flip and meta.get("flip_perm") is not None
-    model = model_from_checkpoint(ckpt, dev)
-    size = int(meta["crop_size"])
+    face = model["face"]
+    meta = face["meta"]
+    net = checkpoint.network(face, dev)
+    tta = settings.tta_flip and meta.get("flip_perm") is not None
     if meta["crop_mode"] != "face":
-        c = cache_mod.get_cache(image_dir, names, meta["crop_mode"], size, cache_dir, margin=0.0,
-                                num_workers=num_workers, progress=progress, desc="test crops")
-        return predict_cache(model, meta, c, None, dev, batch_size, tta, amp)
-    if ckpt.get("coarse") is None:
-        raise CheckpointError("a 'face' checkpoint needs its coarse model to place crops; it has none")
-    points = predict_images(ckpt["coarse"], image_dir, names, cache_dir, device, batch_size, tta_flip, 0,
-                            num_workers, progress, amp)
-    scales = parse_scales(tta_scales)
-    for _ in range(max(0, int(refine_steps))):
-        points = _predict_face(model, meta, points, 1.0, image_dir, names, cache_dir, dev, batch_size, tta,
-                               num_workers, progress, amp)
-    return np.mean([_predict_face(model, meta, points, s, image_dir, names, cache_dir, dev, batch_size, tta,
-                                  num_workers, progress, amp) for s in scales], axis=0)
+        c = images.crops(meta["crop_mode"], int(meta["crop_size"]), desc="test crops")
+        return predict_cache(net, meta, c, None, dev, settings.batch_size, tta, settings.amp)
+    if model.get("localizer") is None:
+        raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
+    loc = model["localizer"]
+    lc = images.crops(loc["meta"]["crop_mode"], int(loc["meta"]["crop_size"]), desc="localizer crops")
+    points = predict_cache(checkpoint.network(loc, dev), loc["meta"], lc, None, dev, settings.batch_size,
+                           tta and loc["meta"].get("flip_perm") is not None, settings.amp)
+    for _ in range(settings.refine_steps):
+        points = _predict_face(net, meta, points, 1.0, images, dev, settings, tta)
+    return np.mean([_predict_face(net, meta, points, s, images, dev, settings, tta) for s in settings.tta_scales],
+                   axis=0)
 
 
-def _predict_face(model, meta, points, scale, image_dir, names, cache_dir, dev, batch_size, tta, num_workers,
-                  progress, amp) -> np.ndarray:
+def _predict_face(net, meta, points, scale, images: ImageSet, dev, settings: Inference, tta: bool) -> np.ndarray:
     """One face-crop pass: crops of side ``face_scale * scale`` times each face's extent around ``points``."""
     size = int(meta["crop_size"])
     frames = _frames_from_points(points, size, meta["face_scale"] * scale)
-    c = cache_mod.get_cache(image_dir, names, "face", size, cache_dir, margin=0.0, frames=frames,
-                            num_workers=num_workers, progress=progress, desc="face crops")
-    return predict_cache(model, meta, c, None, dev, batch_size, tta, amp)
+    c = images.crops("face", size, frames=frames, desc="face crops")
+    return predict_cache(net, meta, c, None, dev, settings.batch_size, tta, settings.amp)
 
 
 def list_images(image_dir) -> list:
@@ -243,23 +216,34 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.predict",
                                  description="Predict all landmarks of every image in a folder (original pixels).")
-    ap.add_argument("--checkpoint", required=True, nargs="+", help="checkpoint file(s); several are averaged")
+    ap.add_argument("--checkpoint", required=True, nargs="+",
+                    help="a run folder or its model.pt (several are averaged)")
     ap.add_argument("--images", required=True, help="folder of images")
     ap.add_argument("--out", required=True, help="output CSV (landmarks.csv layout, tab-separated)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
-    ap.add_argument("--refine-steps", type=int, default=1, help="face crops: re-placements by the face model")
-    ap.add_argument("--tta-scales", default="1.0", help="face crops: crop scales of the last pass, e.g. 0.92,1.0")
+    ap.add_argument("--refine-steps", type=int, default=None,
+                    help="face crops: re-placements by the face model (default: the model's own setting)")
+    ap.add_argument("--tta-scales", default=None,
+                    help="face crops: crop scales of the last pass, e.g. 0.92,1.0 (default: the model's own)")
     ap.add_argument("--cache-dir", default=None)
     a = ap.parse_args(argv)
     names = list_images(a.images)
     if not names:
         ap.error(f"no images in {a.images}")
-    dev = select_device(a.device)
-    pts = predict_images(a.checkpoint if len(a.checkpoint) > 1 else a.checkpoint[0], a.images, names,
-                         a.cache_dir or default_cache_dir(), dev, a.batch_size, not a.no_tta, a.refine_steps,
-                         tta_scales=a.tta_scales)
+    try:
+        loaded = [checkpoint.load_model(c) for c in a.checkpoint]
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stored = dict(loaded[0]["inference"])
+    stored.update({k: v for k, v in (("refine_steps", a.refine_steps), ("tta_scales", a.tta_scales)) if v is not None})
+    if a.no_tta:
+        stored["tta_flip"] = False
+    settings = Inference.from_settings(stored, batch_size=a.batch_size)
+    images = ImageSet(a.images, tuple(names), a.cache_dir or default_cache_dir())
+    pts = predict_images(loaded, images, select_device(a.device), settings)
     write_points_csv(a.out, names, pts)
     print(f"wrote {len(names)} rows x {pts.shape[1]} points to {a.out}")
     return 0

@@ -1,13 +1,12 @@
 """Command-line training, on one process or data-parallel on several GPUs or machines (``torchrun``).
 
-``python -m landmarks_lib.train --data-dir DIR --run-dir DIR [--params FILE] [-p NAME VALUE ...] [--force]`` runs the
-train notebook's job (``engine.train_all``: the coarse stage when ``crop_mode`` is ``face``, then the train stage)
-with the notebooks' parameter resolution (``params.resolve``: defaults < ``--params`` profile < ``-p`` overrides,
-values read as YAML scalars; ``--data-dir``/``--run-dir`` set ``data_dir``/``run_dir``). It writes the same run
-folder as the train notebook (``params.yaml``, ``run_info.json``, ``checkpoints/coarse_*.pt``,
-``checkpoints/train_*.pt``, ``history.csv``), so the finetune, evaluation and submission steps continue from it
-unchanged. Started again on the same run folder with the same parameters, it resumes from
-``checkpoints/<stage>_last.pt``; ``--force`` deletes the checkpoints and ``history.csv`` and starts over.
+``python -m landmarks_lib.train --data-dir DIR --run-dir DIR [--params FILE] [-p NAME VALUE ...] [--retrain]`` runs
+the train notebook's job (``engine.train_all``: the localizer stage when ``crop_mode`` is ``face``, then the train
+stage) with the one resolver (``params.resolve``: defaults < the run's ``params.yaml``, else ``--params`` < ``-p``
+< ``--data-dir``/``--run-dir``). It writes the same run folder as the train notebook (the marker, ``params.yaml``,
+``run_info.json``, ``checkpoints/localizer_best.pt``, ``checkpoints/train_best.pt``, ``history.csv``), so the
+finetune, evaluation and submission steps continue from it unchanged. Started again on the same run folder it
+resumes from ``checkpoints/<stage>_last.pt``; a stage whose parameters changed is refused unless ``--retrain``.
 
 The section below is written to be copied into the README and the train notebook.
 
@@ -39,7 +38,8 @@ one value, e.g. `-p epochs 20 -p lr 3e-4`.
   per-GPU batches (< 16) results drift a little from a one-GPU run with the same global batch.
 - The first process on each machine builds the crop caches while the others wait (up to
   `LANDMARKS_DIST_TIMEOUT_MIN` minutes, default 180).
-- Started again with the same command, a run resumes from its last epoch; add `--force` to start over.
+- Started again with the same command, a run resumes from its last epoch; add `--retrain` to train again stages
+  whose parameters changed.
 
 **Several machines** (here 2 machines with 8 GPUs each): run the same command on every machine, with the same
 `--rdzv_id` and the address of the first machine:
@@ -72,7 +72,7 @@ subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "
 ```
 
 Then run the finetune and later steps on the same `run_dir` (they read `checkpoints/train_best.pt`,
-`checkpoints/coarse_best.pt` and `history.csv`).
+`checkpoints/localizer_best.pt` and `history.csv`).
 """
 
 from __future__ import annotations
@@ -87,128 +87,107 @@ import torch
 
 from . import distributed, engine
 from . import params as params_mod
-
-# The files a training run writes into the run folder (``--force`` removes them).
-RUN_FILES = ("history.csv",)
+from .files import atomic_write_json
+from .run import RunFolder, RunFolderError
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.train",
-                                 description="Train the landmark models (coarse stage for face crops, then the train "
-                                             "stage); one process, or several under torchrun.",
+                                 description="Train the landmark models (localizer stage for face crops, then the "
+                                             "train stage); one process, or several under torchrun.",
                                  epilog="Multi-GPU: torchrun --nproc_per_node N -m landmarks_lib.train ...")
     ap.add_argument("--data-dir", default=None, help="contest-format data folder (parameter data_dir; empty = the "
                                                      "embedded synthetic default in RUN_DIR/data)")
-    ap.add_argument("--run-dir", default=None, help="run folder (parameter run_dir)")
-    ap.add_argument("--params", default=None, help="YAML profile, e.g. params/gpu.yaml")
+    ap.add_argument("--run-dir", required=True, help="run folder (parameter run_dir)")
+    ap.add_argument("--params", default=None, help="YAML profile for a new run, e.g. params/gpu.yaml")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override one parameter (repeatable); VALUE is read as a YAML scalar")
-    ap.add_argument("--force", action="store_true", help="delete this run's checkpoints and history and start over")
+                    help="override one parameter (repeatable); VALUE is typed by the parameter spec")
+    ap.add_argument("--retrain", action="store_true", help="train again the stages whose parameters changed")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return ap
 
 
-def resolve_params(args) -> dict:
-    """``params.resolve(args.params, args.p)`` with ``--data-dir``/``--run-dir`` applied last."""
-    extra = {}
-    if args.data_dir is not None:
-        extra["data_dir"] = args.data_dir
-    if args.run_dir is not None:
-        extra["run_dir"] = args.run_dir
-    return params_mod.resolve(args.params, [tuple(x) for x in args.p], **extra)
-
-
-def _local_first(ctx: distributed.Context, fn):
-    """Run ``fn`` on the first process of each machine, then (after a barrier) on the others: caches are built
-    once per machine and then only opened."""
-    if ctx.local_rank != 0:
+def _local_first(ctx: distributed.Context, fn, local: bool = True):
+    """Run ``fn`` on the first process of each machine (``local``) or on rank 0, then (after a barrier) on the
+    others: caches are built once per machine and shared files written once."""
+    first = (ctx.local_rank if local else ctx.rank) == 0
+    if not first:
         ctx.barrier()
     out = fn()
-    if ctx.local_rank == 0:
+    if first:
         ctx.barrier()
     return out
 
 
-def _remove_outputs(run_dir) -> None:
-    ck = os.path.join(run_dir, "checkpoints")
-    for stage in engine.STAGES:
-        for kind in ("last", "best"):
-            p = os.path.join(ck, f"{stage}_{kind}.pt")
-            if os.path.exists(p):
-                os.remove(p)
-    for name in RUN_FILES:
-        p = os.path.join(run_dir, name)
-        if os.path.exists(p):
-            os.remove(p)
-
-
-def _write_run_files(params: dict, data_dir, ctx: distributed.Context) -> None:
-    from .io import atomic_write_json
+def _write_run_files(params: dict, data_dir, run: RunFolder, ctx: distributed.Context) -> None:
     from .workflow import run_info
 
-    os.makedirs(params["run_dir"], exist_ok=True)
-    params_mod.dump(params, os.path.join(params["run_dir"], "params.yaml"))
+    params_mod.dump(params, run.file("params.yaml"))
     info = run_info(params, data_dir)
     info["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend, "device": str(ctx.device),
                            "per_rank_batch": max(1, params["batch_size"] // ctx.world_size),
                            "nodes": max(1, ctx.world_size // max(1, ctx.local_world_size))}
-    atomic_write_json(os.path.join(params["run_dir"], "run_info.json"), info)
+    atomic_write_json(run.file("run_info.json"), info)
 
 
-def _check_shared_run_dir(params: dict, ctx: distributed.Context) -> None:
+def _check_shared_run_dir(params: dict, run: RunFolder, ctx: distributed.Context) -> None:
     """Every rank must see rank 0's ``params.yaml`` with its own values (shared folder, same command)."""
-    path = os.path.join(params["run_dir"], "params.yaml")
+    path = run.file("params.yaml")
     if not os.path.exists(path):
         raise RuntimeError(f"rank {ctx.rank}: {path} (written by rank 0) is not visible here; the run folder must be "
                            f"a folder shared by every machine")
-    theirs = params_mod.resolve(path)
-    diff = sorted(k for k in params if theirs.get(k) != params[k])
+    diff = engine.changed(params_mod.resolve(run.path), params)
     if diff:
-        raise RuntimeError(f"rank {ctx.rank}: parameters differ from rank 0's in {diff}; launch every machine with "
-                           f"the same command")
+        raise RuntimeError(f"rank {ctx.rank}: parameters differ from rank 0's ({'; '.join(diff)}); launch every "
+                           f"machine with the same command")
 
 
-def run(params: dict, ctx: distributed.Context | None = None, force: bool = False, progress: bool = True) -> dict:
-    """Train the coarse (``face`` crops only) and train stages under ``ctx``, writing the run folder (rank 0 only).
+def run(params: dict, ctx: distributed.Context | None = None, retrain: bool = False, progress: bool = True) -> dict:
+    """Train the localizer (``face`` crops only) and train stages under ``ctx``, writing the run folder (rank 0
+    only).
 
     Args:
         params: resolved parameters; an empty ``data_dir`` means the embedded synthetic dataset in
             ``<run_dir>/data`` (``workflow.resolve_data_dir``), and the engine gets the resolved folder.
         ctx: ``distributed.Context``; default single process.
-        force: delete this run's checkpoints and ``history.csv`` first (rank 0) instead of resuming.
+        retrain: train again the stages whose checkpoints were made with other parameters or data.
     Returns:
-        ``{"coarse": fit result or None, "train": fit result, "data_dir": str, "world_size": int,
+        ``{"localizer": fit result or None, "train": fit result, "data_dir": str, "world_size": int,
         "ranks_agree": bool, "time_s": float}``; ``ranks_agree``: every rank's validation history is identical.
     Raises:
-        RuntimeError: the run folder is not shared between ranks, ranks have different parameters, a stage's
-            ``last.pt`` was made with other parameters (use ``force``), or ranks disagree on validation.
-        FileNotFoundError: ``data_dir`` without ``train/landmarks.csv``.
+        RuntimeError: the run folder is not shared between ranks, ranks have different parameters, or ranks
+            disagree on validation. engine.StageChanged: a stage's parameters changed, without ``retrain``.
+        RunFolderError: not a run folder, or in use by another process.
     """
     from .workflow import resolve_data_dir
 
     ctx = ctx or distributed.Context(device=torch.device(_single_device(params)))
     t0 = time.time()
     engine.apply_threads(params)
-    run_dir = params["run_dir"]
+    folder = RunFolder(params["run_dir"])
     if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        if force:
-            _remove_outputs(run_dir)
-    data_dir = _rank0_first(ctx, lambda: resolve_data_dir(params))
-    params = dict(params, data_dir=data_dir)
+        folder.create(created_by="landmarks_lib.train").lock("landmarks_lib.train")
+    try:
+        return _train(params, ctx, folder, retrain, progress, t0, resolve_data_dir)
+    finally:
+        folder.unlock()
+
+
+def _train(params, ctx, folder, retrain, progress, t0, resolve_data_dir) -> dict:
+    data_dir = _local_first(ctx, lambda: resolve_data_dir(params), local=False)
     if ctx.is_main:
-        _write_run_files(params, data_dir, ctx)
+        _write_run_files(params, data_dir, folder, ctx)
         if ctx.world_size > 1 and params["batch_size"] % ctx.world_size:
             print(f"warning: batch_size {params['batch_size']} is not a multiple of {ctx.world_size} processes; "
                   f"each takes {params['batch_size'] // ctx.world_size} images per step", file=sys.stderr)
     ctx.barrier()
-    _check_shared_run_dir(params, ctx)
+    _check_shared_run_dir(params, folder, ctx)
+    params = dict(params, data_dir=data_dir)
 
     def prepare():
         d = engine.load_train_data(params, progress=progress and ctx.is_main)
-        stages = (["coarse"] if params["crop_mode"] == "face" else []) + ["train"]
-        for s in stages:
-            engine.stage_cache(params, d, s, progress and ctx.is_main)
+        for s in (["localizer"] if params["crop_mode"] == "face" else []) + ["train"]:
+            engine.stage_cache(engine.stage_recipe(params, s), d, params, progress and ctx.is_main)
         return d
 
     data = _local_first(ctx, prepare)
@@ -216,8 +195,8 @@ def run(params: dict, ctx: distributed.Context | None = None, force: bool = Fals
         print(f"training on {ctx.world_size} process(es), {ctx.device}"
               f"{', backend ' + ctx.backend if ctx.backend else ''}: {len(data.train_idx)} train / "
               f"{len(data.val_idx)} validation images ({data.split} split)", flush=True)
-    res = engine.train_all(params, data, run_dir, progress=progress, dist=ctx)
-    mine = [(r["stage"], r["epoch"], r["val_mse"]) for st in ("coarse", "train") if res[st]
+    res = engine.train_all(params, data, folder, retrain=retrain, progress=progress, dist=ctx)
+    mine = [(r["stage"], r["epoch"], r["val_mse"]) for st in ("localizer", "train") if res[st]
             for r in res[st]["history"]]
     every = ctx.gather_objects(mine)
     agree = all(_same(every[0], o) for o in every[1:])
@@ -225,9 +204,8 @@ def run(params: dict, ctx: distributed.Context | None = None, force: bool = Fals
         raise RuntimeError(f"validation MSE differs between ranks: {every}")
     res.update(data_dir=data_dir, world_size=ctx.world_size, ranks_agree=agree, time_s=time.time() - t0)
     if progress and ctx.is_main:
-        v = res["train"]["best_val_mse"]
-        print(f"done in {res['time_s']:.0f} s: best validation MSE {v:.3f} px^2 -> {res['train']['best']}",
-              flush=True)
+        print(f"done in {res['time_s']:.0f} s: best validation MSE {res['train']['best_val_mse']:.3f} px^2 -> "
+              f"{res['train']['best']}", flush=True)
     return res
 
 
@@ -242,16 +220,6 @@ def _same(a, b) -> bool:
     return True
 
 
-def _rank0_first(ctx: distributed.Context, fn):
-    """``fn`` on rank 0, then (after a barrier) on the others (writes shared files once)."""
-    if ctx.rank != 0:
-        ctx.barrier()
-    out = fn()
-    if ctx.rank == 0:
-        ctx.barrier()
-    return out
-
-
 def _single_device(params: dict) -> str:
     from .predict import select_device
 
@@ -261,13 +229,17 @@ def _single_device(params: dict) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = resolve_params(args)
+        params = params_mod.resolve(run_dir=args.run_dir, profile=args.params, overrides=[tuple(x) for x in args.p],
+                                    data_dir=args.data_dir)
     except params_mod.ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ctx = distributed.init_from_env(params["device"])
     try:
-        run(params, ctx, force=args.force, progress=not args.quiet)
+        run(params, ctx, retrain=args.retrain, progress=not args.quiet)
+    except (engine.StageChanged, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown(ctx)
     return 0

@@ -5,17 +5,24 @@
 with a severity, the file (relative to ``data_dir``), the 1-based line in the CSV that lists it (header = line 1)
 and a message. Severities:
 
-- ``fatal``: training or prediction would stop or be wrong: ``landmarks.csv`` missing or with a bad header; rows
-  with a wrong number of fields, empty/NaN/non-numeric coordinates or an empty file name (under the default
-  ``bad_rows="error"`` policy; under ``"skip"`` they are warnings, the rows being dropped); duplicate file names;
-  listed images that are missing, empty (0 bytes), truncated or not images; ``test_points.csv`` missing, malformed,
-  with malformed lists, out-of-range indices or lists of different lengths; ``groups.csv`` malformed.
+- ``fatal``: training or prediction would stop or be wrong: ``landmarks.csv`` missing, with a bad header or with no
+  data rows; rows with a wrong number of fields, empty/NaN/non-numeric coordinates, a coordinate outside the
+  ``int16`` range the labels are stored in (``io.LABEL_MIN``..``io.LABEL_MAX``: ``1e39``, ``40000``), an empty or
+  duplicate file name (under the default ``bad_rows="error"`` policy; under ``"skip"`` they are warnings, the rows
+  being dropped); file names that are not plain names (``io.file_name_problem``: a ``/`` or ``\\``, ``.``, ``..``,
+  a drive, an absolute path) in any table, under both policies; listed images that are missing, empty (0 bytes),
+  truncated or not images; ``test_points.csv`` missing, malformed, without data rows, with malformed lists,
+  out-of-range indices or lists of different lengths; ``groups.csv`` malformed.
 - ``warning``: points more than 25% of the image size beyond an edge; image modes that ``images.load_image``
   converts (grayscale, 1-bit, palette, alpha, CMYK, 16-bit); an EXIF orientation other than 1 (ignored by policy:
   pixels are used as stored); ``groups.csv`` names that do not match the training rows.
 - ``info``: tiny images (shorter side under 32 px; upscaling them is the normal path); files in an image folder
   that no CSV lists; an image stored in another format than its extension says; points outside the image but
   within 25% of its size (a face cut by the frame; images with points far outside get the warning instead).
+
+The tables are read by the loaders' own parsers (``io.read_landmarks``, ``io.read_test_points``, ``io.read_groups``)
+in collect mode: each ``io.RowProblem`` they collect (file, line, kind, message) becomes a ``Problem``, so the report
+and the loaders' errors cannot disagree.
 
 Image checks read headers only (``check_images=True``): size, mode, EXIF, plus a look at the last bytes of the file
 for the JPEG/PNG end marker; a file without one is fully decoded to tell a truncated file from a merely padded one.
@@ -28,9 +35,7 @@ report and exits with 1 when there is a fatal problem.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -42,7 +47,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .images import ImageError, load_image
-from .io import DataFormatError, labels_to_points, parse_index_list, points_to_labels, read_landmarks
+from .io import RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks, read_test_points
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -247,255 +252,161 @@ def _list_dir(d) -> list:
         return []
 
 
-def _row_kind(reason: str) -> str:
-    """Kind of a row skipped by ``read_landmarks`` from its reason text."""
-    r = reason.lower()
-    if "duplicate" in r:
-        return "duplicate_name"
-    if "empty file_name" in r:
-        return "empty_name"
-    if "fields" in r:
-        return "wrong_field_count"
-    if "nan" in r or "numeric" in r or "empty" in r or "infinite" in r:
-        return "bad_coordinates"
-    return "bad_row"
-
-
-def _first_lines(path) -> dict:
-    """``{first field: first line}`` for every line of a tab-separated file (line 1 = header)."""
-    out = {}
-    with open(path, "r", newline="", encoding="utf-8-sig", errors="replace") as f:
-        for i, ln in enumerate(f, start=1):
-            name = ln.partition("\t")[0].rstrip("\r\n")
-            out.setdefault(name, i)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- CSV checks
-def _check_test_points(path, rel, num_points, add):
-    """Check ``test_points.csv`` row by row (all problems, not just the first); returns ``[(name, line)]``."""
-    rows = []
-    seen = {}
-    length = None  # (number of indices, line) of the first good row
-    with open(path, "r", newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter="\t")
-        try:
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != ["file_name", "point_index_list"]:
-                add("fatal", rel, 1, "bad_header",
-                    f"expected the columns ['file_name', 'point_index_list'], got {header}")
-                return rows
-            for row in reader:
-                line = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != 2:
-                    add("fatal", rel, line, "wrong_field_count", f"{len(row)} tab-separated fields, expected 2")
-                    continue
-                name, text = row
-                if not name.strip():
-                    add("fatal", rel, line, "empty_name", "empty file_name")
-                    continue
-                if name in seen:
-                    add("fatal", rel, line, "duplicate_name",
-                        f"duplicate file_name {name!r} (first on line {seen[name]})")
-                    continue
-                seen[name] = line
-                rows.append((name, line))
-                try:
-                    idx = parse_index_list(text, f"{rel}: line {line} ({name})", None)
-                except DataFormatError as e:
-                    kind = "index_out_of_range" if "out of range" in str(e) else "bad_index_list"
-                    add("fatal", rel, line, kind, f"{name}: {str(e).split('): ', 1)[-1]}")
-                    continue
-                if num_points:
-                    bad = [i for i in idx if i >= num_points]
-                    if bad:
-                        add("fatal", rel, line, "index_out_of_range",
-                            f"{name}: point index {bad[0]} out of range [0, {num_points})"
-                            + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
-                        continue
-                if length is None:
-                    length = (len(idx), line)
-                elif len(idx) != length[0]:
-                    add("fatal", rel, line, "inconsistent_list_length",
-                        f"{name}: {len(idx)} indices, but line {length[1]} has {length[0]}")
-        except (csv.Error, UnicodeDecodeError) as e:
-            add("fatal", rel, max(reader.line_num, 1), "unreadable_csv",
-                f"not a readable text table ({type(e).__name__}: {e})")
-    return rows
+class _Listing:
+    """What the tables list: ``rows[split]``: ``(name, line)`` of the rows whose images are checked; ``named[split]``:
+    names of bad rows too (their images are not reported as unlisted, nor checked); ``unread``: the splits whose
+    table is missing or unreadable (no image of theirs is reported as unlisted)."""
+
+    def __init__(self):
+        self.rows = {"train": [], "test": []}
+        self.named = {"train": set(), "test": set()}
+        self.unread = set()
 
 
-def _check_groups(path, rel, train_names, add):
-    """Check the optional ``groups.csv``: format (fatal) and agreement with the training rows (warnings)."""
-    seen = {}
-    with open(path, "r", newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter="\t")
-        try:
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != ["file_name", "group"]:
-                add("fatal", rel, 1, "bad_header", f"expected the columns ['file_name', 'group'], got {header}")
-                return
-            for row in reader:
-                line = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != 2:
-                    add("fatal", rel, line, "wrong_field_count", f"{len(row)} tab-separated fields, expected 2")
-                    continue
-                name, group = row
-                if not name.strip() or not group.strip():
-                    add("fatal", rel, line, "empty_field", f"empty file_name or group in {row}")
-                    continue
-                if name in seen:
-                    add("fatal", rel, line, "duplicate_name",
-                        f"duplicate file_name {name!r} (first on line {seen[name]})")
-                    continue
-                seen[name] = line
-                if train_names is not None and name not in train_names:
-                    add("warning", rel, line, "group_unknown_image", f"{name} is not a training row")
-        except (csv.Error, UnicodeDecodeError) as e:
-            add("fatal", rel, max(reader.line_num, 1), "unreadable_csv",
-                f"not a readable text table ({type(e).__name__}: {e})")
-    if train_names is not None:
-        for name in train_names:
-            if name not in seen:
-                add("warning", rel, None, "image_without_group",
-                    f"training image {name} has no group (validation split by groups cannot place it)")
+def _row_text(p: RowProblem) -> str:
+    """A row problem's message for the report: the row's file name first, when it has one."""
+    if p.name is None:
+        return p.message
+    return f"{p.name if p.name.strip() else '<empty>'}: {p.message}"
 
 
-# ------------------------------------------------------------------------------------------------- main entry
-def validate_dataset(data_dir, check_images=True, progress: bool = False, num_workers: int = 0,
-                     bad_rows: str = "error") -> ValidationReport:
-    """Check a contest-format folder and report every problem (nothing is dropped silently).
+def _add_table_problems(found, rel, add, bad_rows="error") -> None:
+    """Report the ``RowProblem`` s a reader collected for the table ``rel``: fatal, except skippable rows under
+    ``bad_rows="skip"`` (warnings: training drops them)."""
+    for p in found:
+        if bad_rows == "skip" and p.skippable:
+            add("warning", rel, p.line, p.kind, f"{_row_text(p)} (row dropped under bad_rows='skip')")
+        else:
+            add("fatal", rel, p.line, p.kind, _row_text(p))
 
-    Args:
-        data_dir: folder with ``train/`` (``images/``, ``landmarks.csv``, optional ``groups.csv``) and ``test/``
-            (``images/``, ``test_points.csv``).
-        check_images: ``True`` (default, alias ``"header"``): read every listed image's header (size, mode,
-            EXIF) and check its end marker, fully decoding only files without one (about 0.1 ms per image);
-            ``"full"``: decode every image with ``load_image`` (about 1 ms per 200 px image); ``False``: only check
-            that the image files exist and are not empty (no sizes, so no far-outside-point check).
-        progress: show a tqdm progress bar over the images.
-        num_workers: threads for the image checks (``0`` = in this thread).
-        bad_rows: the policy training will use for bad ``landmarks.csv`` rows (``read_landmarks``): under
-            ``"error"`` they are fatal, under ``"skip"`` warnings (the rows are dropped).
-    Returns:
-        ``ValidationReport``; call ``raise_if_fatal()`` to stop on fatal problems.
-    Raises:
-        FileNotFoundError: ``data_dir`` is not a folder.
-        ValueError: a bad ``check_images`` or ``bad_rows`` value.
-    """
-    t0 = time.perf_counter()
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: data folder is missing")
-    if check_images not in (True, False, "full", "header"):
-        raise ValueError(f"check_images must be True, False or 'full', got {check_images!r}")
-    if bad_rows not in ("error", "skip"):
-        raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
-    report = ValidationReport(data_dir=data_dir)
-    problems = report.problems
 
-    def add(severity, file, line, kind, message):
-        problems.append(Problem(severity, file, line, message, kind))
+def _check_landmarks(data_dir, bad_rows, report, listing, add):
+    """Check ``train/landmarks.csv`` with ``io.read_landmarks`` in collect mode; returns the table or ``None``."""
+    rel = "train/landmarks.csv"
+    path = os.path.join(data_dir, rel)
+    if not os.path.exists(path):
+        add("fatal", rel, None, "landmarks_missing", "landmarks file is missing")
+        listing.unread.add("train")
+        return None
+    found = []
+    table = read_landmarks(path, bad_rows="skip", problems=found)
+    _add_table_problems(found, rel, add, bad_rows)
+    listing.named["train"].update(p.name for p in found if p.name)
+    if table is None:
+        listing.unread.add("train")
+        return None
+    if not len(table) and (not found or bad_rows == "skip"):
+        what = "header only" if not found else "every row is bad (all dropped under bad_rows='skip')"
+        add("fatal", rel, 1, "no_data_rows", f"no training rows: {what}; training needs at least one")
+    report.num_train = len(table)
+    report.num_points = table.num_points
+    listing.rows["train"] = list(zip(table.names, table.lines.tolist()))
+    return table
 
-    # ---- train/landmarks.csv
-    lm_rel = "train/landmarks.csv"
-    lm_path = os.path.join(data_dir, lm_rel)
-    table = None
-    listed = {"train": [], "test": []}  # (name, line) of rows whose images are checked
-    also_listed = {"train": set(), "test": set()}  # names in bad rows: their images are not "unlisted"
-    if not os.path.exists(lm_path):
-        add("fatal", lm_rel, None, "landmarks_missing", "landmarks file is missing")
-    else:
-        try:
-            table = read_landmarks(lm_path, bad_rows="skip")
-        except DataFormatError as e:
-            msg = str(e)[len(lm_path) + 2:] if str(e).startswith(lm_path + ": ") else str(e)
-            m = re.match(r"line (\d+)(?: \([^)]*\))?: (.*)", msg, re.S)
-            line, msg = (int(m.group(1)), m.group(2)) if m else (None, msg)
-            add("fatal", lm_rel, line, "bad_header" if line == 1 else "unreadable_csv", msg)
-        if table is not None:
-            row_sev = "fatal" if bad_rows == "error" else "warning"
-            for line, name, reason in table.skipped:
-                if name:
-                    also_listed["train"].add(name)
-                dropped = "" if bad_rows == "error" else " (row dropped under bad_rows='skip')"
-                add(row_sev, lm_rel, line, _row_kind(reason), f"{name or '<empty>'}: {reason}{dropped}")
-            report.num_train = len(table)
-            report.num_points = table.num_points
-            lines = _first_lines(lm_path)
-            listed["train"] = [(n, lines.get(n)) for n in table.names]
 
-    # ---- train/groups.csv (optional)
-    g_rel = "train/groups.csv"
-    if os.path.exists(os.path.join(data_dir, g_rel)):
-        _check_groups(os.path.join(data_dir, g_rel), g_rel, set(table.names) if table is not None else None, add)
+def _check_groups(data_dir, table, add) -> None:
+    """Check the optional ``train/groups.csv`` with ``io.read_groups``: format (fatal) and agreement with the
+    training rows (warnings)."""
+    rel = "train/groups.csv"
+    path = os.path.join(data_dir, rel)
+    if not os.path.exists(path):
+        return
+    found = []
+    groups = read_groups(path, problems=found)
+    _add_table_problems(found, rel, add)
+    if groups is None or table is None:
+        return
+    train_names = set(table.names)
+    for name, line in zip(groups.names, groups.lines.tolist()):
+        if name not in train_names:
+            add("warning", rel, line, "group_unknown_image", f"{name} is not a training row")
+    grouped = set(groups.names)
+    for name in table.names:
+        if name not in grouped:
+            add("warning", rel, None, "image_without_group",
+                f"training image {name} has no group (validation split by groups cannot place it)")
 
-    # ---- test/test_points.csv
-    tp_rel = "test/test_points.csv"
-    tp_path = os.path.join(data_dir, tp_rel)
-    if not os.path.exists(tp_path):
-        add("fatal", tp_rel, None, "test_points_missing", "test points file is missing")
-    else:
-        if not report.num_points:
-            add("warning", tp_rel, None, "range_unchecked",
-                "point indices not checked against K (the landmarks header could not be read)")
-        listed["test"] = _check_test_points(tp_path, tp_rel, report.num_points, add)
-        report.num_test = len(listed["test"])
 
-    # ---- images
-    jobs = []  # (split, name, line)
+def _check_test_points(data_dir, report, listing, add) -> None:
+    """Check ``test/test_points.csv`` with ``io.read_test_points`` in collect mode (every problem, not just the
+    first), against ``K`` when the landmarks header gave it."""
+    rel = "test/test_points.csv"
+    path = os.path.join(data_dir, rel)
+    if not os.path.exists(path):
+        add("fatal", rel, None, "test_points_missing", "test points file is missing")
+        listing.unread.add("test")
+        return
+    if not report.num_points:
+        add("warning", rel, None, "range_unchecked",
+            "point indices not checked against K (the landmarks header could not be read)")
+    found = []
+    tp = read_test_points(path, num_points=report.num_points or None, problems=found)
+    _add_table_problems(found, rel, add)
+    listing.named["test"].update(p.name for p in found if p.name)
+    if tp is None:
+        listing.unread.add("test")
+        return
+    if not len(tp) and not found:
+        add("fatal", rel, 1, "no_data_rows", "no test rows: header only; the submission needs at least one")
+    report.num_test = len(tp)
+    listing.rows["test"] = list(zip(tp.names, tp.lines.tolist()))
+
+
+# ------------------------------------------------------------------------------------------------- image checks
+def _image_jobs(data_dir, listing, add) -> list:
+    """``(split, name, line)`` of every listed image to check; reports missing folders and unlisted files."""
+    jobs = []
+    tables = {"train": "train/landmarks.csv", "test": "test/test_points.csv"}
     for split in ("train", "test"):
         img_dir = os.path.join(data_dir, split, "images")
-        if listed[split] and not os.path.isdir(img_dir):
+        rows = listing.rows[split]
+        if rows and not os.path.isdir(img_dir):
             add("fatal", f"{split}/images", None, "images_folder_missing",
-                f"image folder is missing ({len(listed[split])} listed images)")
+                f"image folder is missing ({len(rows)} listed images)")
             continue
-        names_in_dir = _list_dir(img_dir)
-        wanted = {n for n, _ in listed[split]} | also_listed[split]
-        for n in names_in_dir:
+        wanted = {n for n, _ in rows} | listing.named[split]
+        for n in [] if split in listing.unread else _list_dir(img_dir):
             if n not in wanted:
-                add("info", f"{split}/images/{n}", None, "unlisted_image",
-                    f"in the folder but not listed in {lm_rel if split == 'train' else tp_rel}")
-        jobs.extend((split, n, line) for n, line in listed[split])
+                add("info", f"{split}/images/{n}", None, "unlisted_image", f"in the folder but not listed in "
+                    f"{tables[split]}")
+        jobs.extend((split, n, line) for n, line in rows)
+    return jobs
 
-    probes = {}
-    if jobs:
-        full = check_images == "full"
 
-        def one(job):
-            split, name, _ = job
-            path = os.path.join(data_dir, split, "images", name)
-            if check_images is False:
-                if not os.path.exists(path):
-                    return {"error": ("missing_image", "listed but missing")}
-                if os.path.getsize(path) == 0:
-                    return {"error": ("empty_image", "empty file (0 bytes)")}
-                return {"error": None, "width": None}
-            return _probe(path, full)
+def _exists_only(path) -> dict:
+    """The ``check_images=False`` probe: the file exists and is not empty."""
+    if not os.path.exists(path):
+        return {"error": ("missing_image", "listed but missing")}
+    if os.path.getsize(path) == 0:
+        return {"error": ("empty_image", "empty file (0 bytes)")}
+    return {"error": None, "width": None}
 
-        it = None
-        if num_workers and num_workers > 0:
-            pool = ThreadPoolExecutor(num_workers)
-            it = pool.map(one, jobs)
-        else:
-            pool = None
-            it = map(one, jobs)
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, total=len(jobs), desc="checking images")
-        try:
-            for job, res in zip(jobs, it):
-                probes[job[:2]] = res
-        finally:
-            if pool is not None:
-                pool.shutdown()
 
+def _probe_all(data_dir, jobs, check_images, num_workers, progress) -> list:
+    """The probe result (``_probe`` or ``_exists_only``) of every job, in job order."""
+    full = check_images == "full"
+
+    def one(job):
+        path = os.path.join(data_dir, job[0], "images", job[1])
+        return _exists_only(path) if check_images is False else _probe(path, full)
+
+    pool = ThreadPoolExecutor(num_workers) if num_workers and num_workers > 0 and jobs else None
+    it = pool.map(one, jobs) if pool is not None else map(one, jobs)
+    if progress and jobs:
+        from tqdm.auto import tqdm
+        it = tqdm(it, total=len(jobs), desc="checking images")
+    try:
+        return list(it)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _image_findings(jobs, probes, add) -> pd.DataFrame:
+    """Report each probe's error, mode, orientation, size and format findings; the sizes of readable images."""
     sizes = []
-    for (split, name, line) in jobs:
-        res = probes[(split, name)]
+    for (split, name, line), res in zip(jobs, probes):
         rel = f"{split}/images/{name}"
         if res["error"] is not None:
             kind, msg = res["error"]
@@ -521,37 +432,85 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
         expected = _EXT_FORMATS.get(ext)
         if expected and fmt and fmt != expected and not (fmt == "MPO" and expected == "JPEG"):
             add("info", rel, line, "format_mismatch", f"stored as {fmt} despite the {ext} name (decoded by content)")
-    report.image_sizes = pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
+    return pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
 
-    # ---- points far outside their image
+
+def _check_point_ranges(table, image_sizes, line_of, add) -> None:
+    """Points outside their image: info within ``FAR_OUTSIDE`` of its size (a face cut by the frame), else a
+    warning naming the farthest point."""
+    tr = image_sizes[image_sizes["split"] == "train"].set_index("name")
+    idx = np.array([i for i, n in enumerate(table.names) if n in tr.index], dtype=np.int64)
+    if not len(idx):
+        return
+    names = [table.names[i] for i in idx]
+    wh = tr.loc[names, ["width", "height"]].to_numpy(np.float64)[:, None, :]  # [n, 1, 2]
+    pts = labels_to_points(table.points[idx]).astype(np.float64)  # [n, K, 2] continuous pixels
+    far = ((pts < -FAR_OUTSIDE * wh) | (pts > (1 + FAR_OUTSIDE) * wh)).any(axis=2)  # [n, K]
+    out = ((pts < 0) | (pts > wh)).any(axis=2) & ~far  # [n, K] outside, but not far
+    for r in np.flatnonzero(out.any(axis=1) & ~far.any(axis=1)):
+        add("info", f"train/images/{names[r]}", line_of.get(names[r]), "points_outside",
+            f"{int(out[r].sum())} of {table.num_points} points outside the {int(wh[r, 0, 0])}x"
+            f"{int(wh[r, 0, 1])} image, within {FAR_OUTSIDE:.0%} of its size (a face cut by the frame)")
+    for r in np.flatnonzero(far.any(axis=1)):
+        ks = np.flatnonzero(far[r])
+        # the farthest point, by how far beyond the image it lies, in units of the image size
+        over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
+        kmax = ks[int(np.argmax(over))]
+        x, y = points_to_labels(pts[r, kmax])  # as written in the file
+        add("warning", f"train/images/{names[r]}", line_of.get(names[r]), "points_far_outside",
+            f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image size "
+            f"outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point {kmax} at ({x:g}, {y:g}))")
+
+
+# ------------------------------------------------------------------------------------------------- main entry
+def validate_dataset(data_dir, check_images=True, progress: bool = False, num_workers: int = 0,
+                     bad_rows: str = "error") -> ValidationReport:
+    """Check a contest-format folder and report every problem (nothing is dropped silently).
+
+    The tables are read by the loaders' own parsers (``io.read_landmarks``, ``io.read_groups``,
+    ``io.read_test_points``) in collect mode, so every row a loader would refuse is reported, with its file and line.
+
+    Args:
+        data_dir: folder with ``train/`` (``images/``, ``landmarks.csv``, optional ``groups.csv``) and ``test/``
+            (``images/``, ``test_points.csv``).
+        check_images: ``True`` (default, alias ``"header"``): read every listed image's header (size, mode,
+            EXIF) and check its end marker, fully decoding only files without one (about 0.1 ms per image);
+            ``"full"``: decode every image with ``load_image`` (about 1 ms per 200 px image); ``False``: only check
+            that the image files exist and are not empty (no sizes, so no far-outside-point check).
+        progress: show a tqdm progress bar over the images.
+        num_workers: threads for the image checks (``0`` = in this thread).
+        bad_rows: the policy training will use for bad ``landmarks.csv`` rows (``read_landmarks``): under
+            ``"error"`` they are fatal, under ``"skip"`` warnings (the rows are dropped). File names that are not
+            plain names are fatal under both.
+    Returns:
+        ``ValidationReport``; call ``raise_if_fatal()`` to stop on fatal problems.
+    Raises:
+        FileNotFoundError: ``data_dir`` is not a folder.
+        ValueError: a bad ``check_images`` or ``bad_rows`` value.
+    """
+    t0 = time.perf_counter()
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: data folder is missing")
+    if check_images not in (True, False, "full", "header"):
+        raise ValueError(f"check_images must be True, False or 'full', got {check_images!r}")
+    if bad_rows not in ("error", "skip"):
+        raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
+    report = ValidationReport(data_dir=data_dir)
+
+    def add(severity, file, line, kind, message):
+        report.problems.append(Problem(severity, file, line, message, kind))
+
+    listing = _Listing()
+    table = _check_landmarks(data_dir, bad_rows, report, listing, add)
+    _check_groups(data_dir, table, add)
+    _check_test_points(data_dir, report, listing, add)
+    jobs = _image_jobs(data_dir, listing, add)
+    report.image_sizes = _image_findings(jobs, _probe_all(data_dir, jobs, check_images, num_workers, progress), add)
     if table is not None and len(table) and len(report.image_sizes):
-        tr = report.image_sizes[report.image_sizes["split"] == "train"].set_index("name")
-        idx = np.array([i for i, n in enumerate(table.names) if n in tr.index], dtype=np.int64)
-        if len(idx):
-            names = [table.names[i] for i in idx]
-            wh = tr.loc[names, ["width", "height"]].to_numpy(np.float64)[:, None, :]  # [n, 1, 2]
-            pts = labels_to_points(table.points[idx]).astype(np.float64)  # [n, K, 2] continuous pixels
-            far = ((pts < -FAR_OUTSIDE * wh) | (pts > (1 + FAR_OUTSIDE) * wh)).any(axis=2)  # [n, K]
-            out = ((pts < 0) | (pts > wh)).any(axis=2) & ~far  # [n, K] outside, but not far
-            line_of = dict(listed["train"])
-            for r in np.flatnonzero(out.any(axis=1) & ~far.any(axis=1)):
-                add("info", f"train/images/{names[r]}", line_of.get(names[r]), "points_outside",
-                    f"{int(out[r].sum())} of {table.num_points} points outside the {int(wh[r, 0, 0])}x"
-                    f"{int(wh[r, 0, 1])} image, within {FAR_OUTSIDE:.0%} of its size (a face cut by the frame)")
-            for r in np.flatnonzero(far.any(axis=1)):
-                name = names[r]
-                ks = np.flatnonzero(far[r])
-                # the farthest point, by how far beyond the image it lies, in units of the image size
-                over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
-                kmax = ks[int(np.argmax(over))]
-                x, y = points_to_labels(pts[r, kmax])  # as written in the file
-                add("warning", f"train/images/{name}", line_of.get(name), "points_far_outside",
-                    f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image size "
-                    f"outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point {kmax} at "
-                    f"({x:g}, {y:g}))")
-
+        _check_point_ranges(table, report.image_sizes, dict(listing.rows["train"]), add)
     order = {s: i for i, s in enumerate(SEVERITIES)}
-    problems.sort(key=lambda p: (order[p.severity], p.file, p.line or 0))
+    report.problems.sort(key=lambda p: (order[p.severity], p.file, p.line or 0))
     report.elapsed_s = time.perf_counter() - t0
     return report
 

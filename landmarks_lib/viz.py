@@ -16,7 +16,6 @@ Conventions
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -537,16 +536,9 @@ def plot_size_histogram(widths, heights, bins: int = 40) -> Figure:
 
 
 # --------------------------------------------------------------------------------------------------------- save
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_figure(fig, path, dpi: float = 100) -> Path:
-    """Save ``fig`` as a PNG atomically: write a temporary file in the target folder, then ``os.replace`` it.
-
-    Creates the folder. A reader never sees a partial file, and nothing is left behind on error.
+    """Save ``fig`` as a PNG atomically (``files.atomic_open``): a reader never sees a partial file, and nothing is
+    left behind on error. Creates the folder.
 
     Args:
         fig: a ``Figure`` (or anything with ``savefig``).
@@ -555,21 +547,11 @@ def save_figure(fig, path, dpi: float = 100) -> Path:
     Returns:
         The target ``Path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    from .files import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------------------------ mirror check

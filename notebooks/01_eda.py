@@ -25,89 +25,31 @@
 
 # %% [markdown]
 # ## Parameters
-# One flat set shared by all notebooks, the YAML profiles in `params/` and `python -m landmarks_lib.pipeline`
-# (which injects its values after this cell). The defaults run on the embedded synthetic data.
+# A run's parameters live in `<run_dir>/params.yaml` (written by the runner or by the first notebook run on it);
+# a new run starts from the spec's defaults (the embedded synthetic demo) or `profile`, then `overrides`.
+# `python -m landmarks_lib.params` lists every parameter with its default, scope and help.
 
 # %% tags=["parameters"]
-data_dir = ""               # contest-format data folder (train/, test/); empty: the embedded synthetic default
-run_dir = "runs/default"    # the run folder: executed notebooks, checkpoints, metrics, submission, figures
-cache_dir = ""              # folder of preprocessed caches; empty: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks
-synthetic_train = 240       # embedded default: number of synthetic training images
-synthetic_test = 40         # embedded default: number of synthetic test images
-synthetic_points = 971      # embedded default: landmarks per face
-max_train_images = 0        # use at most this many training images (0: all)
-max_test_images = 0         # predict at most this many test images (0: all; partial runs write submission_partial.csv)
-bad_rows = "error"          # landmarks.csv rows with missing/NaN values: 'error' stops, 'skip' drops and reports
-val_fraction = 0.1          # share of training images held out for validation
-val_split = "auto"          # 'groups' (train/groups.csv), 'random', or 'auto' (groups when the file exists)
-backbone = "resnet18"       # torchvision backbone: resnet18/34/50, resnext50_32x4d, mobilenet_v2, ...
-pretrained = False          # ImageNet weights through torchvision's weights API (offline via TORCH_HOME)
-crop_size = 64              # crop side in pixels fed to the network
-crop_mode = "face"          # 'centre' (course baseline), 'letterbox' (whole image), 'face' (two-stage)
-face_scale = 1.25           # face crop side over the landmarks' bounding-box longer side
-coarse_crop_size = 64       # crop side of the coarse letterbox model that places face crops
-coarse_epochs = 16          # epochs of the coarse model (crop_mode 'face' only)
-input_norm = "weights"      # 'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean and std 0.5)
-normalize_targets = True    # regress coordinates divided by the crop size, head bias at the mean shape
-dropout = 0.0               # dropout before the regression head
-head = "linear"             # 'linear' (pooled features), 'spatial' (the feature grid, flattened) or 'softargmax'
-epochs = 12                 # training epochs
-batch_size = 32             # images per optimisation step
-lr = 0.001                  # learning rate of the training stage
-optimizer = "adamw"         # adam, adamw or sgd
-amsgrad = False             # AMSGrad variant for adam/adamw
-weight_decay = 0.0001       # weight decay
-scheduler = "cosine"        # plateau, cosine, cosine_restarts, onecycle or none
-plateau_factor = 0.25       # ReduceLROnPlateau factor
-plateau_patience = 4        # ReduceLROnPlateau patience in epochs
-restart_epochs = 5          # first cycle length of cosine_restarts, in epochs
-warmup_epochs = 0.5         # linear warm-up at the start of cosine schedules, in epochs
-loss = "smooth_l1"          # mse, l1, smooth_l1 or wing
-grad_clip = 0.0             # clip the gradient norm to this value (0: off)
-time_budget_min = 0.0       # stop a training stage after this many minutes (0: off)
-finetune_epochs = 2         # epochs of the finetune stage (0: skip)
-finetune_lr = 0.0001        # learning rate of the finetune stage
-noise_action = "drop"       # what finetuning does with flagged noisy labels: keep, drop or downweight
-noise_threshold = 6.0       # flag a label when its error exceeds median + threshold * MAD of all errors
-augment = True              # geometric and photometric augmentation while training
-rotate_deg = 10.0           # max rotation, degrees
-scale_jitter = 0.15         # max relative scale change
-translate_frac = 0.1        # max translation, share of the crop
-flip = True                 # horizontal flips with the mirror permutation estimated from the data
-photometric = 0.2           # strength of brightness/contrast/saturation jitter (0: off)
-cache_margin = 0.125        # extra border kept in the cache around each crop, share of the crop, for augmentation
-tta_flip = True             # average predictions on the image and its mirror
-refine_steps = 1            # face crops: how often the face model re-places its own crop at inference
-tta_scales = "1.0"          # face crops: comma-separated crop scales (times face_scale) of the last pass, averaged
-seed = 0                    # random seed
-device = "auto"             # auto, cpu, cuda or mps
-num_workers = -1            # DataLoader workers (-1: chosen for the device)
-threads = 0                 # torch CPU threads (0: all cores)
-amp = True                  # bf16 autocast on CUDA (ignored on CPU)
-channels_last = True        # channels-last memory format for training (CUDA and CPU)
-num_figures = 8             # images per gallery figure
-submission_decimals = 2     # decimals of submission coordinates (0: integers, halves up)
-ensemble_runs = ""          # comma-separated run folders whose predictions are averaged into this run's submission
+run_dir = "runs/default"    # the run folder (in Jupyter: relative to this notebook's folder)
+profile = ""                # YAML profile for a new run, e.g. "../params/cpu.yaml" (a run's params.yaml wins)
+overrides = {}              # parameter values, e.g. {"epochs": 3}; they are written into the run's params.yaml
+num_examples = 8            # images in the example gallery
+shape_threshold = 6.0       # flag a shape when its residual exceeds median + threshold * MAD
 
 # %% [markdown]
-# Values derived from the parameters (so that injected values reach them): the resolved parameter dict, the data
-# folder (the synthetic default is written once on first use) and the figure folder. `write_run_info` records
-# what produced this run (`params.yaml`, `run_info.json`: commit, package versions, data fingerprint).
+# `workflow.start` resolves the parameters, creates the run folder, writes `params.yaml` and `run_info.json`
+# (commit, package versions, data fingerprint) and resolves the data folder (the synthetic default is written once
+# on first use).
 
 # %%
 # %matplotlib inline
-import os
-
 import numpy as np
 import pandas as pd
 
 from landmarks_lib import engine, geometry, noise, validate, viz, workflow
 
-params = workflow.params_from_namespace(globals())
-params["data_dir"] = workflow.resolve_data_dir(params)
-figures = os.path.join(params["run_dir"], "figures")
-run_info = workflow.write_run_info(params, params["data_dir"])
-pd.Series(run_info, dtype=object)
+params, run = workflow.start("01_eda", globals())
+pd.Series(workflow.run_info(params, params["data_dir"]), dtype=object)
 
 # %% [markdown]
 # ## Is the dataset valid?
@@ -141,9 +83,9 @@ pd.Series({"training images": len(data.names), "test images": report.num_test,
 
 # %%
 load_train = workflow.image_loader(data.image_dir, data.names)
-fig = viz.gallery(load_train, None, points, None, which=np.arange(min(params["num_figures"], len(points))),
+fig = viz.gallery(load_train, None, points, None, which=np.arange(min(num_examples, len(points))),
                   names=data.names)
-viz.save_figure(fig, f"{figures}/01_examples.png")
+viz.save_figure(fig, run.figure("01_examples"))
 fig
 
 # %% [markdown]
@@ -157,12 +99,12 @@ sizes = report.image_sizes
 train_sizes = sizes[sizes["split"] == "train"].set_index("name").loc[data.names]
 test_sizes = sizes[sizes["split"] == "test"]
 fig = viz.plot_size_histogram(train_sizes["width"], train_sizes["height"])
-viz.save_figure(fig, f"{figures}/01_train_image_sizes.png")
+viz.save_figure(fig, run.figure("01_train_image_sizes"))
 fig
 
 # %%
 fig = viz.plot_size_histogram(test_sizes["width"], test_sizes["height"])
-viz.save_figure(fig, f"{figures}/01_test_image_sizes.png")
+viz.save_figure(fig, run.figure("01_test_image_sizes"))
 fig
 
 # %% [markdown]
@@ -173,7 +115,7 @@ fig
 
 # %%
 fig = viz.plot_mean_shape(points[data.train_idx])
-viz.save_figure(fig, f"{figures}/01_mean_shape.png")
+viz.save_figure(fig, run.figure("01_mean_shape"))
 fig
 
 # %% [markdown]
@@ -187,12 +129,12 @@ fig
 
 # %%
 fig = viz.plot_face_placement(points, train_sizes["width"], train_sizes["height"])
-viz.save_figure(fig, f"{figures}/01_face_placement.png")
+viz.save_figure(fig, run.figure("01_face_placement"))
 fig
 
 # %%
-coverage = workflow.crop_coverage(points, train_sizes["width"], train_sizes["height"], params["crop_size"],
-                                  params["face_scale"])
+coverage = pd.DataFrame(geometry.crop_coverage(points, train_sizes["width"], train_sizes["height"],
+                                               params["crop_size"], params["face_scale"]))
 coverage.round(2)
 
 # %% [markdown]
@@ -217,32 +159,32 @@ pd.Series({"points": len(perm), "mirror pairs": int((perm > np.arange(len(perm))
 
 # %%
 fig = viz.plot_mirror_check(geometry.mean_shape(points[data.train_idx]), perm, error=mirror_err)
-viz.save_figure(fig, f"{figures}/01_mirror_check.png")
+viz.save_figure(fig, run.figure("01_mirror_check"))
 fig
 
 # %% [markdown]
 # ## Labels that look wrong by shape
 #
 # Each labelled shape is aligned to the mean shape (position, scale, rotation) and its residual is the RMS distance
-# of its points to the mean's. Shapes above `median + noise_threshold · 1.4826 · MAD` of all residuals are flagged
+# of its points to the mean's. Shapes above `median + shape_threshold · 1.4826 · MAD` of all residuals are flagged
 # (a robust cut that the few bad labels do not inflate). A high residual is not always an error (an open mouth,
 # a turned head); the pictures tell.
 
 # %%
-residuals, point_residuals = workflow.shape_residuals(points, per_point=True)
-shape_flags = noise.flag_outliers(residuals, params["noise_threshold"])
+residuals, point_residuals = geometry.shape_residuals(points, per_point=True)
+shape_flags = noise.flag_outliers(residuals, shape_threshold)
 shape_table = pd.DataFrame({"file_name": data.names, "residual": residuals, "flagged": shape_flags})
 print(f"{int(shape_flags.sum())} of {len(shape_flags)} training shapes flagged "
-      f"(cut {noise.robust_cut(residuals, params['noise_threshold']):.3f})")
+      f"(cut {noise.robust_cut(residuals, shape_threshold):.3f})")
 shape_table.sort_values("residual", ascending=False).head(10)
 
 # %% [markdown]
 # The training images with the largest shape residuals, labels in red:
 
 # %%
-fig = viz.gallery(load_train, None, points, residuals, which="worst", n=params["num_figures"], names=data.names,
+fig = viz.gallery(load_train, None, points, residuals, which="worst", n=num_examples, names=data.names,
                   error_label="residual")
-viz.save_figure(fig, f"{figures}/01_shape_outliers.png")
+viz.save_figure(fig, run.figure("01_shape_outliers"))
 fig
 
 # %% [markdown]
@@ -253,7 +195,7 @@ fig
 worst = int(np.argmax(residuals))
 fig = viz.show_points(load_train(worst), points[worst], values=point_residuals[worst],
                       title=f"{data.names[worst]}: shape residual {residuals[worst]:.3f}")
-viz.save_figure(fig, f"{figures}/01_worst_shape.png")
+viz.save_figure(fig, run.figure("01_worst_shape"))
 fig
 
 # %% [markdown]
@@ -270,3 +212,6 @@ fig
 #
 # On the real stand-in data faces are about 40 % of the image width and roughly centred, so centre crops waste
 # most of their pixels; the default `crop_mode` is therefore `face`, with a coarse model placing the crop.
+
+# %%
+workflow.finish("01_eda", params, run)

@@ -23,99 +23,37 @@
 
 # %% [markdown]
 # ## Parameters
-# One flat set shared by all notebooks, the YAML profiles in `params/` and `python -m landmarks_lib.pipeline`
-# (which injects its values after this cell). The defaults run on the embedded synthetic data.
+# A run's parameters live in `<run_dir>/params.yaml` (written by the runner or by the first notebook run on it);
+# a new run starts from the spec's defaults (the embedded synthetic demo) or `profile`, then `overrides`.
+# `python -m landmarks_lib.params` lists every parameter with its default, scope and help.
 
 # %% tags=["parameters"]
-data_dir = ""               # contest-format data folder (train/, test/); empty: the embedded synthetic default
-run_dir = "runs/default"    # the run folder: executed notebooks, checkpoints, metrics, submission, figures
-cache_dir = ""              # folder of preprocessed caches; empty: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks
-synthetic_train = 240       # embedded default: number of synthetic training images
-synthetic_test = 40         # embedded default: number of synthetic test images
-synthetic_points = 971      # embedded default: landmarks per face
-max_train_images = 0        # use at most this many training images (0: all)
-max_test_images = 0         # predict at most this many test images (0: all; partial runs write submission_partial.csv)
-bad_rows = "error"          # landmarks.csv rows with missing/NaN values: 'error' stops, 'skip' drops and reports
-val_fraction = 0.1          # share of training images held out for validation
-val_split = "auto"          # 'groups' (train/groups.csv), 'random', or 'auto' (groups when the file exists)
-backbone = "resnet18"       # torchvision backbone: resnet18/34/50, resnext50_32x4d, mobilenet_v2, ...
-pretrained = False          # ImageNet weights through torchvision's weights API (offline via TORCH_HOME)
-crop_size = 64              # crop side in pixels fed to the network
-crop_mode = "face"          # 'centre' (course baseline), 'letterbox' (whole image), 'face' (two-stage)
-face_scale = 1.25           # face crop side over the landmarks' bounding-box longer side
-coarse_crop_size = 64       # crop side of the coarse letterbox model that places face crops
-coarse_epochs = 16          # epochs of the coarse model (crop_mode 'face' only)
-input_norm = "weights"      # 'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean and std 0.5)
-normalize_targets = True    # regress coordinates divided by the crop size, head bias at the mean shape
-dropout = 0.0               # dropout before the regression head
-head = "linear"             # 'linear' (pooled features), 'spatial' (the feature grid, flattened) or 'softargmax'
-epochs = 12                 # training epochs
-batch_size = 32             # images per optimisation step
-lr = 0.001                  # learning rate of the training stage
-optimizer = "adamw"         # adam, adamw or sgd
-amsgrad = False             # AMSGrad variant for adam/adamw
-weight_decay = 0.0001       # weight decay
-scheduler = "cosine"        # plateau, cosine, cosine_restarts, onecycle or none
-plateau_factor = 0.25       # ReduceLROnPlateau factor
-plateau_patience = 4        # ReduceLROnPlateau patience in epochs
-restart_epochs = 5          # first cycle length of cosine_restarts, in epochs
-warmup_epochs = 0.5         # linear warm-up at the start of cosine schedules, in epochs
-loss = "smooth_l1"          # mse, l1, smooth_l1 or wing
-grad_clip = 0.0             # clip the gradient norm to this value (0: off)
-time_budget_min = 0.0       # stop a training stage after this many minutes (0: off)
-finetune_epochs = 2         # epochs of the finetune stage (0: skip)
-finetune_lr = 0.0001        # learning rate of the finetune stage
-noise_action = "drop"       # what finetuning does with flagged noisy labels: keep, drop or downweight
-noise_threshold = 6.0       # flag a label when its error exceeds median + threshold * MAD of all errors
-augment = True              # geometric and photometric augmentation while training
-rotate_deg = 10.0           # max rotation, degrees
-scale_jitter = 0.15         # max relative scale change
-translate_frac = 0.1        # max translation, share of the crop
-flip = True                 # horizontal flips with the mirror permutation estimated from the data
-photometric = 0.2           # strength of brightness/contrast/saturation jitter (0: off)
-cache_margin = 0.125        # extra border kept in the cache around each crop, share of the crop, for augmentation
-tta_flip = True             # average predictions on the image and its mirror
-refine_steps = 1            # face crops: how often the face model re-places its own crop at inference
-tta_scales = "1.0"          # face crops: comma-separated crop scales (times face_scale) of the last pass, averaged
-seed = 0                    # random seed
-device = "auto"             # auto, cpu, cuda or mps
-num_workers = -1            # DataLoader workers (-1: chosen for the device)
-threads = 0                 # torch CPU threads (0: all cores)
-amp = True                  # bf16 autocast on CUDA (ignored on CPU)
-channels_last = True        # channels-last memory format for training (CUDA and CPU)
-num_figures = 8             # images per gallery figure
-submission_decimals = 2     # decimals of submission coordinates (0: integers, halves up)
-ensemble_runs = ""          # comma-separated run folders whose predictions are averaged into this run's submission
+run_dir = "runs/default"    # the run folder (in Jupyter: relative to this notebook's folder)
+profile = ""                # YAML profile for a new run, e.g. "../params/cpu.yaml" (a run's params.yaml wins)
+overrides = {}              # parameter values, e.g. {"epochs": 3}; they are written into the run's params.yaml
 
 # %% [markdown]
-# Derived values (parameters, data folder, figure folder, torch's CPU threads) and the run's outputs: validation
-# predictions (rows in the validation split's order) with their ground truth and per-image NME, and the metrics.
+# `workflow.start` resolves the parameters and the data folder; the run folder gives the outputs of `03_finetune`:
+# validation predictions (rows in the validation split's order) with their ground truth and per-image NME, and the
+# metrics.
 
 # %%
 # %matplotlib inline
-import json
-import os
-
 import numpy as np
 import pandas as pd
 
-from landmarks_lib import engine, geometry, io, metrics, viz, workflow
+from landmarks_lib import engine, geometry, metrics, viz, workflow
 
-params = workflow.params_from_namespace(globals())
-params["data_dir"] = workflow.resolve_data_dir(params)
-torch_threads = workflow.apply_threads(params)
-run_dir = params["run_dir"]
-figures = os.path.join(run_dir, "figures")
+params, run = workflow.start("04_visualize", globals())
 n_fig = params["num_figures"]
 
 data = engine.load_train_data(params, progress=False)
 val_names = np.asarray(data.names)[data.val_idx]
 val_truth = data.points(data.val_idx)
-val_pred = np.load(os.path.join(run_dir, "val_predictions.npy"))
+val_pred = run.read_predictions("val")
 val_nme = metrics.per_image_nme(val_pred, val_truth)
 load_val = workflow.image_loader(data.image_dir, val_names)
-with open(os.path.join(run_dir, "metrics.json")) as f:
-    run_metrics = json.load(f)
+run_metrics = run.read_metrics()
 pd.Series(run_metrics, name="value").to_frame()
 
 # %% [markdown]
@@ -135,7 +73,7 @@ pd.DataFrame({"this run": pd.Series(run_metrics), "mean-shape baseline": pd.Seri
 # %%
 fig = viz.gallery(load_val, val_truth, val_pred, val_nme, which="best", n=n_fig, names=val_names,
                   error_label="NME%")
-viz.save_figure(fig, f"{figures}/04_val_best.png")
+viz.save_figure(fig, run.figure("04_val_best"))
 fig
 
 # %% [markdown]
@@ -144,7 +82,7 @@ fig
 # %%
 fig = viz.gallery(load_val, val_truth, val_pred, val_nme, which="median", n=n_fig, names=val_names,
                   error_label="NME%")
-viz.save_figure(fig, f"{figures}/04_val_median.png")
+viz.save_figure(fig, run.figure("04_val_median"))
 fig
 
 # %% [markdown]
@@ -153,7 +91,27 @@ fig
 # %%
 fig = viz.gallery(load_val, val_truth, val_pred, val_nme, which="worst", n=n_fig, names=val_names,
                   error_label="NME%")
-viz.save_figure(fig, f"{figures}/04_val_worst.png")
+viz.save_figure(fig, run.figure("04_val_worst"))
+fig
+
+# %% [markdown]
+# ## Noisy labels
+#
+# The training images the trained model disagrees with most (worst NME against their labels; flagged ones are marked):
+# labels in green, the model's prediction in red, a yellow segment from each label to its prediction. Long
+# segments all pointing one way mean a shifted label; segments crossing the face mean mirrored or swapped points.
+
+# %%
+noise_table = run.read_noise()
+worst = noise_table[noise_table["split"] == "train"].nlargest(n_fig, "nme")
+worst_idx = worst.index.to_numpy()
+worst_pred = workflow.predict_training_images(params, data, run.checkpoint("train"),
+                                              worst_idx)
+worst_names = (worst["file_name"] + np.where(worst["flagged"], " FLAGGED", "")).to_numpy()
+fig = viz.gallery(workflow.image_loader(data.image_dir, np.asarray(data.names)[worst_idx]),
+                  data.points(worst_idx), worst_pred, worst["nme"].to_numpy(), which=np.arange(len(worst_idx)),
+                  names=worst_names, error_label="NME%")
+viz.save_figure(fig, run.figure("04_noisy_labels"))
 fig
 
 # %% [markdown]
@@ -166,7 +124,7 @@ fig
 # %%
 fig = viz.plot_point_errors(geometry.mean_shape(data.points(data.train_idx)),
                             metrics.per_point_error(val_pred, val_truth).mean(axis=0))
-viz.save_figure(fig, f"{figures}/04_point_errors.png")
+viz.save_figure(fig, run.figure("04_point_errors"))
 fig
 
 # %% [markdown]
@@ -176,8 +134,8 @@ fig
 # image perfect) and the failure rate (share above 10 %) summarise it.
 
 # %%
-fig = viz.plot_ced(val_nme, threshold=10.0, label=os.path.basename(os.path.abspath(run_dir)))
-viz.save_figure(fig, f"{figures}/04_ced.png")
+fig = viz.plot_ced(val_nme, threshold=10.0, label=run.name)
+viz.save_figure(fig, run.figure("04_ced"))
 fig
 
 # %% [markdown]
@@ -186,8 +144,8 @@ fig
 # Every stage of the run (coarse, train, finetune), from `history.csv`.
 
 # %%
-fig = viz.plot_history(os.path.join(run_dir, "history.csv"))
-viz.save_figure(fig, f"{figures}/04_history.png")
+fig = viz.plot_history(run.read_history())
+viz.save_figure(fig, run.figure("04_history"))
 fig
 
 # %% [markdown]
@@ -197,9 +155,11 @@ fig
 # here: check that the points sit on the faces.
 
 # %%
-test_pred = np.load(os.path.join(run_dir, "test_predictions.npy"))
-test_names = io.read_test_points(os.path.join(params["data_dir"], "test", "test_points.csv")).names[: len(test_pred)]
-fig = viz.gallery(workflow.image_loader(os.path.join(params["data_dir"], "test", "images"), test_names), None,
-                  test_pred, None, which=np.arange(min(n_fig, len(test_pred))), names=test_names)
-viz.save_figure(fig, f"{figures}/04_test_predictions.png")
+test_pred = run.read_predictions("test")
+load_test, test_names = workflow.test_images(params, len(test_pred))
+fig = viz.gallery(load_test, None, test_pred, None, which=np.arange(min(n_fig, len(test_pred))), names=test_names)
+viz.save_figure(fig, run.figure("04_test_predictions"))
 fig
+
+# %%
+workflow.finish("04_visualize", params, run)

@@ -288,7 +288,7 @@ def test_png_named_jpg_is_info(ds):
     ("s1.jpg\t[0, -1, 1]", "index_out_of_range", "point index -1 out of range"),
     ("s1.jpg\t[0, 1]", "inconsistent_list_length", "2 indices, but line 2 has 3"),
     ("s0.jpg\t[0, 1, 2]", "duplicate_name", "first on line 2"),
-    ("s1.jpg\t[0, 1, 2]\textra", "wrong_field_count", "3 tab-separated fields"),
+    ("s1.jpg\t[0, 1, 2]\textra", "wrong_field_count", "wrong number of tab-separated fields, expected 2, got 3"),
 ])
 def test_test_points_problems(ds, text, kind, words):
     set_test_row(ds, 3, text)
@@ -305,6 +305,15 @@ def test_test_points_bad_header_and_missing(ds):
     (ds / "test" / "test_points.csv").unlink()
     p = only(validate_dataset(ds), "test_points_missing")
     assert p.severity == "fatal"
+
+
+def test_unreadable_test_points_names_the_line_and_lists_no_image_as_unlisted(ds):
+    p = ds / "test" / "test_points.csv"
+    p.write_bytes(p.read_bytes() + b"caf\xe9.jpg\t[0, 1, 2]\n")
+    rep = validate_dataset(ds)
+    bad = only(rep, "not_utf8")
+    assert (bad.severity, bad.file, bad.line) == ("fatal", "test/test_points.csv", 4)
+    assert not [q for q in rep.problems if q.kind == "unlisted_image"], str(rep)
 
 
 def test_missing_test_image(ds):
