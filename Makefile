@@ -15,12 +15,13 @@ PARAMS ?= params/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(PARAMS)))
 EXTRA ?=
 
-.PHONY: help venv demo test test-slow run sync-notebooks clean-cache
+.PHONY: help venv demo test test-fast test-standin run sync-notebooks clean-cache
 
 help:
 	@echo "make demo            run the four notebooks on the embedded synthetic data -> runs/demo"
-	@echo "make test            the test suite (pytest -q)"
-	@echo "make test-slow       tests on ../shared/datasets/thousand-standin (pytest -q -m slow)"
+	@echo "make test            the test suite (pytest -q; everything but the standin and cuda tests)"
+	@echo "make test-fast       the one-minute inner loop (no notebook or multi-process tests)"
+	@echo "make test-standin    tests on ../shared/datasets/thousand-standin (pytest -q -m standin)"
 	@echo "make run DATA=DIR [PARAMS=params/cpu.yaml] [RUN=runs/NAME] [EXTRA='-p epochs 3 --resume']"
 	@echo "make sync-notebooks  pair notebooks/*.py and *.ipynb (jupytext --sync)"
 	@echo "make clean-cache     remove the preprocessed crop caches"
@@ -46,8 +47,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not standin and not cuda and not notebooks and not distributed"
+
+test-standin: $(STAMP)
+	$(PY) -m pytest -q -m standin
 
 run: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make run DATA=DIR [PARAMS=$(PARAMS)] [RUN=runs/NAME] [EXTRA=...]"; exit 2; }

@@ -3,7 +3,7 @@
 - The whole session uses a temporary cache folder (``LANDMARKS_CACHE``), so tests never write to
   ``~/.cache/thousand-landmarks`` (subprocesses and notebook kernels inherit it); it is removed at the end.
 - Matplotlib draws off-screen (``MPLBACKEND=Agg``).
-- ``slow`` tests (run with ``make test-slow``) need the real stand-in dataset ``../shared/datasets/thousand-standin``
+- ``standin`` tests (run with ``make test-standin``) need the real stand-in dataset ``../shared/datasets/thousand-standin``
   next to the repository (or ``$THOUSAND_STANDIN``); without it they are skipped with that reason.
 """
 
@@ -48,10 +48,10 @@ def standin_available() -> bool:
 def pytest_collection_modifyitems(config, items):
     if standin_available():
         return
-    skip = pytest.mark.skip(reason=f"slow test needs the stand-in dataset at {STANDIN_DIR} (not found; set "
+    skip = pytest.mark.skip(reason=f"standin test needs the stand-in dataset at {STANDIN_DIR} (not found; set "
                                    f"THOUSAND_STANDIN to its folder)")
     for item in items:
-        if "slow" in item.keywords:
+        if "standin" in item.keywords:
             item.add_marker(skip)
 
 

@@ -14,9 +14,9 @@ import torch
 from landmarks_lib import engine, params as P, predict, synthetic, workflow
 from landmarks_lib.io import read_test_points
 
-TINY = dict(backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, coarse_crop_size=32,
-            epochs=2, coarse_epochs=1, finetune_epochs=0, batch_size=8, threads=1, device="cpu", num_workers=0,
-            lr=3e-3, val_fraction=0.25, tta_flip=True, rotate_deg=5.0)
+TINY = dict(backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, localizer_crop_size=32,
+            epochs=2, localizer_epochs=1, finetune_epochs=0, batch_size=8, localizer_batch_size=8, threads=1,
+            device="cpu", num_workers=0, lr=3e-3, val_fraction=0.25, tta_flip=True, rotate_deg=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _params(data_dir, run_dir, cache_dir, **kw):
-    return P.resolve(None, None, **{**TINY, "data_dir": data_dir, "run_dir": str(run_dir),
-                                    "cache_dir": str(cache_dir), **kw})
+    return P.resolve(run_dir=str(run_dir), data_dir=data_dir, overrides={**TINY, "cache_dir": str(cache_dir), **kw})
 
 
 def _cli(data_dir, run_dir, cache_dir, **kw):
@@ -38,53 +37,98 @@ def _cli(data_dir, run_dir, cache_dir, **kw):
     return cmd
 
 
-def test_params_key_counts_the_data_folder_not_its_spelling(tmp_path, monkeypatch):
-    """``train.py`` keeps ``--data-dir`` as typed, the pipeline makes it absolute: one folder, one key per stage."""
-    from landmarks_lib import pipeline, train
+class ReadOnly(dict):
+    """A parameter dict that fails on any name outside ``allowed``: proves what a stage reads."""
 
-    monkeypatch.chdir(tmp_path)
-    for d in ("data", "data2"):
-        (tmp_path / d).mkdir()
-    os.symlink(tmp_path / "data", tmp_path / "link")
-    args = train.build_parser().parse_args(["--data-dir", "data", "--run-dir", "runs/x"])
-    rel = train.resolve_params(args)
-    assert rel["data_dir"] == "data"
-    spellings = [rel, pipeline.resolve_params(None, (), "data", "runs/x"), {**rel, "data_dir": "./data/"},
-                 {**rel, "data_dir": str(tmp_path / "link")}, {**rel, "run_dir": "elsewhere", "device": "cpu"}]
-    other = {**rel, "data_dir": "data2"}
-    for stage in ("coarse", "train"):
-        keys = {engine.params_key(p, stage) for p in spellings}
-        assert len(keys) == 1
-        assert engine.params_key(other, stage) not in keys
-        assert engine.params_key({**rel, "epochs": rel["epochs"] + 1}, stage) not in keys
-    assert engine.params_key(rel, "coarse") != engine.params_key(rel, "train")
+    def __init__(self, params, allowed):
+        super().__init__(params)
+        self.allowed = set(allowed)
+
+    def __getitem__(self, k):
+        if k not in self.allowed:
+            raise AssertionError(f"read {k!r}, outside the allowed scopes")
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        return self[k] if k in self else default
+
+
+def _another(spec):
+    """A valid value other than the default."""
+    if spec.kind is bool:
+        return not spec.default
+    if spec.choices:
+        return next(c for c in spec.choices if c != spec.default)
+    if spec.check == "backbone":
+        return "resnet34"
+    if spec.check == "scales":
+        return "0.9,1.0"
+    if spec.kind is str:
+        return spec.default if spec.check else spec.default + "x"
+    step = 1 if spec.kind is int else 0.05
+    return spec.default + step if spec.high is None or spec.default + step <= spec.high else spec.default - step
+
+
+def test_stage_keys_hash_only_the_scopes_each_stage_reads():
+    p = P.resolve()
+    for stage in engine.STAGES:
+        key = engine.stage_key(p, stage)
+        for name, spec in P.SPEC.items():
+            if spec.check in ("data_dir", "runs"):
+                continue
+            q = dict(p, **{name: P.coerce(name, _another(spec))})
+            assert (engine.stage_key(q, stage) != key) == (spec.scope in engine.STAGE_SCOPES[stage]), (stage, name)
+
+
+@pytest.mark.parametrize("stage", ["localizer", "train"])
+def test_a_stage_reads_nothing_outside_its_scopes(tiny_data, tmp_path, stage):
+    from landmarks_lib.run import RunFolder
+
+    p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", crop_mode="face", epochs=1)
+    data = engine.load_train_data(p, progress=False)
+    allowed = P.names_in(*engine.STAGE_SCOPES[stage], "runtime")
+    run = RunFolder(p["run_dir"]).create("test")
+    res = engine.fit(ReadOnly(p, allowed), data, run, stage, progress=False)
+    assert os.path.exists(res["best"])
+    with pytest.raises(AssertionError, match="outside"):
+        ReadOnly(p, allowed)["num_figures"]
 
 
 @pytest.mark.parametrize("head", ["linear", "spatial", "softargmax"])
 def test_checkpoint_round_trip(tiny_data, tmp_path, head):
+    from landmarks_lib import checkpoint
+    from landmarks_lib.run import RunFolder
+
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", head=head)
+    run = RunFolder(p["run_dir"]).create("test")
     data = engine.load_train_data(p, progress=False)
-    res = engine.fit(p, data, p["run_dir"], "train", progress=False)
-    ck = predict.load_checkpoint(res["best"])  # weights_only=True inside
+    res = engine.fit(p, data, run, "train", progress=False)
+    ck = checkpoint.load(res["best"], "stage")  # weights_only=True inside
+    assert ck["finished"] and ck["scope_key"] == engine.stage_key(p, "train") and ck["data_key"] == data.data_key()
+    assert ck["params"] == engine.stage_params(p, "train") and not os.path.exists(run.checkpoint("train", "last"))
     meta = ck["meta"]
     assert meta["num_points"] == 24 and meta["crop_size"] == 32 and meta["crop_mode"] == "letterbox"
     assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24 and meta["head"] == head
-    model = predict.model_from_checkpoint(ck)
+    model = checkpoint.network(ck)
     assert type(model).__name__ == {"linear": "LandmarkModel", "spatial": "SpatialLandmarkModel",
                                     "softargmax": "SoftArgmaxLandmarkModel"}[head]
     if head == "softargmax":
         with pytest.raises(ValueError, match="normalize_targets"):
-            engine.fit({**p, "normalize_targets": False}, data, str(tmp_path / "other"), "train", progress=False)
-    c = engine.stage_cache(p, data, "train", progress=False)
+            engine.fit({**p, "normalize_targets": False}, data, RunFolder(tmp_path / "other"), "train",
+                       progress=False)
+    c = engine.stage_cache(engine.stage_recipe(p, "train"), data, p, progress=False)
     pred = predict.predict_cache(model, meta, c, data.val_idx)
     mse = float(np.mean((pred - data.points(data.val_idx)) ** 2))
     assert mse == pytest.approx(ck["val_mse"], rel=1e-6)
-    hist = pd.read_csv(os.path.join(p["run_dir"], "history.csv"))
+    hist = run.read_history()
     assert list(hist.columns[:5]) == ["epoch", "stage", "train_loss", "val_mse", "lr"]
     assert len(hist) == 2 and hist["val_mse"].min() == pytest.approx(res["best_val_mse"])
-    # a resume with other parameters is refused
-    with pytest.raises(RuntimeError, match="other parameters"):
-        engine.fit({**p, "lr": 0.5}, data, p["run_dir"], "train", progress=False)
+    # a finished stage is not trained again, whatever the runtime, inference or figures values ...
+    again = engine.fit({**p, "num_figures": 3, "tta_flip": False, "threads": 2}, data, run, "train", progress=False)
+    assert again["best_val_mse"] == pytest.approx(res["best_val_mse"]) and len(run.read_history()) == 2
+    # ... a change of a value it reads is refused, listing it, unless retrain
+    with pytest.raises(engine.StageChanged, match=r"lr: 0.003 -> 0.5.*Stages affected: train, finetune"):
+        engine.fit({**p, "lr": 0.5}, data, run, "train", progress=False)
     # ... and so is one on changed labels or another split (same parameters)
     import dataclasses
 
@@ -92,14 +136,35 @@ def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     other_split = dataclasses.replace(data, train_idx=data.train_idx[1:])
     for changed in (moved, other_split):
         assert changed.data_key() != data.data_key()
-        with pytest.raises(RuntimeError, match="other data"):
-            engine.fit(p, changed, p["run_dir"], "train", progress=False)
+        with pytest.raises(engine.StageChanged, match="training data"):
+            engine.fit(p, changed, run, "train", progress=False)
     assert dataclasses.replace(data).data_key() == data.data_key()
-    # a non-checkpoint file is a clear error
+    # a non-checkpoint file, an old format and the wrong kind are clear errors
     bad = tmp_path / "bad.pt"
     torch.save({"x": 1}, bad)
-    with pytest.raises(predict.CheckpointError, match="not a"):
-        predict.load_checkpoint(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="not a"):
+        checkpoint.load(bad)
+    torch.save({"format": "thousand-landmarks/1", "meta": {}}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="'thousand-landmarks/1' is no longer supported"):
+        checkpoint.load(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="model.pt"):
+        checkpoint.load(res["best"], "model")
+    res2 = engine.fit({**p, "lr": 0.5}, data, run, "train", retrain=True, progress=False)
+    assert checkpoint.load(res2["best"], "stage")["params"]["lr"] == 0.5
+
+
+def test_scheduler_warm_up_then_cosine():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    sched, per_step = engine.make_scheduler({"scheduler": "cosine", "warmup_epochs": 1.0}, opt, 1.0, 3, 4)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert per_step
+    np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(lrs[4:], [0.5 * (1 + np.cos(np.pi * t / 8)) for t in range(8)], atol=1e-9)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data, tmp_path):
@@ -127,21 +192,27 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data,
     h_full, h_cut = pd.read_csv(full / "history.csv"), pd.read_csv(cut / "history.csv")
     np.testing.assert_array_equal(h_full["val_mse"].to_numpy(), h_cut["val_mse"].to_numpy())
     np.testing.assert_array_equal(h_full["train_loss"].to_numpy(), h_cut["train_loss"].to_numpy())
-    a = predict.load_checkpoint(full / "checkpoints" / "train_last.pt")["state_dict"]
-    b = predict.load_checkpoint(cut / "checkpoints" / "train_last.pt")["state_dict"]
+    from landmarks_lib import checkpoint
+
+    a = checkpoint.load(full / "checkpoints" / "train_best.pt")["state_dict"]
+    b = checkpoint.load(cut / "checkpoints" / "train_best.pt")["state_dict"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
 def _train_and_submit(data_dir, run_dir, cache_dir):
+    from landmarks_lib.run import RunFolder
+
     p = _params(data_dir, run_dir, cache_dir)
+    run = RunFolder(run_dir).create("test")
     torch.set_num_threads(1)
     data = engine.load_train_data(p, progress=False)
-    engine.train_all(p, data, p["run_dir"], progress=False)
-    ck = workflow.final_checkpoint(p["run_dir"])
-    _, vm = workflow.evaluate_validation(p, data, ck, progress=False)
-    tp, pred = workflow.predict_test(p, data_dir, ck, progress=False)
-    workflow.write_results(p, tp, pred, vm)
+    engine.train_all(p, data, run, progress=False)
+    workflow.write_model(p, run)
+    models = workflow.ensemble_models(p)
+    _, vm = workflow.evaluate_validation(p, data, models, progress=False)
+    tp, pred = workflow.predict_test(p, data_dir, models, progress=False)
+    workflow.write_results(p, run, tp, pred, vm)
     return (run_dir / "submission.csv").read_bytes(), vm
 
 
@@ -154,18 +225,23 @@ def test_same_seed_gives_byte_identical_submission(tiny_data, tmp_path):
     assert len(s1.decode().splitlines()) == len(tp) + 1
 
 
-def test_face_mode_trains_coarse_and_embeds_it(tiny_data, tmp_path):
+def test_face_mode_trains_the_localizer_and_the_model_holds_both(tiny_data, tmp_path):
+    from landmarks_lib import checkpoint
+    from landmarks_lib.run import RunFolder
+
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", crop_mode="face", epochs=1)
+    run = RunFolder(p["run_dir"]).create("test")
     data = engine.load_train_data(p, progress=False)
-    res = engine.train_all(p, data, p["run_dir"], progress=False)
-    assert res["coarse"] is not None
-    ck = predict.load_checkpoint(res["train"]["best"])
-    assert ck["coarse"]["meta"]["crop_mode"] == "letterbox" and ck["meta"]["crop_mode"] == "face"
-    names = [data.names[i] for i in data.val_idx]
-    pts = predict.predict_images(ck, data.image_dir, names, p["cache_dir"], progress=False)
+    res = engine.train_all(p, data, run, progress=False)
+    assert res["localizer"] is not None
+    assert "localizer" not in checkpoint.load(res["train"]["best"])  # stage checkpoints do not embed each other
+    assert workflow.write_model(p, run) == "train"
+    model = checkpoint.load_model(run.path)
+    assert model["localizer"]["meta"]["crop_mode"] == "letterbox" and model["face"]["meta"]["crop_mode"] == "face"
+    names = tuple(data.names[i] for i in data.val_idx)
+    pts = predict.predict_images(model, predict.ImageSet(data.image_dir, names, p["cache_dir"], progress=False))
     assert pts.shape == (len(names), 24, 2) and np.isfinite(pts).all()
-    hist = pd.read_csv(os.path.join(p["run_dir"], "history.csv"))
-    assert hist["stage"].tolist() == ["coarse", "train"]
+    assert run.read_history()["stage"].tolist() == ["localizer", "train"]
 
 
 def test_group_split_keeps_people_apart(tiny_data):
@@ -213,8 +289,8 @@ def test_nan_targets_are_left_out_of_the_loss(kind):
 
 
 def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
-    p = P.resolve(None, None, run_dir=str(tmp_path / "run"), synthetic_train=6, synthetic_test=2,
-                  synthetic_points=20)
+    p = P.resolve(run_dir=str(tmp_path / "run"), overrides=dict(synthetic_train=6, synthetic_test=2,
+                                                                synthetic_points=20))
     d = workflow.resolve_data_dir(p)
     assert len(os.listdir(os.path.join(d, "train", "images"))) == 6
     stamp = os.path.getmtime(os.path.join(d, "train", "landmarks.csv"))
@@ -224,29 +300,31 @@ def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
     assert len(os.listdir(os.path.join(d, "train", "images"))) == 8
 
 
-def test_final_checkpoint_is_the_better_of_train_and_finetune(tmp_path):
-    ck = tmp_path / "checkpoints"
-    ck.mkdir()
-    with pytest.raises(FileNotFoundError, match="train step"):
-        workflow.final_checkpoint(tmp_path)
+def test_final_stage_is_the_better_of_train_and_finetune(tmp_path):
+    from landmarks_lib import checkpoint
+    from landmarks_lib.run import RunFolder
+
+    run = RunFolder(tmp_path).create("test")
+    with pytest.raises(FileNotFoundError, match="train notebook"):
+        workflow.final_stage(run)
 
     def write(stage, val):
-        engine.save_checkpoint(ck / f"{stage}_best.pt", {"format": engine.CHECKPOINT_FORMAT, "val_mse": val})
+        checkpoint.save(run.checkpoint(stage), {"kind": "stage", "val_mse": val})
 
     write("train", 5.0)
-    assert workflow.final_checkpoint(tmp_path).endswith("train_best.pt")
+    assert workflow.final_stage(run) == "train"
     write("finetune", 6.0)  # finetuning made it worse: keep the trained model
-    assert workflow.final_checkpoint(tmp_path).endswith("train_best.pt")
+    assert workflow.final_stage(run) == "train"
     write("finetune", 4.0)
-    assert workflow.final_checkpoint(tmp_path).endswith("finetune_best.pt")
+    assert workflow.final_stage(run) == "finetune"
     write("train", float("nan"))  # no validation split: nothing to compare, the finetuned model
     write("finetune", float("nan"))
-    assert workflow.final_checkpoint(tmp_path).endswith("finetune_best.pt")
+    assert workflow.final_stage(run) == "finetune"
 
 
 def test_train_data_points_are_continuous_labels_plus_half(tmp_path):
     synthetic.write_dataset(tmp_path / "d", n_train=6, n_test=1, num_points=15, seed=1, min_size=48, max_size=56)
-    p = P.resolve(None, None, data_dir=str(tmp_path / "d"), cache_dir=str(tmp_path / "c"), val_fraction=0.0)
+    p = P.resolve(data_dir=str(tmp_path / "d"), overrides={"cache_dir": str(tmp_path / "c"), "val_fraction": 0.0})
     data = engine.load_train_data(p, progress=False)
     assert data.table.points.dtype == np.int16
     pts = data.points([1, 4])

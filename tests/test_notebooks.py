@@ -57,30 +57,48 @@ def test_committed_ipynb_has_no_outputs(py):
             assert c.get("execution_count") is None, f"cell {i} has an execution count"
 
 
+# The few names a notebook alone uses besides run_dir, profile and overrides.
+OWN = {"01_eda": ["num_examples", "shape_threshold"], "02_train": ["retrain"], "03_finetune": ["retrain"],
+       "04_visualize": []}
+
+
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
-def test_one_parameters_cell_with_exactly_the_parameter_set(py):
+def test_one_short_parameters_cell(py):
     nb = jupytext.read(_ipynb(py))
     cells = _parameter_cells(nb)
     assert len(cells) == 1, f"{len(cells)} cells tagged 'parameters'"
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert first_code is cells[0], "the parameters cell must be the first code cell"
+    assert len(cells[0].source.splitlines()) <= 20
     tree = ast.parse(cells[0].source)
     values = {}
     for node in tree.body:
         assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
             f"line {node.lineno}: the parameters cell holds only `name = literal` lines"
         values[node.targets[0].id] = ast.literal_eval(node.value)
-    assert list(values) == list(lp.SPEC), "parameter names differ from params.SPEC (or their order)"
-    assert values == lp.DEFAULTS, "parameter defaults differ from params.DEFAULTS"
+    name = os.path.basename(py)[:-3]
+    assert list(values) == ["run_dir", "profile", "overrides", *OWN[name]]
+    assert values["run_dir"] == lp.DEFAULTS["run_dir"] and values["overrides"] == {} and values["profile"] == ""
+    assert not set(OWN[name]) & set(lp.SPEC)
     # papermill parses the same names (a second '=' on a line, e.g. in a comment, hides a parameter from it)
-    assert list(papermill.inspect_notebook(_ipynb(py))) == list(lp.SPEC)
+    assert list(papermill.inspect_notebook(_ipynb(py))) == list(values)
 
 
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
-def test_parameters_are_resolved_right_after_the_parameters_cell(py):
+def test_start_right_after_the_parameters_cell_and_finish_at_the_end(py):
     nb = jupytext.read(py)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "params_from_namespace(globals())" in code[1].source
+    name = os.path.basename(py)[:-3]
+    assert f'params, run = workflow.start("{name}", globals())' in code[1].source
+    assert code[-1].source.strip() == f'workflow.finish("{name}", params, run)'
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=IDS)
+def test_notebooks_do_no_file_io_of_their_own(py):
+    with open(py) as f:
+        text = f.read()
+    for word in ("open(", "os.path", "np.load", "pd.read_csv", "json.load", "import os"):
+        assert word not in text, f"{py}: {word!r}: file I/O belongs to run.RunFolder / workflow"
 
 
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
@@ -104,6 +122,7 @@ def test_every_figure_is_saved_under_the_run_folder(py):
     with open(py) as f:
         text = f.read()
     shown = len(re.findall(r"^fig = viz\.", text, re.M))
-    saved = len(re.findall(r'^viz\.save_figure\(fig, f"\{figures\}/[\w]+\.png"\)$', text, re.M))
-    assert shown == saved
-    assert 'figures = os.path.join(' in text or shown == 0
+    saved = re.findall(r'^viz\.save_figure\(fig, run\.figure\("(\w+)"\)\)$', text, re.M)
+    assert shown == len(saved)
+    name = os.path.basename(py)[:2]
+    assert all(s.startswith(name + "_") for s in saved)

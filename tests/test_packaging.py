@@ -63,7 +63,7 @@ def test_makefile_installs_the_pinned_torch_first():
     assert f"torch=={pins['torch']} torchvision=={pins['torchvision']}" in mk
     assert "pip install -e . --no-deps" in mk
     assert "nbdime config-git --enable" in mk
-    for target in ("demo", "test", "test-slow", "run", "sync-notebooks", "clean-cache"):
+    for target in ("demo", "test", "test-standin", "run", "sync-notebooks", "clean-cache"):
         assert re.search(rf"^{re.escape(target)}:", mk, re.M), f"Makefile lacks the {target} target"
 
 

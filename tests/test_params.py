@@ -1,11 +1,12 @@
-"""The flat parameter set: ``-p`` typing, unknown names, type errors, precedence, the profiles in ``params/``,
-the pipeline's command-line resolution and the README's parameter table."""
+"""The parameter spec and its one resolver: typing by the spec (YAML files and ``-p`` alike), checks at the start,
+precedence, scopes, the profiles in ``params/``, the runner's command-line resolution and the README's table."""
 
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
-import yaml
 
 from landmarks_lib import params as lp
 from landmarks_lib import pipeline, workflow
@@ -14,106 +15,116 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILES = sorted(glob.glob(os.path.join(REPO, "params", "*.yaml")))
 
 
-@pytest.mark.parametrize("text, value, kind", [
-    ("5", 5, int), ("-1", -1, int), ("1e-3", 1e-3, float), ("3e4", 3e4, float), ("0.25", 0.25, float),
-    ("true", True, bool), ("false", False, bool), ("null", None, type(None)), ("resnet18", "resnet18", str),
-    ("runs/demo", "runs/demo", str), ("cosine_restarts", "cosine_restarts", str),
+def test_every_parameter_has_a_scope_type_help_and_a_valid_default():
+    for name, p in lp.SPEC.items():
+        assert p.scope in lp.SCOPES, name
+        assert p.kind in (bool, int, float, str) and p.help, name
+        assert lp.coerce(name, p.default) == p.default  # the default passes its own checks
+    assert set(lp.names_in(*lp.SCOPES)) == set(lp.SPEC)
+    assert lp.SPEC["epochs"].scope == "train" and lp.SPEC["localizer_epochs"].scope == "localizer"
+    assert lp.SPEC["tta_scales"].scope == "inference" and lp.SPEC["num_figures"].scope == "figures"
+    assert lp.SPEC["threads"].scope == "runtime" and lp.SPEC["seed"].scope == "data"
+
+
+def test_spec_defaults_equal_the_demo_profile():
+    demo = lp.load_profile(os.path.join(REPO, "params", "demo.yaml"))
+    assert demo, "demo.yaml is empty"
+    assert {k: v for k, v in demo.items() if lp.DEFAULTS[k] != v} == {}
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("epochs", "5", 5), ("epochs", "3.0", 3), ("seed", "0123", 123), ("lr", "1e-3", 1e-3), ("lr", "3e4", 3e4),
+    ("rotate_deg", "15", 15.0), ("pretrained", "true", True), ("pretrained", "no", False),
+    ("run_dir", "007", "007"), ("cache_dir", "0123", "0123"), ("run_dir", "1:30", "1:30"), ("val_split", "random",
+                                                                                            "random"),
 ])
-def test_parse_scalar_types(text, value, kind):
-    v = lp.parse_scalar(text)
-    assert type(v) is kind and v == value
+def test_text_is_typed_by_the_spec(name, text, value):
+    v = lp.coerce(name, text)
+    assert v == value and type(v) is type(lp.DEFAULTS[name])
 
 
-def test_overrides_are_typed_against_defaults():
-    p = lp.resolve(None, [("epochs", "5"), ("lr", "1e-3"), ("pretrained", "false"), ("backbone", "resnet18"),
-                          ("rotate_deg", "15"), ("epochs", "7")])
-    assert p["epochs"] == 7 and type(p["epochs"]) is int  # the last -p wins
-    assert p["lr"] == pytest.approx(1e-3) and type(p["lr"]) is float
-    assert p["pretrained"] is False
-    assert p["backbone"] == "resnet18"
-    assert p["rotate_deg"] == 15.0 and type(p["rotate_deg"]) is float  # an int where a float is expected
-    assert lp.resolve(None, [("epochs", "3.0")])["epochs"] == 3  # a whole float where an int is expected
-    assert set(p) == set(lp.SPEC)
+def test_yaml_profiles_are_typed_by_the_spec_not_by_yaml(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("run_dir: 007\ncache_dir: 0123\ntta_scales: 1:30\nlr: 1e-3\nepochs: 0012\npretrained: yes\n"
+                    "data_dir:\n")
+    p = lp.load_profile(prof)
+    assert p == {"run_dir": "007", "cache_dir": "0123", "tta_scales": "1:30", "lr": 1e-3, "epochs": 12,
+                 "pretrained": True, "data_dir": ""}
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("epochs", "many", "integer"), ("epochs", "2.5", "integer"), ("pretrained", "5", "true or false"),
+    ("lr", "fast", "number"), ("submission_decimals", "-1", "range"), ("noise_action", "banana", "keep"),
+    ("tta_scales", "abc", "not a number"), ("crop_mode", "square", "letterbox"), ("device", "gpu", "cuda"),
+    ("backbone", "resnet19", "torchvision"), ("lr", "nan", "finite"), ("val_fraction", "1.5", "range"),
+])
+def test_bad_values_are_refused_with_the_name(name, value, words):
+    with pytest.raises(lp.ParamError) as e:
+        lp.resolve(overrides=[(name, value)])
+    assert name in str(e.value) and words in str(e.value)
+
+
+def test_paths_that_must_exist_are_checked(tmp_path):
+    with pytest.raises(lp.ParamError, match="no train/landmarks.csv"):
+        lp.resolve(overrides={"data_dir": str(tmp_path)})
+    with pytest.raises(lp.ParamError, match="ensemble_runs.*not a run folder"):
+        lp.resolve(overrides={"ensemble_runs": str(tmp_path)})
 
 
 def test_unknown_name_lists_known_ones():
     with pytest.raises(lp.ParamError) as e:
-        lp.resolve(None, [("epochz", "3")])
+        lp.resolve(overrides=[("epochz", "3")])
     msg = str(e.value)
-    assert "epochz" in msg and "known" in msg
-    assert all(name in msg for name in ("epochs", "lr", "backbone", "crop_mode"))
-    with pytest.raises(lp.ParamError):
-        lp.resolve(None, None, not_a_param=1)
+    assert "epochz" in msg and "known" in msg and all(n in msg for n in ("epochs", "lr", "backbone"))
 
 
-@pytest.mark.parametrize("name, text", [("epochs", "many"), ("epochs", "2.5"), ("pretrained", "5"),
-                                        ("pretrained", "yes please"), ("lr", "fast"), ("lr", "true")])
-def test_type_errors(name, text):
-    with pytest.raises(lp.ParamError) as e:
-        lp.resolve(None, [(name, text)])
-    assert name in str(e.value)
-
-
-def test_precedence_defaults_profile_overrides_kwargs(tmp_path):
+def test_precedence_defaults_profile_run_params_overrides_folders(tmp_path):
     prof = tmp_path / "p.yaml"
     prof.write_text("epochs: 3\nlr: 0.01\nbackbone: resnet34\n")
-    p = lp.resolve(prof, [("epochs", "9")], backbone="resnet50")
-    assert p["epochs"] == 9  # -p over the profile
-    assert p["lr"] == 0.01  # the profile over the defaults
-    assert p["backbone"] == "resnet50"  # keyword arguments over everything
-    assert p["batch_size"] == lp.DEFAULTS["batch_size"]
-
-
-def test_profile_with_unknown_name_is_refused(tmp_path):
-    prof = tmp_path / "bad.yaml"
-    prof.write_text("epochs: 3\nlearning_rate: 0.1\n")
-    with pytest.raises(lp.ParamError, match="learning_rate"):
-        lp.resolve(prof)
+    p = lp.resolve(profile=prof, overrides=[("epochs", "9"), ("epochs", "7")])
+    assert (p["epochs"], p["lr"], p["backbone"], p["batch_size"]) == (7, 0.01, "resnet34", lp.DEFAULTS["batch_size"])
+    run = tmp_path / "run"
+    run.mkdir()
+    lp.dump(dict(lp.DEFAULTS, epochs=5, lr=0.5), run / "params.yaml")
+    p = lp.resolve(run_dir=run, profile=prof, overrides={"lr": 0.25})  # the run's params.yaml wins over a profile
+    assert (p["epochs"], p["lr"], p["backbone"]) == (5, 0.25, "resnet18")
+    assert p["run_dir"] == str(run)
+    assert lp.resolve(run_dir=run, profile=prof, use_run_params=False)["epochs"] == 3
 
 
 def test_dump_round_trip(tmp_path):
-    p = lp.resolve(None, [("epochs", "4"), ("lr", "3e-4"), ("cache_dir", "null")])
+    p = lp.resolve(overrides={"run_dir": "007", "lr": 3e-4, "tta_scales": "0.9,1.0"})
     lp.dump(p, tmp_path / "params.yaml")
-    back = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert back == p
-    assert lp.resolve(tmp_path / "params.yaml") == p
+    assert lp.resolve(run_dir=p["run_dir"] and None, profile=tmp_path / "params.yaml") == p
 
 
-def test_profiles_exist():
-    names = {os.path.basename(p) for p in PROFILES}
-    assert "demo.yaml" in names
+@pytest.mark.parametrize("path", PROFILES, ids=os.path.basename)
+def test_every_profile_resolves(path):
+    p = lp.resolve(profile=path)
+    assert set(p) == set(lp.SPEC)
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=[os.path.basename(p) for p in PROFILES])
-def test_every_profile_loads_with_known_names(path):
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
-    assert isinstance(d, dict)
-    unknown = set(d) - set(lp.SPEC)
-    assert not unknown, f"{path}: unknown parameters {sorted(unknown)}"
-    p = lp.resolve(path)  # types check
-    for k, v in d.items():
-        assert p[k] == v or (isinstance(v, int) and p[k] == float(v)), k
-
-
-def test_demo_profile_needs_no_download():
-    p = lp.resolve(os.path.join(REPO, "params", "demo.yaml"))
-    assert p["pretrained"] is False
-    assert p["data_dir"] == ""  # the embedded synthetic data
-
-
-def test_params_from_namespace_uses_values_as_they_are():
-    ns = {"data_dir": "", "epochs": 3, "lr": 0.5, "run_dir": "runs/007", "unrelated": object()}
-    p = workflow.params_from_namespace(ns)
-    assert p["data_dir"] == "" and p["epochs"] == 3 and p["lr"] == 0.5 and p["run_dir"] == "runs/007"
-    assert p["batch_size"] == lp.DEFAULTS["batch_size"]
+def test_notebook_params_take_overrides_and_injected_names(tmp_path):
+    ns = {"run_dir": str(tmp_path / "r"), "profile": "", "overrides": {"epochs": 3}, "lr": 0.5, "unrelated": 1}
+    p = workflow.notebook_params(ns)
+    assert p["epochs"] == 3 and p["lr"] == 0.5 and p["run_dir"] == str(tmp_path / "r")
     with pytest.raises(lp.ParamError):
-        workflow.params_from_namespace({"epochs": "three"})
+        workflow.notebook_params({"overrides": {"epochs": "three"}})
+
+
+def test_scoped_and_names_in():
+    p = lp.resolve()
+    sp = lp.scoped(p, "localizer")
+    assert set(sp) == {k for k in lp.SPEC if k.startswith("localizer_")}
+    with pytest.raises(lp.ParamError, match="unknown scope"):
+        lp.names_in("training")
 
 
 # ------------------------------------------------------------------------------------------- the runner's CLI
 def test_pipeline_resolution_precedence_and_absolute_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data_from_profile" / "train").mkdir(parents=True)
+    (tmp_path / "data_from_profile" / "train" / "landmarks.csv").write_text("file_name\n")
     prof = tmp_path / "prof.yaml"
     prof.write_text("epochs: 3\nrun_dir: from_profile\ndata_dir: data_from_profile\n")
     p = pipeline.resolve_params(str(prof), [("epochs", "5"), ("run_dir", "from_p"), ("lr", "1e-3")],
@@ -124,17 +135,14 @@ def test_pipeline_resolution_precedence_and_absolute_folders(tmp_path, monkeypat
     assert pipeline.resolve_params(None, [], data_dir="", run_dir="r")["data_dir"] == ""  # synthetic default kept
 
 
-def test_pipeline_cli_unknown_param_exits_2_listing_names(tmp_path, capsys):
-    rc = pipeline.main(["--run-dir", str(tmp_path / "r"), "-p", "epochz", "3"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert "epochz" in err and "epochs" in err and "known" in err
+@pytest.mark.parametrize("args, words", [(["-p", "epochz", "3"], "known"), (["-p", "epochs", "many"], "epochs"),
+                                         (["-p", "submission_decimals", "-1"], "range"),
+                                         (["-p", "tta_scales", "abc"], "tta_scales"),
+                                         (["--params", "missing.yaml"], "not found")])
+def test_pipeline_cli_bad_parameters_exit_2_before_any_work(tmp_path, capsys, args, words):
+    rc = pipeline.main(["--run-dir", str(tmp_path / "r"), *args])
+    assert rc == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing was written
-
-
-def test_pipeline_cli_type_error_exits_2(tmp_path, capsys):
-    rc = pipeline.main(["--run-dir", str(tmp_path / "r"), "-p", "epochs", "many"])
-    assert rc == 2 and "epochs" in capsys.readouterr().err
 
 
 def test_readme_lists_every_parameter():
@@ -144,9 +152,7 @@ def test_readme_lists_every_parameter():
     assert not missing, f"README.md does not list the parameters {missing} (regenerate the table)"
 
 
-def test_text_parameters_keep_the_text_as_typed():
-    from landmarks_lib import params as P
-
-    p = P.resolve(None, [("run_dir", "0123"), ("val_split", "yes"), ("ensemble_runs", "1e3"), ("epochs", "7")])
-    assert p["run_dir"] == "0123" and p["val_split"] == "yes" and p["ensemble_runs"] == "1e3"
-    assert p["epochs"] == 7
+def test_params_module_lists_every_parameter():
+    out = subprocess.run([sys.executable, "-m", "landmarks_lib.params"], capture_output=True, text=True,
+                         check=True).stdout
+    assert all(f"  {k} = " in out for k in lp.SPEC) and "[localizer]" in out and "[runtime]" in out

@@ -1,5 +1,6 @@
-"""The runner (``python -m landmarks_lib.pipeline``) end to end on a tiny synthetic set, its run-folder rules
-(refuse / --resume / --force / failing cell), and the small library helpers the notebooks call."""
+"""The runner (``python -m landmarks_lib.pipeline``) end to end on a tiny synthetic set, the resume rule, the run-folder
+rules (marker, manifest, lock, refuse / --resume / --retrain / --force / failing cell / out-of-sync pair), and the
+small library helpers the notebooks call."""
 
 import json
 import math
@@ -12,18 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import shutil
 
 from landmarks_lib import geometry, io, pipeline, submission, viz, workflow
+from landmarks_lib.run import MARKER, RunFolder, RunFolderError
 from landmarks_lib import params as lp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, N_TEST = 68, 8
 TINY = ["-p", "synthetic_points", str(K), "-p", "synthetic_train", "48", "-p", "synthetic_test", str(N_TEST),
-        "-p", "crop_size", "32", "-p", "coarse_crop_size", "32", "-p", "epochs", "1", "-p", "coarse_epochs", "1",
+        "-p", "crop_size", "32", "-p", "localizer_crop_size", "32", "-p", "epochs", "1", "-p", "localizer_epochs", "1",
         "-p", "finetune_epochs", "1", "-p", "backbone", "resnet18", "-p", "pretrained", "false",
         "-p", "batch_size", "16", "-p", "num_figures", "4", "-p", "lr", "1e-3"]
 FIGURES = ["01_examples", "01_train_image_sizes", "01_mean_shape", "01_face_placement", "01_mirror_check",
-           "01_shape_outliers", "02_history", "03_noisy_labels", "04_val_best", "04_val_median", "04_val_worst",
+           "01_shape_outliers", "02_history", "04_noisy_labels", "04_val_best", "04_val_median", "04_val_worst",
            "04_point_errors", "04_ced", "04_history", "04_test_predictions"]
 
 
@@ -41,6 +44,9 @@ def _tail(proc, n=3000):
     return f"--- stdout ---\n{proc.stdout[-n:]}\n--- stderr ---\n{proc.stderr[-n:]}"
 
 
+pytestmark = pytest.mark.notebooks
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One pipeline run of all four notebooks on a tiny synthetic set (68 points)."""
@@ -52,6 +58,10 @@ def tiny_run(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+def _state(run_dir):
+    return RunFolder(run_dir).state()["notebooks"]
+
+
 def test_pipeline_runs_all_notebooks(tiny_run):
     proc, run_dir = tiny_run["proc"], tiny_run["run_dir"]
     assert proc.returncode == 0, _tail(proc)
@@ -62,20 +72,23 @@ def test_pipeline_runs_all_notebooks(tiny_run):
         html = run_dir / "reports" / f"{name}.html"
         assert html.exists() and html.stat().st_size > 10_000
     assert not list((run_dir / "notebooks").glob(".*")), "a temporary notebook was left behind"
-    state = json.loads((run_dir / pipeline.STATE_FILE).read_text())
-    assert list(state["finished"]) == list(pipeline.NOTEBOOKS)
+    assert list(_state(run_dir)) == list(pipeline.NOTEBOOKS)
+    assert _state(run_dir)["02_train"]["params"]["epochs"] == 1
+    marker = json.loads((run_dir / MARKER).read_text())
+    assert marker["format"] == "thousand-landmarks-run/1" and "checkpoints/" in marker["manifest"]
     assert f"submission: {run_dir / 'submission.csv'}" in proc.stdout
     assert "val_mse" in proc.stdout and "val_nme" in proc.stdout
 
 
-def test_executed_notebooks_hold_figures_and_the_injected_parameters(tiny_run):
-    nb = json.loads((tiny_run["run_dir"] / "notebooks" / "04_visualize.ipynb").read_text())
+def test_executed_notebooks_get_only_the_run_folder_injected(tiny_run):
+    nb = json.loads((tiny_run["run_dir"] / "notebooks" / "02_train.ipynb").read_text())
     tags = [c["metadata"].get("tags", []) for c in nb["cells"]]
-    assert any("injected-parameters" in t for t in tags)
     injected = "".join(nb["cells"][[i for i, t in enumerate(tags) if "injected-parameters" in t][0]]["source"])
-    assert "synthetic_points = 68" in injected and "pretrained = False" in injected
+    assert f'run_dir = "{tiny_run["run_dir"]}"' in injected and "retrain = False" in injected
+    assert "epochs" not in injected  # every other value comes from the run's params.yaml
+    nb = json.loads((tiny_run["run_dir"] / "notebooks" / "04_visualize.ipynb").read_text())
     pngs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 7
+    assert len(pngs) >= 8
 
 
 def test_params_yaml_holds_typed_overrides(tiny_run):
@@ -89,16 +102,24 @@ def test_params_yaml_holds_typed_overrides(tiny_run):
     assert info["data_fingerprint"] and info["packages"]["torch"]
 
 
-def test_history_metrics_and_predictions(tiny_run):
+def test_history_metrics_predictions_and_the_final_model(tiny_run):
+    from landmarks_lib import checkpoint
+
     run_dir = tiny_run["run_dir"]
     h = pd.read_csv(run_dir / "history.csv")
     assert {"epoch", "stage", "train_loss", "val_mse", "lr"} <= set(h.columns)
-    assert list(h["stage"]) == ["coarse", "train", "finetune"]
+    assert list(h["stage"]) == ["localizer", "train", "finetune"]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(m["val_mse"]) and math.isfinite(m["val_nme"]) and m["n_test"] == N_TEST
     assert np.load(run_dir / "test_predictions.npy").shape == (N_TEST, K, 2)
     assert np.load(run_dir / "val_predictions.npy").shape == (m["n_val"], K, 2)
-    assert (run_dir / "noise.csv").exists() and (run_dir / "checkpoints" / "finetune_best.pt").exists()
+    assert (run_dir / "noise.csv").exists()
+    ck = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ck == ["finetune_best.pt", "localizer_best.pt", "train_best.pt"]  # *_last.pt removed when finished
+    model = checkpoint.load_model(run_dir)
+    assert model["localizer"]["meta"]["crop_mode"] == "letterbox" and model["face"]["meta"]["num_points"] == K
+    assert model["inference"] == {"tta_flip": True, "refine_steps": 1, "tta_scales": "1.0"}
+    assert model["source"] in ("train", "finetune")
 
 
 def test_submission_is_valid(tiny_run):
@@ -123,34 +144,56 @@ def test_existing_run_folder_is_refused(tiny_run):
     assert (tiny_run["run_dir"] / "metrics.json").stat().st_mtime_ns == before
 
 
-def test_resume_skips_finished_notebooks(tiny_run):
-    proc, seconds = run_cli([*tiny_run["args"], "--resume"])
+def test_resume_with_the_runs_own_params_skips_finished_notebooks(tiny_run):
+    proc, seconds = run_cli(["--run-dir", str(tiny_run["run_dir"]), "--resume", "-p", "threads", "2"])
     assert proc.returncode == 0, _tail(proc)
-    assert proc.stdout.count("skipped (--resume)") == len(pipeline.NOTEBOOKS)
-    assert seconds < 60
+    assert proc.stdout.count("skipped (--resume)") == len(pipeline.NOTEBOOKS)  # a runtime value changes freely
     assert "submission:" in proc.stdout
 
 
-def test_resume_with_other_parameters_is_refused(tiny_run):
-    proc, _ = run_cli([*tiny_run["args"], "--resume", "-p", "epochs", "2"])
+def test_resume_with_other_training_parameters_is_refused_listing_them(tiny_run):
+    proc, _ = run_cli(["--run-dir", str(tiny_run["run_dir"]), "--resume", "-p", "epochs", "2"])
     assert proc.returncode == 2, _tail(proc)
-    assert "epochs" in proc.stderr and "--force" in proc.stderr
+    assert "epochs: 1 -> 2 (stages: train, finetune)" in proc.stderr and "--retrain" in proc.stderr
+    assert "--force" not in proc.stderr
+    assert yaml.safe_load((tiny_run["run_dir"] / "params.yaml").read_text())["epochs"] == 1
+
+
+def test_a_figures_change_reruns_only_the_figures_in_a_moved_folder(tiny_run):
+    moved = tiny_run["base"] / "moved"
+    shutil.copytree(tiny_run["run_dir"], moved, symlinks=True)
+    proc, _ = run_cli(["--run-dir", str(moved), "--resume", "-p", "num_figures", "2"])
+    assert proc.returncode == 0, _tail(proc)
+    assert proc.stdout.count("skipped (--resume)") == 3 and "04_visualize: running" in proc.stdout
+    assert _state(moved)["04_visualize"]["params"]["num_figures"] == 2
+    proc, _ = run_cli(["--run-dir", str(moved), "--resume", "-p", "refine_steps", "0", "-p", "num_figures", "2"])
+    assert proc.returncode == 0, _tail(proc)
+    assert "02_train: finished earlier" in proc.stdout and "03_finetune: running" in proc.stdout
+
+
+def test_retrain_keeps_the_localizer_and_retrains_what_reads_epochs(tiny_run):
+    run = tiny_run["base"] / "retrain"
+    shutil.copytree(tiny_run["run_dir"], run, symlinks=True)
+    loc = (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns
+    proc, _ = run_cli(["--run-dir", str(run), "--resume", "--retrain", "-p", "epochs", "2"])
+    assert proc.returncode == 0, _tail(proc)
+    h = pd.read_csv(run / "history.csv")
+    assert list(h["stage"]) == ["localizer", "train", "train", "finetune"]
+    assert (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns == loc
+    assert _state(run)["03_finetune"]["params"]["epochs"] == 2
 
 
 def test_failing_cell_stops_with_its_notebook_and_cell(tiny_run):
-    run_dir = tiny_run["base"] / "failing"
-    args = ["--run-dir", str(run_dir), "-p", "cache_dir", str(tiny_run["base"] / "cache"), *TINY,
-            "-p", "backbone", "not_a_model", "--notebooks", "02"]
+    run_dir = tiny_run["base"] / "failing"  # the figures notebook alone, before anything was predicted
+    args = ["--run-dir", str(run_dir), "-p", "cache_dir", str(tiny_run["base"] / "cache"), *TINY, "--notebooks", "04"]
     proc, _ = run_cli(args)
     assert proc.returncode == 1, _tail(proc)
-    assert "notebook 02_train failed in cell" in proc.stderr
-    assert "not_a_model" in proc.stderr
-    nb = json.loads((run_dir / "notebooks" / "02_train.ipynb").read_text())
+    assert "notebook 04_visualize failed in cell" in proc.stderr and "val_predictions.npy" in proc.stderr
+    nb = json.loads((run_dir / "notebooks" / "04_visualize.ipynb").read_text())
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"]
     assert len(errors) == 1
-    assert (run_dir / "reports" / "02_train.html").exists()
-    state = json.loads((run_dir / pipeline.STATE_FILE).read_text())
-    assert state["finished"] == {}
+    assert (run_dir / "reports" / "04_visualize.html").exists()
+    assert _state(run_dir) == {}
 
 
 # -------------------------------------------------------------------------------------------- runner pieces
@@ -163,88 +206,80 @@ def test_select_notebooks():
 
 
 def test_absolute_paths(tmp_path):
-    p = pipeline.absolute_paths({"data_dir": "", "run_dir": "runs/a", "cache_dir": None,
-                                 "ensemble_runs": "runs/b, /x/c"}, base=str(tmp_path))
-    assert p["data_dir"] == "" and p["cache_dir"] is None
+    p = lp.absolute_paths({"data_dir": "", "run_dir": "runs/a", "cache_dir": "", "ensemble_runs": "runs/b, /x/c"},
+                          base=str(tmp_path))
+    assert p["data_dir"] == "" and p["cache_dir"] == ""
     assert p["run_dir"] == str(tmp_path / "runs" / "a")
     assert p["ensemble_runs"] == f"{tmp_path / 'runs' / 'b'},/x/c"
 
 
-def test_prepare_run_dir_rules(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = tmp_path / "run"
-    params = {"run_dir": str(run), "epochs": 1}
-    assert pipeline.prepare_run_dir(params) == {"params": params, "finished": {}}  # new folder
-    (run / "keep.txt").write_text("x")
-    with pytest.raises(pipeline.PipelineError, match="not empty"):
-        pipeline.prepare_run_dir(params)
-    with pytest.raises(pipeline.PipelineError, match="not a run folder"):
-        pipeline.prepare_run_dir(params, force=True)  # no params.yaml: not ours to delete
-    assert (run / "keep.txt").exists()
-    pipeline.write_state(str(run), {"params": params, "finished": {"01_eda": {}}})
-    assert pipeline.prepare_run_dir(params, resume=True)["finished"] == {"01_eda": {}}
-    with pytest.raises(pipeline.PipelineError, match="epochs: 1 -> 2"):
-        pipeline.prepare_run_dir({**params, "epochs": 2}, resume=True)
-    pipeline.prepare_run_dir(params, force=True)
-    assert os.listdir(run) == []
-    with pytest.raises(pipeline.PipelineError):
-        pipeline.prepare_run_dir(params, resume=True, force=True)
+def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):
+    run = RunFolder(tmp_path / "r").create("test")
+    p = lp.resolve(run_dir=run.path)
+    assert pipeline.plan(run, p) == (0, [])  # nothing ran yet
+    for nb in pipeline.NOTEBOOKS:
+        run.record_notebook(nb, p)
+    assert pipeline.plan(run, p) == (4, [])
+    assert pipeline.plan(run, dict(p, device="cpu", threads=2, run_dir="/elsewhere")) == (4, [])
+    assert pipeline.plan(run, dict(p, num_figures=3)) == (3, [])
+    assert pipeline.plan(run, dict(p, tta_flip=False)) == (2, [])
+    assert pipeline.plan(run, dict(p, localizer_epochs=2)) == (1, ["localizer_epochs: 16 -> 2 (stages: localizer)"])
+    assert pipeline.plan(run, dict(p, seed=1))[1] == ["seed: 0 -> 1 (stages: localizer, train, finetune)"]
 
 
-def test_resume_without_state_compares_with_params_yaml(tmp_path, monkeypatch):
-    """A folder written by ``landmarks_lib.train`` or by the notebooks has ``params.yaml`` but no
-    ``pipeline_state.json``: ``--resume`` compares the parameters the models depend on with that file, each folder
-    counting as the folder it names however spelled."""
-    from landmarks_lib import train
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data2").mkdir()
-    run = tmp_path / "runs" / "x"
-    run.mkdir(parents=True)
-    # as `python -m landmarks_lib.train --data-dir data --run-dir runs/x -p epochs 3` writes it (relative folders)
-    args = train.build_parser().parse_args(["--data-dir", "data", "--run-dir", "runs/x", "-p", "epochs", "3"])
-    lp.dump(train.resolve_params(args), run / "params.yaml")
-    same = pipeline.resolve_params(None, [("epochs", "3")], "data", "runs/x")
-    assert same["data_dir"] == str(tmp_path / "data")  # absolute here, relative in the file
-    assert pipeline.prepare_run_dir(same, resume=True)["finished"] == {}
-    pipeline.prepare_run_dir({**same, "device": "cpu", "num_workers": 0, "max_test_images": 2}, resume=True)
-    with pytest.raises(pipeline.PipelineError, match=r"params\.yaml .*no pipeline_state\.json.*epochs: 3 -> 50"):
-        pipeline.prepare_run_dir({**same, "epochs": 50}, resume=True)
-    with pytest.raises(pipeline.PipelineError, match=rf"data_dir: '{tmp_path / 'data'}' -> '{tmp_path / 'data2'}'"):
-        pipeline.prepare_run_dir(pipeline.resolve_params(None, [("epochs", "3")], "data2", "runs/x"), resume=True)
-    assert not (run / pipeline.STATE_FILE).exists()
-
-    # a notebook opened in Jupyter (working directory notebooks/) with the defaults: run_dir "runs/default" and the
-    # synthetic data it resolved into runs/default/data, both relative to notebooks/
-    nb_run = tmp_path / "notebooks" / "runs" / "default"
-    nb_run.mkdir(parents=True)
-    lp.dump(lp.resolve(None, None, run_dir="runs/default", data_dir="runs/default/data"), nb_run / "params.yaml")
-    p = pipeline.resolve_params(None, (), None, str(nb_run))  # from tmp_path: data_dir stays empty
-    assert p["data_dir"] == ""
-    pipeline.prepare_run_dir(p, resume=True)
-    with pytest.raises(pipeline.PipelineError, match="seed: 0 -> 1"):
-        pipeline.prepare_run_dir({**p, "seed": 1}, resume=True)
-
-    bare = tmp_path / "bare"  # neither file: nothing to compare with
-    (bare / "checkpoints").mkdir(parents=True)
-    pipeline.prepare_run_dir(pipeline.resolve_params(None, (), None, str(bare)), resume=True)
+def test_force_only_on_marked_folders_and_only_the_manifest(tmp_path, capsys):
+    other = tmp_path / "dvc-project"
+    (other / "src").mkdir(parents=True)
+    (other / "params.yaml").write_text("epochs: 1\n")
+    for force in (True, False):
+        with pytest.raises(pipeline.PipelineError, match="not a run folder"):
+            pipeline.prepare_run(lp.resolve(run_dir=other, use_run_params=False), force=force)
+    assert (other / "src").exists() and (other / "params.yaml").exists()
+    run = RunFolder(tmp_path / "run").create("test")
+    for name in ("metrics.json", "notes.txt"):
+        (tmp_path / "run" / name).write_text("x")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "mydata").mkdir()
+    pipeline.prepare_run(lp.resolve(run_dir=run.path), force=True, log=print)
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(run.path)) == [".lock", MARKER, "mydata", "notes.txt"]
+    assert "removed" in out and "kept" in out and "notes.txt" in out
 
 
-def test_force_never_deletes_a_folder_holding_the_working_directory(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text("epochs: 1\n")
-    (tmp_path / "sub").mkdir()
-    monkeypatch.chdir(tmp_path / "sub")
-    with pytest.raises(pipeline.PipelineError, match="refusing"):
-        pipeline.clear_run_dir(str(tmp_path))
-    assert (tmp_path / "params.yaml").exists()
+def test_a_second_runner_is_refused_with_the_first_ones_pid(tmp_path):
+    a = RunFolder(tmp_path / "r").create("test").lock("first")
+    with pytest.raises(RunFolderError, match=f"pid {os.getpid()} first"):
+        RunFolder(tmp_path / "r").lock("second")
+    a.unlock()
+    RunFolder(tmp_path / "r").lock("second").unlock()
+
+
+def test_lock_removes_stale_temporary_files(tmp_path):
+    run = RunFolder(tmp_path / "r").create("test")
+    os.makedirs(run.file("checkpoints"))
+    stale = os.path.join(run.file("checkpoints"), ".train_last.pt.abc123.tmp")
+    open(stale, "w").close()
+    run.lock()
+    assert not os.path.exists(stale)
+    run.unlock()
+
+
+def test_an_out_of_sync_notebook_pair_is_refused(tmp_path, monkeypatch):
+    for ext in (".py", ".ipynb"):
+        shutil.copy(os.path.join(pipeline.NOTEBOOK_DIR, "04_visualize" + ext), tmp_path)
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", str(tmp_path))
+    pipeline.check_pair("04_visualize")
+    with open(tmp_path / "04_visualize.py", "a") as f:
+        f.write("\n# %%\nprint('edited')\n")
+    with pytest.raises(pipeline.PipelineError, match="make sync-notebooks"):
+        pipeline.check_pair("04_visualize")
 
 
 # ------------------------------------------------------------------------------------------ notebook helpers
 def test_crop_coverage_counts_points_outside_image_and_crop():
     # image 200 x 100; a face in the middle (x 80..120, y 30..70) and one point at x = 10 (outside the centre crop)
     pts = np.array([[[80, 30], [120, 30], [80, 70], [120, 70], [10, 50]]], np.float64)
-    cov = workflow.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25).set_index("crop_mode")
+    cov = pd.DataFrame(geometry.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25)).set_index("crop_mode")
     assert list(cov.index) == ["centre", "letterbox", "face"]
     assert cov.loc["centre", "points_outside_crop_pct"] == pytest.approx(20.0)
     assert cov.loc["centre", "images_cut_pct"] == pytest.approx(100.0)
@@ -257,9 +292,9 @@ def test_crop_coverage_counts_points_outside_image_and_crop():
     assert cov.loc["face", "face_share_median"] == pytest.approx(1 / 1.25)
     out = pts.copy()
     out[0, 4] = [-5, 50]
-    assert workflow.crop_coverage(out, [200], [100], 64)["points_outside_image_pct"].iloc[0] == pytest.approx(20.0)
+    assert geometry.crop_coverage(out, [200], [100], 64)[0]["points_outside_image_pct"] == pytest.approx(20.0)
     with pytest.raises(ValueError):
-        workflow.crop_coverage(pts, [200], [100], 64, modes=["zoom"])
+        geometry.crop_coverage(pts, [200], [100], 64, modes=["zoom"])
 
 
 def test_shape_residuals_ignore_pose_and_find_a_broken_shape():
@@ -272,10 +307,10 @@ def test_shape_residuals_ignore_pose_and_find_a_broken_shape():
         r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         shapes.append(base @ r.T * rng.uniform(0.5, 2) + rng.uniform(0, 200, 2))
     shapes = np.array(shapes)
-    assert workflow.shape_residuals(shapes).max() < 1e-6
+    assert geometry.shape_residuals(shapes).max() < 1e-6
     broken = shapes.copy()
     broken[7] = broken[7][rng.permutation(20)]
-    res, per_point = workflow.shape_residuals(broken, per_point=True)
+    res, per_point = geometry.shape_residuals(broken, per_point=True)
     assert int(np.argmax(res)) == 7 and res[7] > 0.3
     assert per_point.shape == (30, 20)
     from landmarks_lib import noise
@@ -310,7 +345,7 @@ def test_mirror_check_and_face_placement_plots(tiny_dataset, tmp_path):
 def test_mean_shape_baseline(tiny_dataset, cache_dir):
     from landmarks_lib import engine
 
-    p = lp.resolve(None, None, data_dir=tiny_dataset["out_dir"], val_fraction=0.25, cache_dir=cache_dir)
+    p = lp.resolve(data_dir=tiny_dataset["out_dir"], overrides={"val_fraction": 0.25, "cache_dir": cache_dir})
     data = engine.load_train_data(p, progress=False)
     pred, m = workflow.mean_shape_baseline(data)
     assert pred.shape == (len(data.val_idx), K, 2)
@@ -319,17 +354,7 @@ def test_mean_shape_baseline(tiny_dataset, cache_dir):
     assert np.isfinite(pred).all()
 
 
-def test_force_never_deletes_the_data_or_cache_folder(tmp_path):
-    run = tmp_path / "run"
-    (run / "mydata" / "train").mkdir(parents=True)
-    (run / "params.yaml").write_text("epochs: 1\n")
-    params = {"run_dir": str(run), "data_dir": str(run / "mydata"), "cache_dir": ""}
-    with pytest.raises(pipeline.PipelineError, match="mydata"):
-        pipeline.prepare_run_dir(params, force=True)
-    assert (run / "mydata" / "train").exists()
-
-
-@pytest.mark.slow
+@pytest.mark.standin
 def test_eda_notebook_on_the_standin(standin_dir, tmp_path):
     """01_eda on the real stand-in (4,659 photos, 971 points): validation passes, the mirror permutation is an
     involution, every figure is written (reads the data in place; nothing is copied)."""

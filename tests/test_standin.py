@@ -1,4 +1,4 @@
-"""Slow checks on the real stand-in dataset (``make test-slow``; skipped when ../shared is absent)."""
+"""Checks on the real stand-in dataset (``make test-standin``; skipped when ../shared is absent)."""
 
 import os
 
@@ -8,7 +8,7 @@ import pytest
 from landmarks_lib import engine, geometry, io, validate
 
 STANDIN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "thousand-standin")
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.standin,
               pytest.mark.skipif(not os.path.isdir(STANDIN), reason="../shared/datasets/thousand-standin absent")]
 
 
