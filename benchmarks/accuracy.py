@@ -35,73 +35,67 @@ COURSE_BASELINE = dict(
 )
 
 
+EPOCH_KEYS = {"localizer": "localizer_epochs", "train": "epochs", "finetune": "finetune_epochs"}
+
+
 def measure_rate(p, data, stage, steps=3) -> float:
     """Training images per second of a stage's model (``engine.train_step`` on random inputs, a few steps after one
     warm-up)."""
     from landmarks_lib import engine, models
 
-    st = engine.stage_settings(p, stage)
-    size = st["crop_size"]
-    m = models.build_model(p["backbone"], data.table.num_points, False, head=p["head"], crop_size=size)
-    x = torch.randn(p["batch_size"], 3, size, size)
+    r = engine.stage_recipe(p, stage)
+    size, batch = r["crop_size"], r["batch_size"]
+    m = models.build_model(r["backbone"], data.table.num_points, False, head=r["head"], crop_size=size)
+    x = torch.randn(batch, 3, size, size)
     if p["channels_last"]:  # as engine.fit trains
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = engine.make_optimizer(p, m, st["lr"])
-    target = torch.rand(p["batch_size"], data.table.num_points, 2) * size
-    w = torch.ones(p["batch_size"])
+    opt = engine.make_optimizer(r, m, r["lr"])
+    target = torch.rand(batch, data.table.num_points, 2) * size
+    w = torch.ones(batch)
     t = None
     for i in range(steps + 1):
         if i == 1:
             t = time.time()
-        engine.train_step(m, opt, None, x, target, w, p, size)
-    return p["batch_size"] * steps / (time.time() - t)
+        engine.train_step(m, opt, None, x, target, w, r, size)
+    return batch * steps / (time.time() - t)
 
 
-def plan(p, data, budget_min: float) -> dict:
-    """Epochs per stage so that the stages together take about ``budget_min`` minutes; each stage also gets its
-    share as ``time_budget_min`` so it stops on time. Shares follow the recipe's own epoch counts."""
-    from landmarks_lib import engine
-
-    stages = ["coarse"] if p["crop_mode"] == "face" else []
+def plan(p, data, budget_min: float) -> tuple[dict, dict]:
+    """Epochs per stage so that the stages together take about ``budget_min`` minutes, and each stage's share in
+    minutes (its ``time_budget_min``, so it stops on time). Shares follow the recipe's own epoch counts."""
+    stages = ["localizer"] if p["crop_mode"] == "face" else []
     stages += ["train"] + (["finetune"] if p["finetune_epochs"] else [])
     n = len(data.train_idx)
-    cost = {}
-    for s in stages:
-        st = engine.stage_settings(p, s)
-        cost[s] = st["epochs"] * n / measure_rate(p, data, s if s != "finetune" else "train")
+    cost = {s: p[EPOCH_KEYS[s]] * n / measure_rate(p, data, s if s != "finetune" else "train") for s in stages}
     total = sum(cost.values())
     scale = budget_min * 60 * 0.92 / total  # leave room for validation passes
-    out = dict(p)
-    key = {"coarse": "coarse_epochs", "train": "epochs", "finetune": "finetune_epochs"}
-    for s in stages:
-        out[key[s]] = max(1, int(round(p[key[s]] * scale)))
-    out["time_budget_min"] = 0.0
-    out["_stage_budget_min"] = {s: budget_min * cost[s] / total for s in stages}
-    return out
+    out = dict(p, time_budget_min=0.0, **{EPOCH_KEYS[s]: max(1, int(round(p[EPOCH_KEYS[s]] * scale)))
+                                          for s in stages})
+    return out, {s: budget_min * cost[s] / total for s in stages}
 
 
 def run_recipe(name, p, data, work_dir, budget_min) -> dict:
     from landmarks_lib import engine, workflow
+    from landmarks_lib.run import RunFolder
 
-    run_dir = os.path.join(work_dir, name)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a measurement, not a resume: start from scratch every time
-    p = dict(p, run_dir=run_dir)
-    q = plan(p, data, budget_min)
-    budgets = q.pop("_stage_budget_min")
+    run = RunFolder(os.path.join(work_dir, name))
+    if run.is_run():  # a measurement, not a resume: start from scratch every time
+        shutil.rmtree(run.path)
+    run.create("benchmarks/accuracy.py")
+    q, budgets = plan(dict(p, run_dir=run.path), data, budget_min)
     t0 = time.time()
-    coarse = None
     if q["crop_mode"] == "face":
-        coarse = engine.fit(dict(q, time_budget_min=budgets["coarse"]), data, run_dir, "coarse", progress=False)
-    engine.fit(dict(q, time_budget_min=budgets["train"]), data, run_dir, "train",
-               coarse_checkpoint=coarse["best"] if coarse else None, progress=False)
+        engine.fit(dict(q, time_budget_min=budgets["localizer"]), data, run, "localizer", progress=False)
+    engine.fit(dict(q, time_budget_min=budgets["train"]), data, run, "train", progress=False)
     if q["finetune_epochs"]:
-        workflow.run_finetune(dict(q, time_budget_min=budgets["finetune"]), data, progress=False)
+        workflow.run_finetune(dict(q, time_budget_min=budgets["finetune"]), data, run, progress=False)
+    else:
+        workflow.write_model(q, run)
     train_s = time.time() - t0
-    _, m = workflow.evaluate_validation(q, data, workflow.final_checkpoint(run_dir), exclude_flagged=True,
-                                        progress=False)
+    _, m = workflow.evaluate_validation(q, data, workflow.ensemble_models(q), exclude_flagged=True, progress=False)
     return {"recipe": name, "train_min": round(train_s / 60, 2), "total_min": round((time.time() - t0) / 60, 2),
-            "epochs": {k: q[k] for k in ("coarse_epochs", "epochs", "finetune_epochs")},
+            "epochs": {k: q[k] for k in EPOCH_KEYS.values()},
             **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()}}
 
 
@@ -117,11 +111,10 @@ def main(argv=None) -> int:
     sys.path.insert(0, REPO)
     from landmarks_lib import engine, params as P
 
-    ours = P.resolve(a.params, None, data_dir=a.data_dir)
-    base = P.resolve(None, None, **{**COURSE_BASELINE, "data_dir": a.data_dir, "seed": ours["seed"],
-                                    "val_fraction": ours["val_fraction"], "val_split": "groups",
-                                    "cache_dir": ours["cache_dir"], "noise_threshold": ours["noise_threshold"]})
-    ours["val_split"] = "groups"
+    ours = P.resolve(profile=a.params, data_dir=a.data_dir, overrides={"val_split": "groups"})
+    base = P.resolve(data_dir=a.data_dir, overrides={
+        **COURSE_BASELINE, "seed": ours["seed"], "val_fraction": ours["val_fraction"], "val_split": "groups",
+        "cache_dir": ours["cache_dir"], "noise_threshold": ours["noise_threshold"], "threads": ours["threads"]})
     data = engine.load_train_data(ours, progress=False)
     results = []
     for name in a.recipes.split(","):

@@ -33,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from landmarks_lib.run import RunFolder  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
 from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
@@ -47,9 +48,9 @@ def load_params(data_dir: str, bench_dir: str) -> tuple[dict, str]:
     ``pretrained=false`` (weights do not change speed)."""
     profile = REPO / "params" / "cpu.yaml"
     used = str(profile.relative_to(REPO)) if profile.exists() else "defaults (params/cpu.yaml not found)"
-    p = P.resolve(str(profile) if profile.exists() else None)
-    p.update(data_dir=str(data_dir), cache_dir=bench_dir, pretrained=False, val_fraction=0.0,
-             max_train_images=0, time_budget_min=0.0)
+    p = P.resolve(profile=str(profile) if profile.exists() else None, data_dir=str(data_dir),
+                  overrides=dict(cache_dir=bench_dir, pretrained=False, val_fraction=0.0, max_train_images=0,
+                                 time_budget_min=0.0))
     return p, used
 
 
@@ -59,7 +60,7 @@ def build_cache(params: dict, data, bench_dir: str):
     record = os.path.join(bench_dir, "cache_build.json")
     before = set(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else set()
     t = time.perf_counter()
-    c = engine.stage_cache(params, data, "train", progress=False)
+    c = engine.stage_cache(engine.stage_recipe(params, "train"), data, params, progress=False)
     dt = time.perf_counter() - t
     times = {}
     if os.path.exists(record):
@@ -199,7 +200,7 @@ def run_train(ctx, n_batches: int, round_: int = 0) -> float:
     p = {**ctx["params"], "epochs": 1, "seed": round_}
     run_dir = tempfile.mkdtemp(prefix="throughput-run-", dir=ctx["bench_dir"])
     try:
-        res = engine.fit(p, part, run_dir, "train", progress=False)
+        res = engine.fit(p, part, RunFolder(run_dir).create("benchmarks/throughput.py"), "train", progress=False)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return n_batches * b / max(res["history"][-1]["time_s"], 1e-9)
@@ -318,9 +319,9 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     cache, build_s = build_cache(params, data, bench_dir)
     log(f"crop cache {cache.path}: {cache.images.shape}, build {build_s} s (open {time.perf_counter() - t:.1f} s)")
-    perm = data.flip_perm() if (params["flip"] or params["tta_flip"]) else None
+    perm = data.flip_perm()
     mean, std = models.input_normalization(params["backbone"], params["input_norm"])
-    meta = engine.model_meta(params, "train", data.table.num_points, None)
+    meta = engine.model_meta(engine.stage_recipe(params, "train"), data.table.num_points, None)
     infer_model = models.build_model(params["backbone"], data.table.num_points, pretrained=False,
                                      head=params["head"], crop_size=int(params["crop_size"])).to(device).eval()
     ctx = dict(params=params, data=data, cache=cache, device=device, size=int(params["crop_size"]),

@@ -153,29 +153,32 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
         "file_name\tpoint_index_list\n" + "".join(f"img{i}.jpg\t[0, 2]\n" for i in range(5)))
     full = read_test_points(data / "test" / "test_points.csv", num_points=3)
     pred = np.arange(5 * 3 * 2, dtype=float).reshape(5, 3, 2)
-    p = lp.resolve(None, None, data_dir=str(data), run_dir=str(run), max_test_images=2)
+    from landmarks_lib.run import RunFolder
 
-    workflow.write_results(p, full, pred, {"val_mse": 1.0})
-    assert len(workflow.check_submission(p, data)) == 5
-    assert workflow.submission_file(run) == str(run / "submission.csv")
+    p = lp.resolve(data_dir=str(data), run_dir=str(run), overrides={"max_test_images": 2})
+    folder = RunFolder(run).create("test")
+
+    workflow.write_results(p, folder, full, pred, {"val_mse": 1.0})
+    assert len(workflow.check_submission(p, folder)) == 5
+    assert folder.submission() == str(run / "submission.csv")
 
     cut = TestPoints(full.names[:2], full.indices[:2])  # what predict_test returns with max_test_images = 2
-    m = workflow.write_results(p, cut, pred[:2], {"val_mse": 1.0})
+    m = workflow.write_results(p, folder, cut, pred[:2], {"val_mse": 1.0})
     assert m["n_test"] == 2
     assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission_partial.csv"]
-    assert workflow.submission_file(run) == str(run / "submission_partial.csv")
+    assert folder.submission() == str(run / "submission_partial.csv")
     # labels: the continuous predictions minus 0.5
     assert (run / "submission_partial.csv").read_text().splitlines()[1:] == ["img0.jpg,-0.5,0.5,3.5,4.5",
                                                                              "img1.jpg,5.5,6.5,9.5,10.5"]
     with pytest.raises(submission.SubmissionError, match="2 rows, test_points.csv has 5"):
         submission.validate_submission(run / "submission_partial.csv", full)
     with pytest.raises(FileNotFoundError):
-        workflow.check_submission(p, data)
+        workflow.check_submission(p, folder)
 
     shifted = TestPoints(full.names[1:3], full.indices[1:3])
     with pytest.raises(submission.SubmissionError, match="the 2 test images predicted are not its first 2 rows"):
-        workflow.write_results(p, shifted, pred[1:3], {})
+        workflow.write_results(p, folder, shifted, pred[1:3], {})
     assert (run / "submission_partial.csv").read_text().splitlines()[1] == "img0.jpg,-0.5,0.5,3.5,4.5"
 
-    workflow.write_results(p, full, pred, {})
+    workflow.write_results(p, folder, full, pred, {})
     assert sorted(f for f in os.listdir(run) if f.startswith("submission")) == ["submission.csv"]

@@ -8,21 +8,32 @@ import numpy as np
 import pytest
 import torch
 
-from landmarks_lib import engine, noise, params as P, predict, synthetic
+from landmarks_lib import checkpoint, engine, noise, params as P, predict, synthetic
 from landmarks_lib.io import labels_to_points, read_landmarks
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A letterbox model trained for one epoch; returns ``(params, data, model dict, run folder)``."""
+    from landmarks_lib import workflow
+    from landmarks_lib.run import RunFolder
+
     root = tmp_path_factory.mktemp("pred")
     data_dir = root / "data"
     synthetic.write_dataset(data_dir, n_train=24, n_test=5, num_points=20, seed=3, min_size=64, max_size=80)
-    p = P.resolve(None, None, data_dir=str(data_dir), run_dir=str(root / "run"), cache_dir=str(root / "cache"),
-                  backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, epochs=1,
-                  batch_size=8, threads=1, val_fraction=0.25)
+    p = P.resolve(run_dir=str(root / "run"), data_dir=str(data_dir), overrides=dict(
+        cache_dir=str(root / "cache"), backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32,
+        epochs=1, batch_size=8, threads=1, val_fraction=0.25))
+    run = RunFolder(p["run_dir"]).create("test")
     data = engine.load_train_data(p, progress=False)
-    res = engine.fit(p, data, p["run_dir"], "train", progress=False)
-    return p, data, res["best"]
+    engine.fit(p, data, run, "train", progress=False)
+    workflow.write_model(p, run)
+    return p, data, checkpoint.load_model(run.path), run
+
+
+def _images(p, data, names=None):
+    names = tuple(names if names is not None else (data.names[i] for i in data.val_idx))
+    return predict.ImageSet(data.image_dir, names, p["cache_dir"], progress=False)
 
 
 class _Const(torch.nn.Module):
@@ -59,30 +70,33 @@ def test_flip_tta_unflips_and_reindexes():
 
 
 def test_ensemble_averages_in_original_pixels(trained):
-    p, data, best = trained
-    names = [data.names[i] for i in data.val_idx]
-    a = predict.predict_images(best, data.image_dir, names, p["cache_dir"], progress=False)
-    ck = predict.load_checkpoint(best)
-    shifted = dict(ck, state_dict={k: v.clone() for k, v in ck["state_dict"].items()})
-    shifted["state_dict"]["head.bias"] += 0.1  # 0.1 of the crop to the right and down
-    b = predict.predict_images(shifted, data.image_dir, names, p["cache_dir"], progress=False)
-    both = predict.predict_images([best, shifted], data.image_dir, names, p["cache_dir"], progress=False)
+    p, data, model, _ = trained
+    a = predict.predict_images(model, _images(p, data))
+    shifted = dict(model, face=dict(model["face"], state_dict={k: v.clone()
+                                                               for k, v in model["face"]["state_dict"].items()}))
+    shifted["face"]["state_dict"]["head.bias"] += 0.1  # 0.1 of the crop to the right and down
+    b = predict.predict_images(shifted, _images(p, data))
+    both = predict.predict_images([model, shifted], _images(p, data))
     np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
     assert np.abs(b - a).mean() > 1.0
 
 
 def test_predict_cli_writes_all_points_in_original_pixels(trained, tmp_path):
-    p, data, best = trained
+    p, data, model, run = trained
     img_dir = os.path.join(p["data_dir"], "test", "images")
     out = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", best, "--images", img_dir,
+    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run.path, "--images", img_dir,
                         "--out", str(out), "--device", "cpu", "--cache-dir", p["cache_dir"]],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = read_landmarks(out)
     assert table.names == sorted(os.listdir(img_dir)) and table.points.shape == (5, 20, 2)
-    direct = predict.predict_images(best, img_dir, table.names, p["cache_dir"], progress=False)
+    direct = predict.predict_images(model, predict.ImageSet(img_dir, tuple(table.names), p["cache_dir"],
+                                                            progress=False))
     np.testing.assert_allclose(labels_to_points(table.points), direct, atol=0.006)  # the file holds labels
+    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run.checkpoint("train"),
+                        "--images", img_dir, "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "model.pt" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_noise_flags_and_weights():
@@ -98,8 +112,9 @@ def test_noise_flags_and_weights():
 
 
 def test_training_errors_find_a_corrupted_label(trained):
-    p, data, best = trained
-    c = engine.stage_cache(p, data, "train", progress=False)
+    p, data, _, run = trained
+    best = run.checkpoint("train")
+    c = engine.stage_cache(engine.stage_recipe(p, "train"), data, p, progress=False)
     err = noise.training_errors(best, data, c)
     assert err.shape == (len(data.names),) and np.isfinite(err).all()
     # a label moved far off the face gets a much larger error; the others are unchanged
@@ -113,19 +128,24 @@ def test_training_errors_find_a_corrupted_label(trained):
 
 
 def test_scale_tta_averages_single_scale_passes(trained):
-    p, data, best = trained
-    names = [data.names[i] for i in data.val_idx]
-    ck = predict.load_checkpoint(best)
-    # a face checkpoint built from the letterbox model (it places its own crops; accuracy is not the point here)
-    face = dict(ck, meta=dict(ck["meta"], crop_mode="face", face_scale=1.25), coarse=ck)
-    run = lambda s: predict.predict_images(face, data.image_dir, names, p["cache_dir"], progress=False,  # noqa: E731
-                                           refine_steps=1, tta_scales=s)
+    p, data, model, _ = trained
+    # a face model whose localizer is the letterbox model (it places its own crops; accuracy is not the point)
+    face = dict(model, face=dict(model["face"], meta=dict(model["face"]["meta"], crop_mode="face", face_scale=1.25)),
+                localizer=model["face"])
+
+    def run(scales, refine=1):
+        return predict.predict_images(face, _images(p, data), "cpu",
+                                      predict.Inference(refine_steps=refine, tta_scales=P.parse_scales(scales)))
+
     one, small, large = run("1.0"), run((0.8,)), run([1.2])
     np.testing.assert_allclose(run("0.8, 1.2"), (small + large) / 2, atol=1e-5)
-    np.testing.assert_allclose(predict.predict_images(face, data.image_dir, names, p["cache_dir"], progress=False,
-                                                      refine_steps=1), one, atol=1e-6)
+    np.testing.assert_allclose(predict.predict_images(face, _images(p, data), "cpu", predict.Inference()), one,
+                               atol=1e-6)
     assert np.abs(small - large).mean() > 0.1  # the scales really place other crops
+    assert np.abs(run("1.0", refine=0) - one).mean() > 0.01  # and refinement re-places them
     assert predict.parse_scales("0.92;1") == (0.92, 1.0) and predict.parse_scales(1.1) == (1.1,)
     for bad in ("", "0", "-1", "a", "1,nan"):
         with pytest.raises(ValueError, match="scale"):
             predict.parse_scales(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="localizer"):
+        predict.predict_images(dict(face, localizer=None), _images(p, data))
