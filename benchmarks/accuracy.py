@@ -28,7 +28,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COURSE_BASELINE = dict(
-    backbone="mobilenet_v2", pretrained=True, crop_mode="centre", crop_size=128, input_norm="half",
+    backbone="mobilenet_v2", pretrained=True, crop_mode="center", crop_size=128, input_norm="half",
     normalize_targets=False, optimizer="adam", amsgrad=True, lr=1e-3, weight_decay=0.0, batch_size=64,
     scheduler="none", loss="mse", augment=False, flip=False, tta_flip=False, photometric=0.0, grad_clip=0.0,
     finetune_epochs=0, dropout=0.0,

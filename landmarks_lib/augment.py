@@ -55,14 +55,6 @@ def random_matrices(n: int, size: int, pad: int, generator: torch.Generator, rot
     return torch.from_numpy(m), torch.from_numpy(flipped)
 
 
-def identity_matrices(n: int, pad: int) -> torch.Tensor:
-    """``float64 [n, 3, 3]``: the exact shift from output crop pixels to cache pixels."""
-    m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
-    m[:, 0, 2] = pad
-    m[:, 1, 2] = pad
-    return m
-
-
 def warp_images(images: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tensor:
     """Resample cache images by output->cache maps.
 
@@ -143,11 +135,14 @@ def color_normalize(images: torch.Tensor, mean, std, strength: float = 0.0, gene
                     value_scale: float = 1.0) -> torch.Tensor:
     """Photometric jitter and input normalisation of ``[B, 3, H, W]`` images in one pass.
 
-    Computes ``normalize(photometric(images * value_scale, strength), mean, std)``: with ``value_scale=1/255`` the
-    input may be raw ``0..255`` values (a float view of the uint8 cache), so the conversion to ``[0, 1]``, the jitter,
-    its clamp to ``[0, 1]`` and the ``(x - mean) / std`` of ``data.normalize`` become one batched matmul and one
-    clamp instead of five full-size passes. Jitter as ``photometric``; ``strength=0`` (or no ``generator``) only
-    scales and normalises (no clamp, as ``data.normalize``).
+    Computes ``normalize(jitter(images * value_scale, strength), mean, std)``, where the jitter draws per sample a
+    brightness, contrast and saturation factor uniform in ``[1 - strength, 1 + strength]`` (definitions as
+    torchvision's ``adjust_brightness`` (scale), ``adjust_contrast`` (blend with the mean grey level) and
+    ``adjust_saturation`` (blend with greyscale)) and clamps to ``[0, 1]``. With ``value_scale=1/255`` the input may
+    be raw ``0..255`` values (a float view of the uint8 cache), so the conversion to ``[0, 1]``, the jitter, its
+    clamp and the ``(x - mean) / std`` of ``data.normalize`` become one batched matmul and one clamp instead of five
+    full-size passes. ``strength=0`` (or no ``generator``) only scales and normalises (no clamp, as
+    ``data.normalize``).
 
     Returns:
         ``float [B, 3, H, W]`` contiguous, normalised.
@@ -174,15 +169,3 @@ def color_normalize(images: torch.Tensor, mean, std, strength: float = 0.0, gene
     for c in range(3):  # scalar bounds per channel: several times faster than tensor bounds
         x[:, c].clamp_(lo[c], hi[c])
     return x
-
-
-def photometric(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample brightness, contrast and saturation jitter of ``[B, 3, H, W]`` images in ``[0, 1]``.
-
-    Each factor is uniform in ``[1 - strength, 1 + strength]``; definitions as torchvision's ``adjust_brightness``
-    (scale), ``adjust_contrast`` (blend with the mean grey level) and ``adjust_saturation`` (blend with greyscale).
-    Returns images clamped to ``[0, 1]`` (``color_normalize`` with mean 0 and std 1).
-    """
-    if strength <= 0:
-        return images
-    return color_normalize(images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), strength, generator)

@@ -106,7 +106,7 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     Args:
         image_dir: folder of the images.
         names: ``N`` file names in ``image_dir``.
-        crop_mode: ``centre``, ``letterbox`` or ``face`` (``geometry.make_frame``); ignored where ``frames`` is given.
+        crop_mode: ``center``, ``letterbox`` or ``face`` (``geometry.make_frame``); ignored where ``frames`` is given.
         size: crop side in pixels.
         cache_dir: parent folder of caches (created).
         margin: extra border kept around each crop, as a share of the crop.
@@ -129,7 +129,8 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     if os.path.exists(os.path.join(path, "meta.json")):
         return _open(path)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".crops-{key}.", dir=cache_dir)
+    remove_orphans(cache_dir)
+    tmp = tempfile.mkdtemp(prefix=f".crops-{key}.{os.getpid()}.", dir=cache_dir)
     try:
         n = len(names)
         sc = int(size) + 2 * int(round(margin * size))
@@ -177,6 +178,28 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _open(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_orphans(cache_dir) -> list:
+    """Remove the half-built cache folders (``.crops-<key>.<pid>.<random>``) whose building process is gone (a
+    killed build); folders of live processes, and anything else, are left alone. Returns the removed paths."""
+    out = []
+    for name in os.listdir(cache_dir) if os.path.isdir(cache_dir) else ():
+        parts = name.split(".")
+        if name.startswith(".crops-") and len(parts) >= 4 and parts[2].isdigit() and not _alive(int(parts[2])):
+            shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
+            out.append(os.path.join(cache_dir, name))
+    return out
 
 
 def _progress(total, desc, enabled):

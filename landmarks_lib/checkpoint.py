@@ -24,7 +24,7 @@ import os
 import torch
 
 from . import models
-from .files import atomic_open
+from .files import atomic_open, no_space
 
 FORMAT = "thousand-landmarks/2"
 OLD_FORMATS = ("thousand-landmarks/1",)
@@ -46,7 +46,7 @@ def save(path, obj: dict) -> None:
             torch.save(dict(obj, format=FORMAT), f)
     except RuntimeError as e:  # torch reports ENOSPC as "enforce fail at inline_container.cc"
         if "inline_container" in str(e) or "No space" in str(e):
-            raise OSError(28, f"no space left on {os.path.dirname(os.path.abspath(path))}") from None
+            raise no_space(os.path.dirname(os.path.abspath(path))) from None
         raise
 
 

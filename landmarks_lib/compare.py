@@ -10,22 +10,21 @@ With nbdime's git integration enabled (``make .venv`` runs ``nbdime config-git -
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pandas as pd
-import yaml
+
+from .params import load_profile
+from .run import RunFolder
 
 
-def _load(run_dir, name, loader):
-    p = os.path.join(run_dir, name)
-    if not os.path.exists(p):
-        return {}
-    with open(p) as f:
-        return loader(f) or {}
+def _params(run: RunFolder) -> dict:
+    """A run's ``params.yaml`` typed by the spec (empty when missing)."""
+    path = run.file("params.yaml")
+    return load_profile(path) if os.path.exists(path) else {}
 
 
 def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
@@ -42,12 +41,13 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
         if not os.path.isdir(r):
             raise FileNotFoundError(f"{r}: no such run folder")
     rows = []
-    pa, pb = _load(run_a, "params.yaml", yaml.safe_load), _load(run_b, "params.yaml", yaml.safe_load)
+    a, b = RunFolder(run_a), RunFolder(run_b)
+    pa, pb = _params(a), _params(b)
     for k in sorted(set(pa) | set(pb)):
         same = pa.get(k) == pb.get(k)
         if all_params or not same:
             rows.append(("param", k, pa.get(k), pb.get(k), same))
-    ma, mb = _load(run_a, "metrics.json", json.load), _load(run_b, "metrics.json", json.load)
+    ma, mb = a.read_metrics(), b.read_metrics()
     for k in sorted(set(ma) | set(mb)):
         rows.append(("metric", k, ma.get(k), mb.get(k), ma.get(k) == mb.get(k)))
     df = pd.DataFrame(rows, columns=["kind", "name", "a", "b", "same"])

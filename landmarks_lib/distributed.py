@@ -118,14 +118,6 @@ class Context:
         for b in module.buffers():
             tdist.broadcast(b.data, src=src)
 
-    def broadcast_object(self, obj, src: int = 0):
-        """``src``'s picklable ``obj`` on every rank."""
-        if not self.is_distributed:
-            return obj
-        box = [obj]
-        tdist.broadcast_object_list(box, src=src, device=self._comm_device())
-        return box[0]
-
     def gather_objects(self, obj) -> list:
         """Every rank's picklable ``obj``, in rank order, on every rank."""
         if not self.is_distributed:

@@ -39,7 +39,7 @@ from . import cache as cache_mod
 from .data import BatchSampler, make_loader
 from .distributed import Context
 from .files import atomic_open, fingerprint
-from .io import LandmarksTable, labels_to_points, read_landmarks
+from .io import DataFormatError, LandmarksTable, labels_to_points, read_landmarks
 from .params import default_cache_dir, names_in, scoped
 from .predict import predict_cache, select_device
 
@@ -171,6 +171,9 @@ def load_train_data(params: dict, progress: bool = True) -> TrainData:
                                                                            replace=False))
         table = LandmarksTable([table.names[i] for i in keep], np.asarray(table.points[keep]), table.skipped)
     tr, va, mode = split_indices(table.names, data_dir, params["val_fraction"], params["seed"], params["val_split"])
+    if not len(tr):
+        raise DataFormatError(f"{os.path.join(data_dir, 'train', 'landmarks.csv')}: {len(table)} usable row(s) leave "
+                              f"no image to train on after a validation split of {params['val_fraction']}")
     return TrainData(data_dir, os.path.join(data_dir, "train", "images"), table, tr, va, mode)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -47,10 +48,17 @@ def atomic_open(path, mode: str = "w", **kwargs):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise no_space(d) from e
         raise
+
+
+def no_space(path) -> OSError:
+    """The error for a full disk: ``OSError(ENOSPC, "no space left on <path>")``."""
+    return OSError(errno.ENOSPC, f"no space left on {path}")
 
 
 def atomic_save_npy(path, array) -> None:

@@ -10,7 +10,7 @@ The box may extend past the image (letterbox crops do); pixels outside the image
 
 Crop modes (parameter ``crop_mode``):
 
-- ``centre``: the course baseline: scale the shorter side to ``size`` and take the centre square.
+- ``center``: the course baseline: scale the shorter side to ``size`` and take the centre square.
 - ``letterbox``: scale the longer side to ``size`` and pad, so the whole image is kept.
 - ``face``: a square around the face, placed from landmarks: from the ground truth when training and from a coarse
   model's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-CROP_MODES = ("centre", "letterbox", "face")
+CROP_MODES = ("center", "letterbox", "face")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def frames_to_crop(points: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return (np.asarray(points, dtype=np.float64) - f[:, None, 0:2]) * scale
 
 
-def centre_frame(width: int, height: int, size: int) -> CropFrame:
+def center_frame(width: int, height: int, size: int) -> CropFrame:
     """Course-baseline crop: the centre square of side ``min(width, height)`` scaled to ``size``."""
     side = float(min(width, height))
     return CropFrame((width - side) / 2.0, (height - side) / 2.0, side, int(size))
@@ -131,13 +131,13 @@ def face_frame(points: np.ndarray, size: int, face_scale: float = 1.25) -> CropF
 
 
 def make_frame(mode: str, width: int, height: int, size: int, points=None, face_scale: float = 1.25) -> CropFrame:
-    """Dispatch on ``crop_mode`` (``centre``, ``letterbox``, ``face``); ``face`` needs ``points [K, 2]``.
+    """Dispatch on ``crop_mode`` (``center``, ``letterbox``, ``face``); ``face`` needs ``points [K, 2]``.
 
     Raises:
         ValueError: unknown mode, or ``face`` without points.
     """
-    if mode == "centre":
-        return centre_frame(width, height, size)
+    if mode == "center":
+        return center_frame(width, height, size)
     if mode == "letterbox":
         return letterbox_frame(width, height, size)
     if mode == "face":
@@ -177,26 +177,6 @@ def crop_image(image: np.ndarray, frame: CropFrame) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- affine matrices
-def affine_matrix(angle_deg: float = 0.0, scale: float = 1.0, tx: float = 0.0, ty: float = 0.0,
-                  centre=(0.0, 0.0), flip_width: float | None = None) -> np.ndarray:
-    """A ``float64 [3, 3]`` homogeneous map of points in pixels: optional flip, then rotation and scale about
-    ``centre``, then translation.
-
-    ``flip_width=W`` first mirrors ``x -> W - x`` (our convention). Positive angles rotate counter-clockwise on screen
-    (y grows downward). Apply to ``[K, 2]`` points with ``apply_affine``.
-    """
-    m = np.eye(3)
-    if flip_width is not None:
-        m = np.array([[-1.0, 0, flip_width], [0, 1, 0], [0, 0, 1]]) @ m
-    a = np.deg2rad(angle_deg)
-    c, s = np.cos(a) * scale, np.sin(a) * scale
-    cx, cy = centre
-    rs = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
-    t1 = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1.0]])
-    t2 = np.array([[1, 0, cx + tx], [0, 1, cy + ty], [0, 0, 1.0]])
-    return t2 @ rs @ t1 @ m
-
-
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a ``[3, 3]`` (or ``[2, 3]``) affine map to points ``[..., 2]``; float64 out."""
     m = np.asarray(matrix, dtype=np.float64)
@@ -205,7 +185,7 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- mirror permutation
-def normalise_shapes(points: np.ndarray) -> np.ndarray:
+def normalize_shapes(points: np.ndarray) -> np.ndarray:
     """Remove translation and scale: each shape ``[K, 2]`` of ``[N, K, 2]`` centred on its mean, divided by its RMS
     distance to it. NaN points are ignored in the statistics and stay NaN. Returns ``float64 [N, K, 2]``."""
     p = np.asarray(points, dtype=np.float64)
@@ -216,8 +196,8 @@ def normalise_shapes(points: np.ndarray) -> np.ndarray:
 
 
 def mean_shape(points: np.ndarray) -> np.ndarray:
-    """Robust mean of normalised shapes (``normalise_shapes``): the per-coordinate median, ``float64 [K, 2]``."""
-    return np.nanmedian(normalise_shapes(points), axis=0)
+    """Robust mean of normalised shapes (``normalize_shapes``): the per-coordinate median, ``float64 [K, 2]``."""
+    return np.nanmedian(normalize_shapes(points), axis=0)
 
 
 def _pair_greedy(cost: np.ndarray) -> np.ndarray:
@@ -398,7 +378,7 @@ def shape_residuals(points, per_point: bool = False, iterations: int = 3):
     """How far each labelled shape is from the mean shape, up to position, scale and rotation (EDA: labels that
     look wrong by shape, whatever the image shows).
 
-    Each shape is normalised (``normalise_shapes``: centred, RMS radius 1) and rotated onto a reference by
+    Each shape is normalised (``normalize_shapes``: centred, RMS radius 1) and rotated onto a reference by
     the least-squares rotation (2-D Procrustes, no reflection). The reference starts as ``mean_shape`` and
     is replaced ``iterations`` times by the per-coordinate median of the rotated shapes (generalised Procrustes
     with a robust mean), so the shapes' own rotations do not blur it. The residual of a shape is the RMS distance of
@@ -412,7 +392,7 @@ def shape_residuals(points, per_point: bool = False, iterations: int = 3):
     Returns:
         ``float64 [N]`` residuals, or ``(residuals, float64 [N, K] per-point distances)`` with ``per_point``.
     """
-    q = normalise_shapes(points)
+    q = normalize_shapes(points)
     m = mean_shape(points)
     m = m - np.nanmean(m, axis=0)
     r = _rotate_onto(q, m)

@@ -11,7 +11,8 @@ Policy (documented once, tested in ``tests/test_images.py``):
   channels are used as stored.
 - 16-bit and 32-bit integer images (``I;16*``, ``I``) and float images (``F``) are scaled linearly from their own
   ``[min, max]`` range to ``[0, 255]`` (not clipped); a constant image becomes 0.
-- A missing, empty, truncated or undecodable file raises ``ImageError`` naming the file.
+- A missing, empty, truncated or undecodable file raises ``ImageError`` naming the file, and so does an image over
+  ``MAX_PIXELS`` (about 89 megapixels, PIL's decompression-bomb limit), checked from its header before decoding.
 """
 
 from __future__ import annotations
@@ -23,8 +24,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): larger images are refused
+
+
 class ImageError(ValueError):
     """An image file that cannot be read; the message names the file and the reason."""
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` pixels is refused (over ``MAX_PIXELS``), or None; the validator and the
+    loader use the same rule."""
+    if width * height > MAX_PIXELS:
+        return (f"{width}x{height} px ({width * height / 1e6:.0f} megapixels) is over the "
+                f"{MAX_PIXELS / 1e6:.0f}-megapixel limit of images.MAX_PIXELS")
+    return None
 
 
 def _open(path):
@@ -35,14 +48,19 @@ def _open(path):
     im = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit, named, below
             im = Image.open(path)
+        too_big = size_problem(*im.size)
+        if not too_big:
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
         if im is not None:
             im.close()
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if too_big:
+        im.close()
+        raise ImageError(f"{path}: {too_big}")
     return im
 
 

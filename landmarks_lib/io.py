@@ -92,7 +92,7 @@ class DataFormatError(ValueError):
     """A table that does not follow the contest format; the message names the file and the line.
 
     Attributes:
-        problem: the same as a ``RowProblem`` (file, line, kind, message), or ``None`` (``parse_index_list``).
+        problem: the same as a ``RowProblem`` (file, line, kind, message), or ``None``.
     """
 
     def __init__(self, message: str, problem: RowProblem | None = None):
@@ -161,10 +161,6 @@ class Groups:
     names: list
     groups: list
     lines: np.ndarray
-
-    def as_dict(self) -> dict:
-        """``{file_name: group}``."""
-        return dict(zip(self.names, self.groups))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -743,21 +739,6 @@ def _index_list(text: str, num_points: int | None):
         more = f" and {len(badi) - 1} more" if len(badi) > 1 else ""
         return None, "index_out_of_range", f"point index {badi[0]} out of range {rng}{more}"
     return v, None, None
-
-
-def parse_index_list(text: str, where: str, num_points: int | None = None) -> list:
-    """Parse one ``point_index_list`` cell, e.g. ``"[3, 17, 970]"``, as JSON (never evaluated).
-
-    Returns:
-        the indices, a list of ``int``.
-    Raises:
-        DataFormatError: not a non-empty list of integers, or an index outside ``[0, num_points)`` (negative or
-            beyond int64 without ``num_points``); the message starts with ``where``.
-    """
-    v, _, message = _index_list(text, num_points)
-    if v is None:
-        raise DataFormatError(f"{where}: {message}")
-    return v
 
 
 def read_test_points(path, num_points: int | None = None, problems: list | None = None) -> TestPoints | None:

@@ -36,12 +36,6 @@ def mse(pred, truth) -> float:
     return float(np.mean((p - t) ** 2))
 
 
-def per_image_mse(pred, truth) -> np.ndarray:
-    """``float64 [N]``: the contest MSE of each image of ``[N, K, 2]`` arrays."""
-    p, t = _finite_pairs(pred, truth)
-    return ((p - t) ** 2).reshape(len(p), -1).mean(axis=1)
-
-
 def per_point_error(pred, truth) -> np.ndarray:
     """``float64 [N, K]``: Euclidean distance of each point, pixels."""
     p, t = _finite_pairs(pred, truth)
@@ -58,11 +52,6 @@ def bbox_size(truth) -> np.ndarray:
 def per_image_nme(pred, truth) -> np.ndarray:
     """``float64 [N]``: NME of each image, percent (see module docstring)."""
     return per_point_error(pred, truth).mean(axis=1) / bbox_size(truth) * 100.0
-
-
-def nme(pred, truth) -> float:
-    """Mean NME over images, percent."""
-    return float(per_image_nme(pred, truth).mean())
 
 
 def ced(nme_values, threshold: float = 10.0, steps: int = 1000):

@@ -20,7 +20,8 @@ the profile file < overrides (``-p NAME VALUE``, a notebook's ``overrides = {...
 alike: ``1e-3`` is a number; a text parameter keeps its text as written: ``007``, ``0123``, ``1:30``, ``no``), so a
 bad value is refused at the start with ``ParamError`` (exit status 2 on the command line).
 
-``python -m landmarks_lib.params`` lists every parameter with its default, scope and help.
+``python -m landmarks_lib.params`` lists every parameter with its default, scope and help (``--markdown``: the
+README's table).
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ _SPEC = [
        check="backbone"),
     _p("pretrained", False, "train", "ImageNet weights through torchvision's weights API (offline via TORCH_HOME)"),
     _p("crop_size", 64, "train", "crop side in pixels fed to the network", low=16, high=1024),
-    _p("crop_mode", "face", "train", "'centre' (course baseline), 'letterbox' (whole image), 'face' (two-stage)",
-       choices=("centre", "letterbox", "face")),
+    _p("crop_mode", "face", "train", "'center' (course baseline), 'letterbox' (whole image), 'face' (two-stage)",
+       choices=("center", "letterbox", "face")),
     _p("face_scale", 1.25, "train", "face crop side over the landmarks' bounding-box longer side", low=0.5,
        high=4.0),
     _p("input_norm", "weights", "train", "'weights' (the backbone weights' mean/std, ImageNet) or 'half' (mean = "
@@ -431,8 +432,7 @@ def resolve(run_dir=None, profile=None, overrides=None, data_dir=None, base=None
         out["data_dir"] = str(data_dir)
     if run_dir is not None:
         out["run_dir"] = str(run_dir)
-    out = absolute_paths(out, base)
-    return {k: _check_value(SPEC[k], _typed(SPEC[k], v)) for k, v in out.items()}
+    return {k: coerce(k, v) for k, v in absolute_paths(out, base).items()}
 
 
 def scoped(params: Mapping, *scopes) -> dict:
@@ -460,6 +460,15 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def markdown_table() -> str:
+    """The README's parameter table: one row per parameter (name, scope, default, meaning), in spec order."""
+    rows = ["| name | scope | default | meaning |", "|---|---|---|---|"]
+    for k, p in SPEC.items():
+        default = f'"{p.default}"' if p.kind is str else str(p.default).lower() if p.kind is bool else repr(p.default)
+        rows.append(f"| `{k}` | {p.scope} | `{default}` | {p.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    print(describe())
+    print(markdown_table() if sys.argv[1:] == ["--markdown"] else describe())
     sys.exit(0)

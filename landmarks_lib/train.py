@@ -240,6 +240,9 @@ def main(argv=None) -> int:
     except (engine.StageChanged, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as e:  # data, images, a full disk: one line naming the file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         distributed.shutdown(ctx)
     return 0

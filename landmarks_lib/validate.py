@@ -38,6 +38,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,11 +47,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .images import ImageError, load_image
+from .images import ImageError, load_image, size_problem
 from .io import RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks, read_test_points
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
+MIN_TRAIN_ROWS = 2  # one image to train on, one to validate
 FAR_OUTSIDE = 0.25  # share of the image size beyond an edge that makes a point "far outside"
 _ORIENTATION = 0x0112
 _MODE_NOTES = {
@@ -223,7 +225,10 @@ def _probe(path, full: bool) -> dict:
         out["error"] = ("empty_image", "empty file (0 bytes)")
         return out
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size_problem names the limit below
+            im = Image.open(path)
+        with im:
             out.update(width=int(im.size[0]), height=int(im.size[1]), mode=im.mode, format=im.format,
                        transparency="transparency" in im.info)
             try:
@@ -235,6 +240,10 @@ def _probe(path, full: bool) -> dict:
         return out
     except (OSError, SyntaxError, ValueError) as e:
         out["error"] = ("corrupt_image", f"image header cannot be read ({type(e).__name__}: {e})")
+        return out
+    too_big = size_problem(out["width"], out["height"])
+    if too_big:
+        out["error"] = ("image_too_large", too_big)
         return out
     if full or not _tail_ok(path, out["format"]):
         try:
@@ -299,6 +308,9 @@ def _check_landmarks(data_dir, bad_rows, report, listing, add):
     if not len(table) and (not found or bad_rows == "skip"):
         what = "header only" if not found else "every row is bad (all dropped under bad_rows='skip')"
         add("fatal", rel, 1, "no_data_rows", f"no training rows: {what}; training needs at least one")
+    elif len(table) < MIN_TRAIN_ROWS and (not found or bad_rows == "skip"):
+        add("fatal", rel, 1, "too_few_rows", f"{len(table)} usable training row(s); a train/validation split needs "
+                                             f"at least {MIN_TRAIN_ROWS}")
     report.num_train = len(table)
     report.num_points = table.num_points
     listing.rows["train"] = list(zip(table.names, table.lines.tolist()))

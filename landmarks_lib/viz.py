@@ -482,7 +482,7 @@ def plot_history(history) -> Figure:
 def plot_mean_shape(points, ax=None, cmap="viridis") -> Figure:
     """EDA: the mean of normalised shapes with every point, coloured by its spread.
 
-    Shapes are normalised by ``geometry.normalise_shapes`` (centred, RMS radius 1); the mean is
+    Shapes are normalised by ``geometry.normalize_shapes`` (centred, RMS radius 1); the mean is
     ``geometry.mean_shape`` (per-coordinate median). The colour of a point is its spread: the RMS distance of the
     normalised point to the mean point over images (normalised units; NaN ignored).
 
@@ -495,7 +495,7 @@ def plot_mean_shape(points, ax=None, cmap="viridis") -> Figure:
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 3 or p.shape[2] != 2:
         raise ValueError(f"points: expected [N, K, 2], got shape {p.shape}")
-    q = geometry.normalise_shapes(p)
+    q = geometry.normalize_shapes(p)
     ms = np.nanmedian(q, axis=0)
     spread = np.sqrt(np.nanmean(((q - ms[None]) ** 2).sum(-1), axis=0))
     fig, ax = _axes(ax, (6.5, 6.0))

@@ -196,9 +196,21 @@ def write_model(params: dict, run: RunFolder) -> str:
     return source
 
 
-def ensemble_models(params: dict) -> list:
-    """This run's final model plus those of ``ensemble_runs`` (comma-separated run folders)."""
-    return [checkpoint.load_model(r) for r in [params["run_dir"], *split_list(params["ensemble_runs"])]]
+def ensemble_models(params: dict, num_points: int | None = None) -> list:
+    """This run's final model plus those of ``ensemble_runs`` (comma-separated run folders).
+
+    Raises:
+        checkpoint.CheckpointError: a model predicting another number of points than ``num_points`` (the data's),
+            naming the run folder.
+    """
+    out = []
+    for r in [params["run_dir"], *split_list(params["ensemble_runs"])]:
+        m = checkpoint.load_model(r)
+        if num_points is not None and checkpoint.num_points(m) != num_points:
+            raise checkpoint.CheckpointError(f"{r}: its model predicts {checkpoint.num_points(m)} points per face; "
+                                             f"this data has {num_points}")
+        out.append(m)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -285,12 +297,6 @@ def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metr
     m = dict(val_metrics, n_test=n)
     atomic_write_json(run.file("metrics.json"), m)
     return m
-
-
-def check_submission(params: dict, run: RunFolder) -> pd.DataFrame:
-    """Validate the run's ``submission.csv`` against the data's ``test_points.csv`` (``submission`` module)."""
-    tp = read_test_points(os.path.join(params["data_dir"], "test", "test_points.csv"))
-    return validate_submission(run.file("submission.csv"), tp)
 
 
 # --------------------------------------------------------------------------------------------- notebook helpers

@@ -1,5 +1,9 @@
-"""Bad inputs the pipeline would fail on later: the validator reports each first (a Problem with file and line) and
-every loader refuses it (a DataFormatError naming file, line and, for a row, its file name).
+"""Bad inputs and faults, each with its clear answer: tables the pipeline would fail on later (the validator reports
+each first, a Problem with file and line, and every loader refuses it, a DataFormatError naming file, line and, for
+a row, its file name), images over the pixel limit, too few rows, a model for another number of points, a full
+disk, half-built caches, a dead kernel, and the runner's refusals (``--force`` on other people's folders, a second
+runner, an out-of-sync notebook pair, bad parameters before any work). YAML typing by the spec (``0123``, ``007``,
+``1:30``) is tested in ``test_params.py``.
 
 Each test writes a tiny contest-format folder (``synthetic.write_dataset``) into ``tmp_path`` and breaks one thing.
 """
@@ -9,8 +13,10 @@ import shutil
 
 import pytest
 
-from landmarks_lib import synthetic
+from landmarks_lib import params as lp
+from landmarks_lib import pipeline, synthetic
 from landmarks_lib.io import DataFormatError, read_groups, read_landmarks, read_test_points
+from landmarks_lib.run import MARKER, RunFolder, RunFolderError
 from landmarks_lib.validate import validate_dataset
 
 LM, TP, GR = "train/landmarks.csv", "test/test_points.csv", "train/groups.csv"
@@ -170,3 +176,180 @@ def test_int16_range_ends_are_not_out_of_range(ds):
     rep = validate_dataset(ds)
     assert rep.ok and not [p for p in rep.problems if p.kind == "coordinate_out_of_range"], str(rep)
     assert [p.kind for p in rep.problems if p.line == 3 and p.severity == "warning"] == ["points_far_outside"]
+
+
+# ------------------------------------------------------------------------------------------------- the data's size
+def test_one_training_row_is_too_few_for_a_split(ds):
+    lines = (ds / LM).read_text().splitlines()
+    (ds / LM).write_text("\n".join(lines[:2]) + "\n")
+    assert_names_file_and_line(fatal(validate_dataset(ds), "too_few_rows"), LM, 1)
+    from landmarks_lib import engine
+    from landmarks_lib import params as lp
+
+    p = lp.resolve(data_dir=str(ds), overrides={"cache_dir": str(ds / "cache"), "val_split": "random"})
+    with pytest.raises(DataFormatError, match=r"landmarks.csv: 1 usable row\(s\) leave no image to train on"):
+        engine.load_train_data(p, progress=False)
+
+
+def _png_claiming(path, width, height):
+    """A PNG whose header claims ``width x height`` (its pixel data is a 1x1 image's): enough for header checks."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    ihdr = bytes(b[16:29])
+    ihdr = struct.pack(">II", width, height) + ihdr[8:]
+    b[16:29] = ihdr
+    b[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    path.write_bytes(bytes(b))
+
+
+def test_an_image_over_the_pixel_limit_is_fatal_in_the_validator_and_refused_by_the_loader(ds):
+    from landmarks_lib.images import ImageError, load_image
+
+    name = read_landmarks(ds / LM).names[1]
+    img = ds / "train" / "images" / name
+    _png_claiming(img, 10_000, 10_000)  # 100 megapixels
+    p = fatal(validate_dataset(ds), "image_too_large")
+    assert p.file == f"train/images/{name}" and p.line == 3 and "100 megapixels" in p.message
+    with pytest.raises(ImageError, match=rf"{name}: 10000x10000 px \(100 megapixels\) is over the 89-megapixel") as e:
+        load_image(img)
+    assert str(e.value) == f"{img}: {p.message}"  # the validator's words, with the path
+
+
+def test_a_model_with_another_number_of_points_is_named_as_such(tmp_path):
+    from landmarks_lib import checkpoint, workflow
+    from landmarks_lib import params as lp
+    from landmarks_lib.run import RunFolder
+
+    run = RunFolder(tmp_path / "run").create("test")
+    checkpoint.save(run.model, {"kind": "model", "face": {"meta": {"num_points": 68}}, "localizer": None,
+                                "inference": {}})
+    p = lp.resolve(run_dir=run.path)
+    assert len(workflow.ensemble_models(p, 68)) == 1
+    with pytest.raises(checkpoint.CheckpointError, match=r"run: its model predicts 68 points per face; this data "
+                                                         r"has 971"):
+        workflow.ensemble_models(p, 971)
+
+
+# ------------------------------------------------------------------------------------------------- faults
+def test_a_full_disk_is_named_with_its_folder(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from landmarks_lib import checkpoint
+    from landmarks_lib.files import atomic_write_json
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match=f"no space left on {tmp_path}"):
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # the temporary file is gone
+
+    def torch_full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    with pytest.raises(OSError, match=f"no space left on {tmp_path}"):
+        checkpoint.save(tmp_path / "x.pt", {"kind": "stage"})
+
+
+def test_half_built_caches_are_removed_only_when_their_builder_is_gone(tmp_path):
+    from landmarks_lib import cache
+
+    dead = tmp_path / ".crops-abc.999999999.x1"
+    mine = tmp_path / f".crops-abc.{os.getpid()}.x2"
+    other = tmp_path / "crops-def"
+    for d in (dead, mine, other):
+        d.mkdir()
+    assert cache.remove_orphans(tmp_path) == [str(dead)]
+    assert sorted(os.listdir(tmp_path)) == sorted([mine.name, other.name])
+
+
+@pytest.mark.notebooks
+def test_a_dead_kernel_is_named_and_its_report_written(tmp_path, monkeypatch):
+    import nbformat
+
+    from landmarks_lib import pipeline
+    from landmarks_lib.run import RunFolder
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell('run_dir = "x"', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")]
+    nbformat.write(nb, tmp_path / "01_eda.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", str(tmp_path))
+    run = RunFolder(tmp_path / "run").create("test")
+    with pytest.raises(pipeline.NotebookFailed, match="notebook 01_eda: kernel died .*out of memory"):
+        pipeline.run_notebook("01_eda", run, quiet=True)
+    assert (tmp_path / "run" / "reports" / "01_eda.html").exists()
+    assert (tmp_path / "run" / "notebooks" / "01_eda.ipynb").exists()
+
+
+# ------------------------------------------------------------------------------------------------- the runner
+
+def test_force_only_on_marked_folders_and_only_the_manifest(tmp_path, capsys):
+    other = tmp_path / "dvc-project"
+    (other / "src").mkdir(parents=True)
+    (other / "params.yaml").write_text("epochs: 1\n")
+    for force in (True, False):
+        with pytest.raises(pipeline.PipelineError, match="not a run folder"):
+            pipeline.prepare_run(lp.resolve(run_dir=other, use_run_params=False), force=force)
+    assert (other / "src").exists() and (other / "params.yaml").exists()
+    run = RunFolder(tmp_path / "run").create("test")
+    for name in ("metrics.json", "notes.txt"):
+        (tmp_path / "run" / name).write_text("x")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "mydata").mkdir()
+    pipeline.prepare_run(lp.resolve(run_dir=run.path), force=True, log=print)
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(run.path)) == [".lock", MARKER, "mydata", "notes.txt"]
+    assert "removed" in out and "kept" in out and "notes.txt" in out
+
+
+def test_a_second_runner_is_refused_with_the_first_ones_pid(tmp_path):
+    a = RunFolder(tmp_path / "r").create("test").lock("first")
+    with pytest.raises(RunFolderError, match=f"pid {os.getpid()} first"):
+        RunFolder(tmp_path / "r").lock("second")
+    a.unlock()
+    RunFolder(tmp_path / "r").lock("second").unlock()
+
+
+def test_lock_removes_stale_temporary_files(tmp_path):
+    run = RunFolder(tmp_path / "r").create("test")
+    os.makedirs(run.file("checkpoints"))
+    stale = os.path.join(run.file("checkpoints"), ".train_last.pt.abc123.tmp")
+    open(stale, "w").close()
+    run.lock()
+    assert not os.path.exists(stale)
+    run.unlock()
+
+
+def test_an_out_of_sync_notebook_pair_is_refused(tmp_path, monkeypatch):
+    for ext in (".py", ".ipynb"):
+        shutil.copy(os.path.join(pipeline.NOTEBOOK_DIR, "04_visualize" + ext), tmp_path)
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", str(tmp_path))
+    pipeline.check_pair("04_visualize")
+    with open(tmp_path / "04_visualize.py", "a") as f:
+        f.write("\n# %%\nprint('edited')\n")
+    with pytest.raises(pipeline.PipelineError, match="make sync-notebooks"):
+        pipeline.check_pair("04_visualize")
+
+
+@pytest.mark.parametrize("args, words", [(["-p", "epochz", "3"], "known"), (["-p", "epochs", "many"], "epochs"),
+                                         (["-p", "submission_decimals", "-1"], "range"),
+                                         (["-p", "tta_scales", "abc"], "tta_scales"),
+                                         (["--params", "missing.yaml"], "not found")])
+def test_pipeline_cli_bad_parameters_exit_2_before_any_work(tmp_path, capsys, args, words):
+    rc = pipeline.main(["--run-dir", str(tmp_path / "r"), *args])
+    assert rc == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing was written

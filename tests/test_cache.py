@@ -46,7 +46,7 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path):
     b = cache.get_cache(tmp_path / "img", names, "letterbox", 16, tmp_path / "c", progress=False)
     assert b.path == a.path and os.path.getmtime(os.path.join(b.path, "meta.json")) == stamp
     # other geometry -> another cache
-    assert cache.get_cache(tmp_path / "img", names, "centre", 16, tmp_path / "c", progress=False).path != a.path
+    assert cache.get_cache(tmp_path / "img", names, "center", 16, tmp_path / "c", progress=False).path != a.path
     # a changed image -> rebuilt with its new pixels
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "img" / names[0])
     os.utime(tmp_path / "img" / names[0], ns=(1, 10 ** 18))
@@ -58,15 +58,15 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path):
 
 def test_parallel_build_equals_serial(tmp_path):
     names = _images(tmp_path / "img", n=70)  # >= 64 images: uses the process pool
-    a = cache.get_cache(tmp_path / "img", names, "centre", 16, tmp_path / "c1", num_workers=2, progress=False)
-    b = cache.get_cache(tmp_path / "img", names, "centre", 16, tmp_path / "c2", num_workers=1, progress=False)
+    a = cache.get_cache(tmp_path / "img", names, "center", 16, tmp_path / "c1", num_workers=2, progress=False)
+    b = cache.get_cache(tmp_path / "img", names, "center", 16, tmp_path / "c2", num_workers=1, progress=False)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.frames, b.frames)
 
 
 def test_clean_and_cli(tmp_path):
     names = _images(tmp_path / "img")
-    cache.get_cache(tmp_path / "img", names, "centre", 16, tmp_path / "c", progress=False)
+    cache.get_cache(tmp_path / "img", names, "center", 16, tmp_path / "c", progress=False)
     (tmp_path / "c" / "unrelated.txt").write_text("keep me")
     out = subprocess.run([sys.executable, "-m", "landmarks_lib.cache", str(tmp_path / "c"), "--info"],
                          capture_output=True, text=True, check=True).stdout

@@ -189,7 +189,7 @@ def test_single_process_context_without_torchrun(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main, ctx.is_distributed) == (0, 1, None, True, False)
     assert ctx.device == torch.device("cpu")
     assert ctx.all_reduce_mean(2.5, 7) == 2.5 and ctx.all_reduce_sum(3.0) == 3.0
-    assert ctx.gather_objects("x") == ["x"] and ctx.broadcast_object(5) == 5
+    assert ctx.gather_objects("x") == ["x"]
     ctx.barrier()
     distributed.shutdown(ctx)
 
@@ -210,8 +210,7 @@ def _worker(rank, store, out_dir):
            "mean_all_empty": ctx.all_reduce_mean([1.0, 3.0][rank], 0),
            "sum": ctx.all_reduce_sum(0.1 * (rank + 1)),
            "running_mean": bn.running_mean.tolist(),
-           "gathered": ctx.gather_objects({"r": rank}),
-           "broadcast": ctx.broadcast_object(f"from {rank}")}
+           "gathered": ctx.gather_objects({"r": rank})}
     ctx.barrier()
     distributed.shutdown(ctx)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -231,4 +230,4 @@ def test_context_reductions_on_two_gloo_processes(tmp_path):
     assert r0["mean_all_empty"] == 2.0
     assert r0["sum"] == pytest.approx(0.3)
     assert r0["running_mean"] == [1.0, 1.0, 1.0]  # rank 0's statistics everywhere
-    assert r0["gathered"] == [{"r": 0}, {"r": 1}] and r0["broadcast"] == "from 0"
+    assert r0["gathered"] == [{"r": 0}, {"r": 1}]

@@ -14,7 +14,7 @@ def test_mse_is_per_coordinate():
     truth = np.zeros((1, 2, 2))
     pred = np.array([[[3.0, 4.0], [0.0, 0.0]]])  # one point off by (3, 4): distance 5
     assert metrics.mse(pred, truth) == pytest.approx((9 + 16) / 4)
-    assert metrics.per_image_mse(pred, truth)[0] == pytest.approx(6.25)
+    assert metrics.mse(pred[:1], truth[:1]) == pytest.approx(6.25)
     with pytest.raises(ValueError, match="shape"):
         metrics.mse(pred, np.zeros((1, 3, 2)))
     with pytest.raises(ValueError, match="NaN"):
@@ -24,7 +24,7 @@ def test_mse_is_per_coordinate():
 def test_nme_divides_by_sqrt_bbox_area():
     truth = np.array([[[0.0, 0.0], [40.0, 10.0]]])  # bbox 40 x 10 -> sqrt = 20
     pred = truth + np.array([[[2.0, 0.0], [0.0, 0.0]]])  # mean distance 1
-    assert metrics.nme(pred, truth) == pytest.approx(1 / 20 * 100)
+    assert metrics.per_image_nme(pred, truth).mean() == pytest.approx(1 / 20 * 100)
 
 
 def test_ced_auc_and_failure_rate():
@@ -159,7 +159,7 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
     folder = RunFolder(run).create("test")
 
     workflow.write_results(p, folder, full, pred, {"val_mse": 1.0})
-    assert len(workflow.check_submission(p, folder)) == 5
+    assert len(submission.validate_submission(folder.file("submission.csv"), full)) == 5
     assert folder.submission() == str(run / "submission.csv")
 
     cut = TestPoints(full.names[:2], full.indices[:2])  # what predict_test returns with max_test_images = 2
@@ -173,7 +173,7 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
     with pytest.raises(submission.SubmissionError, match="2 rows, test_points.csv has 5"):
         submission.validate_submission(run / "submission_partial.csv", full)
     with pytest.raises(FileNotFoundError):
-        workflow.check_submission(p, folder)
+        submission.validate_submission(folder.file("submission.csv"), full)
 
     shifted = TestPoints(full.names[1:3], full.indices[1:3])
     with pytest.raises(submission.SubmissionError, match="the 2 test images predicted are not its first 2 rows"):

@@ -5,6 +5,7 @@ small library helpers the notebooks call."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-import shutil
 
 from landmarks_lib import geometry, io, pipeline, submission, viz, workflow
-from landmarks_lib.run import MARKER, RunFolder, RunFolderError
+from landmarks_lib.run import MARKER, RunFolder
 from landmarks_lib import params as lp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,67 +227,19 @@ def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):
     assert pipeline.plan(run, dict(p, seed=1))[1] == ["seed: 0 -> 1 (stages: localizer, train, finetune)"]
 
 
-def test_force_only_on_marked_folders_and_only_the_manifest(tmp_path, capsys):
-    other = tmp_path / "dvc-project"
-    (other / "src").mkdir(parents=True)
-    (other / "params.yaml").write_text("epochs: 1\n")
-    for force in (True, False):
-        with pytest.raises(pipeline.PipelineError, match="not a run folder"):
-            pipeline.prepare_run(lp.resolve(run_dir=other, use_run_params=False), force=force)
-    assert (other / "src").exists() and (other / "params.yaml").exists()
-    run = RunFolder(tmp_path / "run").create("test")
-    for name in ("metrics.json", "notes.txt"):
-        (tmp_path / "run" / name).write_text("x")
-    (tmp_path / "run" / "checkpoints").mkdir()
-    (tmp_path / "run" / "mydata").mkdir()
-    pipeline.prepare_run(lp.resolve(run_dir=run.path), force=True, log=print)
-    out = capsys.readouterr().out
-    assert sorted(os.listdir(run.path)) == [".lock", MARKER, "mydata", "notes.txt"]
-    assert "removed" in out and "kept" in out and "notes.txt" in out
-
-
-def test_a_second_runner_is_refused_with_the_first_ones_pid(tmp_path):
-    a = RunFolder(tmp_path / "r").create("test").lock("first")
-    with pytest.raises(RunFolderError, match=f"pid {os.getpid()} first"):
-        RunFolder(tmp_path / "r").lock("second")
-    a.unlock()
-    RunFolder(tmp_path / "r").lock("second").unlock()
-
-
-def test_lock_removes_stale_temporary_files(tmp_path):
-    run = RunFolder(tmp_path / "r").create("test")
-    os.makedirs(run.file("checkpoints"))
-    stale = os.path.join(run.file("checkpoints"), ".train_last.pt.abc123.tmp")
-    open(stale, "w").close()
-    run.lock()
-    assert not os.path.exists(stale)
-    run.unlock()
-
-
-def test_an_out_of_sync_notebook_pair_is_refused(tmp_path, monkeypatch):
-    for ext in (".py", ".ipynb"):
-        shutil.copy(os.path.join(pipeline.NOTEBOOK_DIR, "04_visualize" + ext), tmp_path)
-    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", str(tmp_path))
-    pipeline.check_pair("04_visualize")
-    with open(tmp_path / "04_visualize.py", "a") as f:
-        f.write("\n# %%\nprint('edited')\n")
-    with pytest.raises(pipeline.PipelineError, match="make sync-notebooks"):
-        pipeline.check_pair("04_visualize")
-
-
 # ------------------------------------------------------------------------------------------ notebook helpers
 def test_crop_coverage_counts_points_outside_image_and_crop():
     # image 200 x 100; a face in the middle (x 80..120, y 30..70) and one point at x = 10 (outside the centre crop)
     pts = np.array([[[80, 30], [120, 30], [80, 70], [120, 70], [10, 50]]], np.float64)
     cov = pd.DataFrame(geometry.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25)).set_index("crop_mode")
-    assert list(cov.index) == ["centre", "letterbox", "face"]
-    assert cov.loc["centre", "points_outside_crop_pct"] == pytest.approx(20.0)
-    assert cov.loc["centre", "images_cut_pct"] == pytest.approx(100.0)
+    assert list(cov.index) == ["center", "letterbox", "face"]
+    assert cov.loc["center", "points_outside_crop_pct"] == pytest.approx(20.0)
+    assert cov.loc["center", "images_cut_pct"] == pytest.approx(100.0)
     assert cov.loc["letterbox", "points_outside_crop_pct"] == 0.0
     assert cov.loc["face", "points_outside_crop_pct"] == 0.0
     assert (cov["points_outside_image_pct"] == 0.0).all()
     # face box longer side 110 px: centre crop side 100, letterbox 200, face crop 137.5 px
-    assert cov.loc["centre", "face_px_median"] == pytest.approx(110 / 100 * 64)
+    assert cov.loc["center", "face_px_median"] == pytest.approx(110 / 100 * 64)
     assert cov.loc["letterbox", "face_px_median"] == pytest.approx(110 / 200 * 64)
     assert cov.loc["face", "face_share_median"] == pytest.approx(1 / 1.25)
     out = pts.copy()
