@@ -10,12 +10,14 @@ ifneq ($(wildcard ../shared/torch_home),)
 export TORCH_HOME ?= $(abspath ../shared/torch_home)
 endif
 
+# A wheel index for torch alone, e.g. PyTorch's CPU-only one (see README, "Quick start"); empty = PyPI's wheels.
+TORCH_INDEX ?=
 DATA ?=
 PARAMS ?= params/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(PARAMS)))
 EXTRA ?=
 
-.PHONY: help venv demo test test-fast test-standin run sync-notebooks clean-cache
+.PHONY: help venv demo test test-fast test-standin run sync-notebooks clean-cache git-nbdime
 
 help:
 	@echo "make demo            run the four notebooks on the embedded synthetic data -> runs/demo"
@@ -24,6 +26,7 @@ help:
 	@echo "make test-standin    tests on ../shared/datasets/thousand-standin (pytest -q -m standin)"
 	@echo "make run DATA=DIR [PARAMS=params/cpu.yaml] [RUN=runs/NAME] [EXTRA='-p epochs 3 --resume']"
 	@echo "make sync-notebooks  pair notebooks/*.py and *.ipynb (jupytext --sync)"
+	@echo "make git-nbdime      nbdime's git diff/merge drivers by absolute path (make venv does it)"
 	@echo "make clean-cache     remove the preprocessed crop caches"
 
 # The virtual environment: torch first (its own wheel index on some platforms), then the exact pins of
@@ -33,11 +36,11 @@ $(VENV): $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | grep -oE '"[A-Za-z0-9_.-]+==[^"]+"' | tr -d '"' > $(VENV)/requirements.txt
 	$(PY) -m pip install -r $(VENV)/requirements.txt
 	$(PY) -m pip install -e . --no-deps
-	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(VENV)/bin/nbdime config-git --enable; fi
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(MAKE) --no-print-directory git-nbdime; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -56,6 +59,14 @@ test-standin: $(STAMP)
 run: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make run DATA=DIR [PARAMS=$(PARAMS)] [RUN=runs/NAME] [EXTRA=...]"; exit 2; }
 	$(PY) -m landmarks_lib.pipeline --data-dir $(DATA) --params $(PARAMS) --run-dir $(RUN) $(EXTRA)
+
+# nbdime's git drivers by absolute path, so `git diff` of notebooks works without .venv/bin on PATH.
+git-nbdime:
+	$(VENV)/bin/nbdime config-git --enable
+	git config diff.jupyternotebook.command "$(abspath $(VENV))/bin/git-nbdiffdriver diff"
+	git config merge.jupyternotebook.driver "$(abspath $(VENV))/bin/git-nbmergedriver merge %O %A %B %L %P"
+	git config difftool.nbdime.cmd '$(abspath $(VENV))/bin/git-nbdifftool diff "$$LOCAL" "$$REMOTE" "$$BASE"'
+	git config mergetool.nbdime.cmd '$(abspath $(VENV))/bin/git-nbmergetool merge "$$BASE" "$$LOCAL" "$$REMOTE" "$$MERGED"'
 
 sync-notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/*.py

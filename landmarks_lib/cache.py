@@ -17,7 +17,6 @@ same inputs reuse it across epochs, notebooks and runs. ``clean_cache`` removes 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
+from .files import fingerprint
 from .images import load_image
 
 FORMAT = "crops-v2"
@@ -50,29 +50,20 @@ class CropCache:
         return len(self.names)
 
 
-def _hash_array(h, a):
-    if a is None:
-        h.update(b"none")
-    else:
-        a = np.ascontiguousarray(a)
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-
-
 def cache_key(image_dir, names, crop_mode, size, margin, face_scale, points=None, frames=None) -> str:
-    """SHA-1 (first 20 hex digits) of everything the cached crops depend on (see the module docstring)."""
-    h = hashlib.sha1()
-    h.update(f"{FORMAT}|{os.path.abspath(image_dir)}|{crop_mode}|{int(size)}|{float(margin)!r}|"
-             f"{float(face_scale)!r}".encode())
+    """``files.fingerprint`` (20 hex digits) of everything the cached crops depend on (see the module docstring):
+    the format, the image folder, the crop geometry, each image's name, size and modification time, and the points
+    and frames that place the crops."""
+    ids = []
     for n in names:
         try:
             st = os.stat(os.path.join(image_dir, n))
-            h.update(f"{n}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            ids.append(f"{n}|{st.st_size}|{st.st_mtime_ns}")
         except OSError:
-            h.update(f"{n}|missing\n".encode())
-    _hash_array(h, points)
-    _hash_array(h, frames)
-    return h.hexdigest()[:20]
+            ids.append(f"{n}|missing")
+    geometry_ = [FORMAT, os.path.abspath(image_dir), crop_mode, int(size), float(margin), float(face_scale)]
+    arrays = [None if a is None else np.asarray(a) for a in (points, frames)]
+    return fingerprint(geometry_, "\n".join(ids), *arrays, digits=20)
 
 
 def _crop_one(args):

@@ -1,8 +1,11 @@
 """Comparing runs: a table of their parameters and metrics, and nbdime diffs of their executed notebooks.
 
-``python -m landmarks_lib.compare RUN_A RUN_B [--all-params] [--diff] [--web]`` prints the parameters that differ
-(all with ``--all-params``) and the metrics of ``metrics.json`` side by side; ``--diff`` then shows nbdime's diff of
-each executed notebook pair (``<run>/notebooks/NN_name.ipynb``) in the terminal, ``--web`` opens nbdime's web diff.
+``python -m landmarks_lib.compare RUN_A RUN_B [--all-params] [--diff] [--web] [--plot FILE.png]`` prints the
+parameters that differ (all with ``--all-params``; the run's own folders are left out), the metrics of
+``metrics.json`` and the training minutes per stage side by side, in a table that fits the terminal; ``--plot``
+draws both runs' training curves and CEDs in one figure; ``--diff`` shows nbdime's diff of each executed notebook
+pair (``<run>/notebooks/NN_name.ipynb``) in the terminal, sources and outputs only (no widget state or timing
+metadata), ``--web`` opens nbdime's web diff.
 With nbdime's git integration enabled (``make .venv`` runs ``nbdime config-git --enable`` in this repository),
 ``git diff`` of notebooks is also shown cell by cell.
 """
@@ -27,13 +30,30 @@ def _params(run: RunFolder) -> dict:
     return load_profile(path) if os.path.exists(path) else {}
 
 
+def _same_value(name, a, b) -> bool:
+    if name == "data_dir" and a and b:
+        return os.path.realpath(str(a)) == os.path.realpath(str(b))
+    return a == b
+
+
+def _train_minutes(run: RunFolder) -> dict:
+    """Minutes of training per stage (``history.csv``'s last ``time_s`` of each) and their total."""
+    if not os.path.exists(run.file("history.csv")):
+        return {}
+    h = run.read_history()
+    out = {s: round(float(g["time_s"].max()) / 60, 2) for s, g in h.groupby("stage", sort=False)}
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
 def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     """Side-by-side table of two runs.
 
     Returns:
-        a DataFrame indexed by ``(kind, name)`` (kind ``param`` from ``params.yaml`` or ``metric`` from
-        ``metrics.json``) with columns ``a``, ``b`` and ``same``; parameters that are equal are left out unless
-        ``all_params``.
+        a DataFrame indexed by ``(kind, name)`` (kind ``param`` from ``params.yaml``, ``metric`` from
+        ``metrics.json``, ``train_min`` from ``history.csv``: minutes per stage) with columns ``a``, ``b`` and
+        ``same``; equal parameters are left out unless ``all_params``, and so are the folders of a run
+        (``run_dir``, ``cache_dir``; ``data_dir`` counts by the folder it names).
     Raises:
         FileNotFoundError: a run folder that does not exist.
     """
@@ -44,14 +64,34 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     a, b = RunFolder(run_a), RunFolder(run_b)
     pa, pb = _params(a), _params(b)
     for k in sorted(set(pa) | set(pb)):
-        same = pa.get(k) == pb.get(k)
-        if all_params or not same:
+        same = _same_value(k, pa.get(k), pb.get(k))
+        if all_params or (not same and k not in ("run_dir", "cache_dir")):
             rows.append(("param", k, pa.get(k), pb.get(k), same))
     ma, mb = a.read_metrics(), b.read_metrics()
     for k in sorted(set(ma) | set(mb)):
         rows.append(("metric", k, ma.get(k), mb.get(k), ma.get(k) == mb.get(k)))
+    ta, tb = _train_minutes(a), _train_minutes(b)
+    for k in list(dict.fromkeys([*ta, *tb])):
+        rows.append(("train_min", k, ta.get(k), tb.get(k), ta.get(k) == tb.get(k)))
     df = pd.DataFrame(rows, columns=["kind", "name", "a", "b", "same"])
     return df.set_index(["kind", "name"])
+
+
+def format_table(df: pd.DataFrame, name_a: str, name_b: str, width: int = 80) -> str:
+    """``compare_runs``' table as text that fits ``width`` columns: ``kind``, ``name`` and both runs' values, long
+    values shortened with ``...`` so the second run always shows."""
+    flat = df.reset_index()
+    name_w = max([len(f"{k} {n}") for k, n in zip(flat["kind"], flat["name"])] + [4])
+    col = max(8, (width - name_w - 4) // 2)
+
+    def cell(v):
+        t = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return t if len(t) <= col else t[: col - 3] + "..."
+
+    lines = [f"{'':<{name_w}}  {cell(name_a):<{col}} {cell(name_b):<{col}}".rstrip()]
+    for k, n, va, vb in zip(flat["kind"], flat["name"], flat["a"], flat["b"]):
+        lines.append(f"{k + ' ' + n:<{name_w}}  {cell(va):<{col}} {cell(vb):<{col}}".rstrip())
+    return "\n".join(lines)
 
 
 def notebook_pairs(run_a, run_b) -> list:
@@ -63,12 +103,40 @@ def notebook_pairs(run_a, run_b) -> list:
     return [(os.path.join(da, n), os.path.join(db, n)) for n in common if n.endswith(".ipynb")]
 
 
+# nbdime: sources and outputs only; notebook and cell metadata (widget state, papermill's timings), cell ids and
+# execution counts are left out, so the diff shows what changed in the code and the results.
+NBDIFF_IGNORE = ("--ignore-metadata", "--ignore-id", "--ignore-details")
+
+
 def nbdiff_command(path_a, path_b, web: bool = False) -> list:
-    """The nbdime command line for one pair (``nbdiff`` or ``nbdiff-web``), preferring the executables beside this
-    Python."""
+    """The nbdime command line for one pair (``nbdiff`` or ``nbdiff-web``, ignoring ``NBDIFF_IGNORE``), preferring
+    the executables beside this Python."""
     exe = "nbdiff-web" if web else "nbdiff"
     found = shutil.which(exe, path=os.path.dirname(sys.executable)) or shutil.which(exe)
-    return [found or exe, path_a, path_b]
+    return [found or exe, *NBDIFF_IGNORE, path_a, path_b]
+
+
+def _val_nme(run: RunFolder):
+    """Per-image validation NME of a run (its ``val_predictions.npy`` against its data's labels), or None."""
+    from . import engine, metrics
+    from .params import resolve
+    from .workflow import resolve_data_dir
+
+    if not os.path.exists(run.file("val_predictions.npy")):
+        return None
+    p = resolve(run.path)
+    data = engine.load_train_data(dict(p, data_dir=resolve_data_dir(p)), progress=False)
+    return metrics.per_image_nme(run.read_predictions("val"), data.points(data.val_idx))
+
+
+def plot_runs(runs, out_path) -> str:
+    """Training curves and CEDs of ``runs`` (run folders) overlaid in one figure, saved to ``out_path``."""
+    from . import viz
+
+    folders = [RunFolder(r) for r in runs]
+    hist = {f.name: f.read_history() for f in folders if os.path.exists(f.file("history.csv"))}
+    nmes = {f.name: v for f in folders if (v := _val_nme(f)) is not None}
+    return str(viz.save_figure(viz.plot_runs(hist, nmes), out_path))
 
 
 def main(argv=None) -> int:
@@ -78,11 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--all-params", action="store_true", help="list equal parameters too")
     ap.add_argument("--diff", action="store_true", help="nbdime diff of each executed notebook pair")
     ap.add_argument("--web", action="store_true", help="nbdime web diff (opens a browser)")
+    ap.add_argument("--plot", metavar="FILE.png", help="training curves and CEDs of both runs in one figure")
     a = ap.parse_args(argv)
     df = compare_runs(a.run_a, a.run_b, a.all_params)
-    with pd.option_context("display.max_rows", None, "display.max_colwidth", 60, "display.width", 160):
-        print(df.rename(columns={"a": os.path.basename(os.path.normpath(a.run_a)),
-                                 "b": os.path.basename(os.path.normpath(a.run_b))}))
+    print(format_table(df, RunFolder(a.run_a).name, RunFolder(a.run_b).name, shutil.get_terminal_size().columns))
+    if a.plot:
+        print(f"figure: {plot_runs([a.run_a, a.run_b], a.plot)}")
     rc = 0
     if a.diff or a.web:
         for pa, pb in notebook_pairs(a.run_a, a.run_b):

@@ -4,7 +4,10 @@ Recipe: predict every training image with a trained model (no augmentation, crop
 image's NME against its own labels, and flag images whose NME exceeds ``median + threshold * 1.4826 * MAD`` of all
 images (a robust z-score: the median absolute deviation scaled to a normal standard deviation, Rousseeuw & Croux,
 JASA 1993; the few wrong labels do not inflate the cut as they would a mean and standard deviation).
-Flagged images can be kept, dropped or down-weighted when finetuning (parameter ``noise_action``).
+A label is flagged only when its error also stands above the same cut of the model's errors on the validation
+images (which it did not train on), so a model too weak to judge the labels flags none of them
+(``flag_outliers(..., reference=...)``). Flagged images can be kept, dropped or down-weighted when finetuning
+(parameter ``noise_action``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,23 @@ def robust_cut(errors, threshold: float) -> float:
     return float(med + threshold * mad)
 
 
-def flag_outliers(errors, threshold: float) -> np.ndarray:
-    """``bool [N]``: errors above ``robust_cut``."""
-    return np.asarray(errors, dtype=np.float64) > robust_cut(errors, threshold)
+MIN_REFERENCE = 20  # images a reference error distribution needs before its cut counts
+
+
+def flag_outliers(errors, threshold: float, reference=None) -> np.ndarray:
+    """``bool [N]``: errors above ``robust_cut`` of ``errors`` and, when ``reference`` holds at least
+    ``MIN_REFERENCE`` errors, also above ``robust_cut`` of ``reference``.
+
+    The reference is the model's error on images it was not trained on (the validation split): a model too weak to
+    judge labels has large, widely spread validation errors, so its cut is high and it flags nothing; a model good
+    enough to judge keeps validation errors small, and a wrong training label stands far above them.
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    cut = robust_cut(e, threshold)
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref is not None and np.isfinite(ref).sum() >= MIN_REFERENCE:
+        cut = max(cut, robust_cut(ref, threshold))
+    return e > cut
 
 
 def sample_weights(errors, flags, action: str) -> np.ndarray:

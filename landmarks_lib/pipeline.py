@@ -194,13 +194,45 @@ def _cell_label(err, nb_path) -> str:
     return f"cell {idx + 1 - injected} (In [{err.exec_count}]): {first[:100]}"
 
 
-def export_html(ipynb_path, html_path) -> None:
-    """Export an executed notebook to a standalone HTML report (nbconvert), atomically."""
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
+def report_notebook(nb, title: str):
+    """A copy of an executed notebook as the HTML report shows it: titled, without widget state (progress-bar
+    widgets keep their text), with the parameter cells' code hidden."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["title"] = title
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = set(cell.metadata.get("tags", []))
+        if tags & {"parameters", "injected-parameters"}:
+            cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+            cell.metadata["transient"] = {"remove_source": True}
+        for out in cell.get("outputs", []):
+            if isinstance(out.get("data"), dict):
+                out["data"].pop(WIDGET_MIME, None)
+    return nb
+
+
+def export_html(ipynb_path, html_path, title: str | None = None) -> None:
+    """Export an executed notebook to a standalone HTML report (nbconvert, ``templates/report.html.j2``: nothing
+    loaded from the network), titled ``title`` (default the file name), parameter cells' code hidden, no widget
+    state; written atomically."""
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
-    nb = nbformat.read(ipynb_path, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    nb = report_notebook(nbformat.read(ipynb_path, as_version=4),
+                         title or os.path.splitext(os.path.basename(ipynb_path))[0])
+    exporter = HTMLExporter(extra_template_paths=[TEMPLATES], template_file="report.html.j2")
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"parameters", "injected-parameters"},
+                                                         enabled=True), enabled=True)
+    body, _ = exporter.from_notebook_node(nb)
     with atomic_open(html_path, "w", encoding="utf-8") as f:
         f.write(body)
 
@@ -262,7 +294,7 @@ def run_notebook(name: str, run: RunFolder, retrain: bool = False, quiet: bool =
             os.replace(tmp, out)
     if os.path.exists(out):
         try:
-            export_html(out, os.path.join(run.file("reports"), f"{name}.html"))
+            export_html(out, os.path.join(run.file("reports"), f"{name}.html"), title=f"{name} · {run.name}")
         except Exception as e:  # noqa: BLE001 - a report that cannot be rendered must not hide the run's result
             print(f"[pipeline] warning: could not export the report of {name}: {type(e).__name__}: {e}",
                   file=sys.stderr)

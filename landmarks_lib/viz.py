@@ -422,6 +422,38 @@ def plot_ced(nme_values, threshold: float = 10.0, ax=None, label=None) -> Figure
     return fig
 
 
+def plot_runs(histories: dict, val_nmes: dict | None = None, threshold: float = 10.0) -> Figure:
+    """Several runs overlaid: validation MSE per epoch (all stages in order, log scale) and, when given, their CEDs.
+
+    Args:
+        histories: ``{label: history DataFrame}`` (``history.csv``: ``epoch, stage, val_mse, ...``).
+        val_nmes: ``{label: [N] per-image validation NME, percent}`` (runs without one are left out of the CED).
+        threshold: NME (percent) of the CED's AUC and failure rate.
+    Returns:
+        The ``Figure`` (one panel, or two side by side).
+    """
+    import pandas as pd
+
+    panels = 2 if val_nmes else 1
+    fig = new_figure((6.5 * panels, 4.5))
+    axs = np.atleast_1d(fig.subplots(1, panels))
+    for label, h in histories.items():
+        h = pd.DataFrame(h).reset_index(drop=True)
+        v = pd.to_numeric(h["val_mse"], errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(v) & (v > 0)
+        axs[0].plot(np.arange(1, len(h) + 1)[ok], v[ok], marker=".", label=label)
+    axs[0].set_yscale("log")
+    axs[0].set_xlabel("epoch, all stages in order")
+    axs[0].set_ylabel("validation MSE, px^2 (log)")
+    axs[0].set_title("training curves")
+    axs[0].grid(True, alpha=0.3)
+    axs[0].legend(fontsize=8)
+    for label, nme in (val_nmes or {}).items():
+        plot_ced(nme, threshold, ax=axs[1], label=label)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------------- training
 def plot_history(history) -> Figure:
     """Training curves: train loss, validation MSE and learning rate against a running step index.

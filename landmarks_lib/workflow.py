@@ -126,8 +126,9 @@ def run_info(params: dict, data_dir) -> dict:
 
 # ------------------------------------------------------------------------------------------------- finetune
 def find_noisy_labels(params: dict, data: engine.TrainData, stage_checkpoint, progress: bool = True) -> pd.DataFrame:
-    """Per-image NME of a stage checkpoint on the training images and the robust flag (``noise`` module); reads
-    the ``data``, ``train`` and ``finetune`` scopes.
+    """Per-image NME of a stage checkpoint on the training images and the robust flag (``noise.flag_outliers``,
+    with the validation images' errors as the reference: a model too weak to judge flags nothing); reads the
+    ``data``, ``train`` and ``finetune`` scopes.
 
     Returns:
         a table ``file_name, split, nme, flagged, weight`` (``weight`` by ``noise_action``), one row per image.
@@ -136,7 +137,7 @@ def find_noisy_labels(params: dict, data: engine.TrainData, stage_checkpoint, pr
     err = noise.training_errors(stage_checkpoint, data, c, None, params["device"])
     tr = data.train_idx
     flags = np.zeros(len(err), bool)
-    flags[tr] = noise.flag_outliers(err[tr], params["noise_threshold"])
+    flags[tr] = noise.flag_outliers(err[tr], params["noise_threshold"], reference=err[data.val_idx])
     weights = np.ones(len(err), np.float32)
     weights[tr] = noise.sample_weights(err[tr], flags[tr], params["noise_action"])
     split = np.array(["train"] * len(err), dtype=object)

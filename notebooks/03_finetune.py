@@ -75,7 +75,7 @@ noise_table.sort_values("nme", ascending=False).head(10)
 # labels the robust rule flags (`*_clean`).
 
 # %%
-models = workflow.ensemble_models(params)
+models = workflow.ensemble_models(params, data.table.num_points)
 val_pred, val_metrics = workflow.evaluate_validation(params, data, models, exclude_flagged=True)
 test_points, test_pred = workflow.predict_test(params, params["data_dir"], models)
 metrics = workflow.write_results(params, run, test_points, test_pred, val_metrics, val_pred)

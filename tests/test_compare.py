@@ -11,10 +11,14 @@ import yaml
 from landmarks_lib import compare
 
 
-def _run(path, lr, mse, source):
+def _run(path, lr, mse, source, minutes=(1.0, 2.0)):
     (path / "notebooks").mkdir(parents=True)
-    (path / "params.yaml").write_text(yaml.safe_dump({"lr": lr, "seed": 0}))
+    (path / "params.yaml").write_text(yaml.safe_dump({"lr": lr, "seed": 0, "run_dir": str(path),
+                                                      "cache_dir": str(path / "cache")}))
     (path / "metrics.json").write_text(json.dumps({"val_mse": mse}))
+    (path / "history.csv").write_text("epoch,stage,train_loss,val_mse,lr,time_s\n"
+                                      f"1,localizer,1.0,9.0,0.001,{60 * minutes[0]}\n"
+                                      f"1,train,1.0,5.0,0.001,{60 * minutes[1]}\n")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
     nbformat.write(nb, str(path / "notebooks" / "02_train.ipynb"))
 
@@ -27,6 +31,11 @@ def test_table_shows_differing_params_and_metrics(tmp_path):
     assert ("param", "seed") not in df.index  # equal parameters are left out by default
     assert df.loc[("metric", "val_mse"), "b"] == 7.25 and not df.loc[("metric", "val_mse"), "same"]
     assert ("param", "seed") in compare.compare_runs(tmp_path / "a", tmp_path / "b", all_params=True).index
+    assert ("param", "run_dir") not in df.index and ("param", "cache_dir") not in df.index  # a run's own folders
+    assert df.loc[("train_min", "train"), "a"] == 2.0 and df.loc[("train_min", "total"), "b"] == 3.0
+    text = compare.format_table(df, "a" * 50, "b" * 50, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "bbbbb" in text.splitlines()[0] and "0.0003" in text  # the second run always shows
     with pytest.raises(FileNotFoundError, match="no such run"):
         compare.compare_runs(tmp_path / "a", tmp_path / "zzz")
 
@@ -40,3 +49,4 @@ def test_cli_diffs_executed_notebooks_with_nbdime(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "02_train.ipynb" in out.stdout
     assert "x = 1" in out.stdout and "x = 2" in out.stdout  # nbdime shows the changed source lines
+    assert "--ignore-metadata" in compare.nbdiff_command("a", "b")  # no widget state or timing metadata

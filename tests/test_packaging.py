@@ -63,8 +63,15 @@ def test_makefile_installs_the_pinned_torch_first():
     assert f"torch=={pins['torch']} torchvision=={pins['torchvision']}" in mk
     assert "pip install -e . --no-deps" in mk
     assert "nbdime config-git --enable" in mk
-    for target in ("demo", "test", "test-standin", "run", "sync-notebooks", "clean-cache"):
+    for target in ("demo", "test", "test-fast", "test-standin", "run", "sync-notebooks", "clean-cache", "git-nbdime"):
         assert re.search(rf"^{re.escape(target)}:", mk, re.M), f"Makefile lacks the {target} target"
+
+
+def test_nbdime_git_drivers_are_absolute_paths_so_git_diff_works_without_the_venv_on_path():
+    mk = _read("Makefile")
+    for key in ("diff.jupyternotebook.command", "merge.jupyternotebook.driver", "difftool.nbdime.cmd",
+                "mergetool.nbdime.cmd"):
+        assert re.search(rf'git config {re.escape(key)} .*\$\(abspath \$\(VENV\)\)/bin/git-nb', mk), key
 
 
 def test_ci_runs_the_readme_test_command():
@@ -77,7 +84,7 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
 
 
-@pytest.mark.parametrize("name", ["README.md", "LICENSE", "data/README.md"])
+@pytest.mark.parametrize("name", ["README.md", "LICENSE", "data/README.md", "ARCHITECTURE.md"])
 def test_documents_exist(name):
     assert len(_read(name)) > 200
 

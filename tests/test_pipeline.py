@@ -91,6 +91,18 @@ def test_executed_notebooks_get_only_the_run_folder_injected(tiny_run):
     assert len(pngs) >= 8
 
 
+def test_html_reports_are_titled_offline_and_free_of_widget_state(tiny_run):
+    import re
+
+    for name in pipeline.NOTEBOOKS:
+        html = (tiny_run["run_dir"] / "reports" / f"{name}.html").read_text(encoding="utf-8")
+        assert f"<title>{name} · run</title>" in html
+        assert re.findall(r"<script[^>]+src=", html) == []  # nothing loaded from the network
+        assert "widget-view+json" not in html and "widget-state" not in html
+        assert "overrides = {}" not in html and "run_dir = " not in html  # parameter cells' code hidden
+        assert html.count("data:image/png;base64") >= 1
+
+
 def test_params_yaml_holds_typed_overrides(tiny_run):
     p = yaml.safe_load((tiny_run["run_dir"] / "params.yaml").read_text())
     assert set(p) == set(lp.SPEC)
@@ -181,6 +193,56 @@ def test_retrain_keeps_the_localizer_and_retrains_what_reads_epochs(tiny_run):
     assert list(h["stage"]) == ["localizer", "train", "train", "finetune"]
     assert (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns == loc
     assert _state(run)["03_finetune"]["params"]["epochs"] == 2
+    from landmarks_lib import compare
+
+    table = compare.compare_runs(tiny_run["run_dir"], run)
+    assert table.loc[("param", "epochs"), "a"] == 1 and table.loc[("param", "epochs"), "b"] == 2
+    assert ("param", "run_dir") not in table.index and ("train_min", "total") in table.index
+    png = compare.plot_runs([tiny_run["run_dir"], run], tiny_run["base"] / "compare.png")
+    assert os.path.getsize(png) > 5000
+
+
+def _tiny_overrides():
+    """``TINY``'s ``-p`` pairs as a notebook's ``overrides`` dict (typed by the spec)."""
+    pairs = dict(zip(TINY[1::3], TINY[2::3]))
+    return {k: lp.coerce(k, v) for k, v in pairs.items()}
+
+
+def _papermill(name, run_dir, **parameters):
+    """Run one notebook as a Jupyter user would: no runner, the parameters cell's names set (papermill), the
+    notebook's own folder as the working directory."""
+    import papermill as pm
+
+    out = run_dir.parent / f"{run_dir.name}-{name}.ipynb"
+    pm.execute_notebook(os.path.join(pipeline.NOTEBOOK_DIR, f"{name}.ipynb"), str(out), cwd=pipeline.NOTEBOOK_DIR,
+                        parameters={"run_dir": str(run_dir), **parameters}, kernel_name="python3",
+                        progress_bar=False)
+    return out
+
+
+def test_interactive_and_batch_runs_give_the_same_results(tiny_run):
+    run = tiny_run["base"] / "interactive"
+    over = dict(_tiny_overrides(), cache_dir=str(tiny_run["base"] / "cache"))
+    _papermill("01_eda", run, overrides=over)
+    _papermill("02_train", run)  # later notebooks read the run's params.yaml, as in Jupyter
+    a, b = pd.read_csv(tiny_run["run_dir"] / "history.csv"), pd.read_csv(run / "history.csv")
+    np.testing.assert_array_equal(a[a["stage"] != "finetune"]["val_mse"].to_numpy(), b["val_mse"].to_numpy())
+
+
+def test_changing_epochs_and_running_02_again_as_in_jupyter(tiny_run):
+    import papermill as pm
+
+    run = tiny_run["base"] / "jupyter"
+    shutil.copytree(tiny_run["run_dir"], run, symlinks=True)
+    loc = (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns
+    with pytest.raises(pm.PapermillExecutionError, match=r"epochs: 1 -> 3.*Stages affected: train, finetune.*"
+                                                         r"retrain = True"):
+        _papermill("02_train", run, overrides={"epochs": 3})
+    _papermill("02_train", run, overrides={"epochs": 3}, retrain=True)
+    h = pd.read_csv(run / "history.csv")
+    assert list(h["stage"]) == ["localizer", "train", "train", "train", "finetune"]
+    assert (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns == loc  # the localizer was kept
+    assert _state(run)["02_train"]["params"]["epochs"] == 3
 
 
 def test_failing_cell_stops_with_its_notebook_and_cell(tiny_run):

@@ -111,6 +111,18 @@ def test_noise_flags_and_weights():
         noise.sample_weights(err, flags, "ignore")
 
 
+def test_a_model_too_weak_to_judge_flags_nothing():
+    rng = np.random.default_rng(0)
+    good_val = rng.normal(2.0, 0.2, 40)  # a good model: small validation errors ...
+    train = np.concatenate([rng.normal(1.5, 0.15, 200), [9.0, 12.0]])  # ... and two wrong training labels
+    assert np.flatnonzero(noise.flag_outliers(train, 6.0, reference=good_val)).tolist() == [200, 201]
+    weak_val = rng.lognormal(np.log(12.0), 0.6, 40)  # a weak model: large, widely spread validation errors
+    weak_train = np.concatenate([rng.normal(6.0, 0.5, 200), [15.0, 18.0]])  # exact labels, two hard faces
+    assert noise.flag_outliers(weak_train, 6.0).sum() == 2  # the training errors alone would flag exact labels
+    assert noise.flag_outliers(weak_train, 6.0, reference=weak_val).sum() == 0
+    assert noise.flag_outliers(weak_train, 6.0, reference=weak_val[:5]).sum() == 2  # too few to count
+
+
 def test_training_errors_find_a_corrupted_label(trained):
     p, data, _, run = trained
     best = run.checkpoint("train")
