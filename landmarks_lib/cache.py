@@ -104,7 +104,7 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         points: optional ``[N, K, 2]`` landmarks in original pixels: stored in crop pixels, and used to place
             ``face`` crops.
         frames: optional ``float64 [N, 4]`` frames to use instead of ``crop_mode`` (e.g. face boxes placed by a
-            coarse model's predictions).
+            localizer's predictions).
         num_workers: processes decoding images (0 = ``min(4, cores)``; 1 = in this process).
     Returns:
         ``CropCache``.

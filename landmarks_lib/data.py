@@ -2,8 +2,9 @@
 
 Reading a batch is one fancy-index of the memory-mapped cache (no per-sample decode), so on a CPU the main process
 does it (``num_workers=0``); on CUDA, workers, pinned memory and persistent workers overlap it with the GPU
-(``loader_settings``). Batch order is ``torch.utils.data.DistributedSampler``'s permutation, drawn from ``seed + epoch`` alone, so a
-resumed run sees the same batches as an uninterrupted one; with ``world_size > 1`` each rank takes its shard.
+(``loader_settings``). Batch order is a permutation drawn from ``(seed, epoch)`` alone, so a resumed run sees the same batches as an
+uninterrupted one; with ``world_size > 1`` each rank takes every ``world_size``-th sample of that permutation (as
+``torch.utils.data.DistributedSampler`` does).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import torch
 
 
 class BatchSampler(torch.utils.data.Sampler):
-    """Yields sorted ``int64`` index arrays (one per batch) over ``indices``: torch's ``DistributedSampler`` (the
-    epoch's permutation drawn from ``seed + epoch``; with ``world_size > 1`` each rank takes every
-    ``world_size``-th sample, padded by wrapping unless ``drop_last``) batched by torch's ``BatchSampler``.
+    """Yields sorted ``int64`` index arrays (one per batch) over ``indices``, with ``torch.utils.data.DistributedSampler``'s
+    contract (``set_epoch``; with ``world_size > 1`` each rank takes every ``world_size``-th sample of the epoch's
+    permutation, padded by wrapping unless ``drop_last``). The permutation is numpy's, drawn from
+    ``default_rng([seed, epoch])``, so every recorded run reproduces exactly.
 
     Args:
         indices: dataset positions to draw from.
         batch_size: per-rank batch size.
-        shuffle: permute per epoch (``set_epoch``).
+        shuffle: permute per epoch with ``numpy.random.default_rng([seed, epoch])``.
         drop_last: drop a final partial batch (training).
         rank, world_size: shard of the permutation this process takes.
     """
@@ -30,20 +32,37 @@ class BatchSampler(torch.utils.data.Sampler):
     def __init__(self, indices, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1):
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.shard = torch.utils.data.DistributedSampler(range(len(self.indices)), num_replicas=world_size,
-                                                         rank=rank, shuffle=shuffle, seed=int(seed),
-                                                         drop_last=drop_last and world_size > 1)
-        self.batches = torch.utils.data.BatchSampler(self.shard, int(batch_size), drop_last)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.shard.set_epoch(int(epoch))
+        self.epoch = int(epoch)
+
+    def _shard(self):
+        idx = self.indices
+        if self.shuffle:
+            idx = idx[np.random.default_rng([self.seed, self.epoch]).permutation(len(idx))]
+        if self.world_size > 1:
+            per = len(idx) // self.world_size if self.drop_last else -(-len(idx) // self.world_size)
+            if not self.drop_last and per * self.world_size > len(idx):  # pad by wrapping, as DistributedSampler
+                idx = np.concatenate([idx, idx[: per * self.world_size - len(idx)]])
+            idx = idx[self.rank: per * self.world_size: self.world_size]
+        return idx
 
     def __iter__(self):
-        for b in self.batches:
-            yield np.sort(self.indices[np.asarray(b, dtype=np.int64)])
+        idx = self._shard()
+        n = len(idx)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for s in range(0, stop, self.batch_size):
+            yield np.sort(idx[s: s + self.batch_size])
 
     def __len__(self):
-        return len(self.batches)
+        n = len(self._shard())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 class CacheBatches(torch.utils.data.Dataset):

@@ -38,7 +38,7 @@ from . import augment, checkpoint, geometry, metrics, models
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
 from .distributed import Context
-from .files import atomic_open, fingerprint
+from .files import atomic_open, derived_seed, fingerprint
 from .io import DataFormatError, LandmarksTable, labels_to_points, read_landmarks
 from .params import default_cache_dir, names_in, scoped
 from .predict import predict_cache, select_device
@@ -330,8 +330,13 @@ def write_history(run, stage: str, rows) -> None:
         df.to_csv(f, index=False)
 
 
-def _seed(*parts) -> int:
-    return int(fingerprint(*parts, digits=14), 16)
+# The seed tag of each stage: the localizer keeps the tag it had as the "coarse" stage, so runs reproduce the
+# results recorded before it was renamed.
+SEED_TAGS = {"localizer": "coarse", "train": "train", "finetune": "finetune"}
+
+
+def _seed(seed: int, stage: str, *parts) -> int:
+    return derived_seed(seed, SEED_TAGS[stage], *parts)
 
 
 def stage_cache(recipe: dict, data: TrainData, runtime: dict, progress: bool = True):

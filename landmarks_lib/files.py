@@ -4,6 +4,7 @@
   error, so a reader sees the old file or the complete new one, never a partial one. ``atomic_save_npy``,
   ``atomic_write_json`` and ``viz.save_figure`` write through it. Temporary files are named
   ``.<name>.<random>.tmp`` (``TMP_SUFFIX``) so a run folder's stale ones can be recognised after a kill.
+- ``derived_seed(*parts)``: the seeds of training's random draws.
 - ``fingerprint(*parts)``: a short SHA-1 of strings, bytes, numbers, ``None``, numpy arrays (dtype, shape and
   bytes) and nested lists/tuples/dicts of them (dicts by sorted key). Every key of this package (cache keys, stage
   keys, data keys, data fingerprints) is made with it; ``file_identity`` gives the ``path|size|mtime`` text a file
@@ -122,6 +123,13 @@ def fingerprint(*parts, digits: int = 16) -> str:
     for p in parts:
         _feed(h, p)
     return h.hexdigest()[:digits]
+
+
+def derived_seed(*parts) -> int:
+    """A 56-bit random seed derived from ``parts`` (``repr`` of the tuple, SHA-1, first 7 bytes little-endian): the
+    seed of every random draw of training, from ``(seed, stage, epoch, ...)``. Its definition is fixed, so runs
+    reproduce across versions."""
+    return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:7], "little")
 
 
 def file_identity(path) -> str:

@@ -12,8 +12,8 @@ Crop modes (parameter ``crop_mode``):
 
 - ``center``: the course baseline: scale the shorter side to ``size`` and take the centre square.
 - ``letterbox``: scale the longer side to ``size`` and pad, so the whole image is kept.
-- ``face``: a square around the face, placed from landmarks: from the ground truth when training and from a coarse
-  model's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of the
+- ``face``: a square around the face, placed from landmarks: from the ground truth when training and from the
+  localizer's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of the
   landmarks' bounding box.
 """
 
@@ -142,7 +142,7 @@ def make_frame(mode: str, width: int, height: int, size: int, points=None, face_
         return letterbox_frame(width, height, size)
     if mode == "face":
         if points is None:
-            raise ValueError("crop_mode 'face' needs landmarks (ground truth or a coarse prediction)")
+            raise ValueError("crop_mode 'face' needs landmarks (ground truth or the localizer's prediction)")
         return face_frame(points, size, face_scale)
     raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
 

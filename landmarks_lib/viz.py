@@ -32,9 +32,10 @@ __all__ = [
     "plot_point_errors", "plot_ced", "plot_history", "plot_mean_shape", "plot_size_histogram", "save_figure",
 ]
 
-TRUTH_COLOR = "#00e000"
-PRED_COLOR = "#ff2020"
-SEGMENT_COLOR = "#ffd000"
+TRUTH_COLOR = "#00d5ff"  # cyan: ground truth
+PRED_COLOR = "#ff1fce"  # magenta: prediction (contrasts with cyan, and with skin, hair and dark outlines)
+SEGMENT_COLOR = "#ffe600"  # yellow: truth -> prediction, for the worst points only
+EDGE = dict(edgecolors="black", linewidths=0.25)  # a dark rim keeps dots visible on light and dark pixels
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -83,13 +84,26 @@ def _image_figsize(w: int, h: int, longer: float = 6.0):
     return (max(w * s, 1.5), max(h * s, 1.5))
 
 
-def _auto_marker_area(ax, k: int) -> float:
-    """Scatter marker area (points^2) for ``k`` points on ``ax``: diameter ~ 0.15 * axes width / sqrt(k), clipped
-    to [0.6, 8] points, so 971 points on a 6-inch panel get ~2 pt dots and a handful of points stay visible."""
+def _auto_marker_area(ax, k: int, spread: float = 0.15) -> float:
+    """Scatter marker area (points^2) for ``k`` points on ``ax``: diameter ~ ``spread`` * axes width / sqrt(k),
+    clipped to [0.6, 8] points, so 971 points on a 6-inch panel get ~2 pt dots and a handful of points stay visible
+    (``spread`` 0.3 where the view is cropped to the face, whose points then fill the panel)."""
     fig = _root_figure(ax)
     width_pt = ax.get_position().width * fig.get_figwidth() * 72.0
-    d = float(np.clip(0.15 * width_pt / np.sqrt(max(k, 1)), 0.6, 8.0))
+    d = float(np.clip(spread * width_pt / np.sqrt(max(k, 1)), 0.6, 8.0))
     return d * d
+
+
+def face_view(*point_sets, margin: float = 0.15):
+    """``(x0, x1, y0, y1)``: the square around the finite points of ``point_sets`` (``[K, 2]`` each, original
+    pixels), its side the box's longer side plus ``margin`` of it on each side, or None without finite points."""
+    pts = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in point_sets if p is not None])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if not len(pts):
+        return None
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    c, side = (lo + hi) / 2, max(float((hi - lo).max()), 1.0) * (1 + 2 * margin)
+    return c[0] - side / 2, c[0] + side / 2, c[1] - side / 2, c[1] + side / 2
 
 
 def _draw_image(ax, image) -> tuple[int, int]:
@@ -112,7 +126,8 @@ def _shape_axes(ax):
 
 
 # ---------------------------------------------------------------------------------------------- points on image
-def show_points(image, points, ax=None, values=None, colors=None, size=None, cmap="viridis", title=None) -> Figure:
+def show_points(image, points, ax=None, values=None, colors=None, size=None, cmap="viridis", title=None,
+                value_label: str = "value") -> Figure:
     """Draw an image with landmarks on it.
 
     Args:
@@ -129,6 +144,7 @@ def show_points(image, points, ax=None, values=None, colors=None, size=None, cma
             points on a 6-inch panel).
         cmap: colormap for ``values``.
         title: optional axes title.
+        value_label: the colorbar's label, with its unit (e.g. ``"error, px"``).
     Returns:
         The ``Figure``.
     """
@@ -142,7 +158,7 @@ def show_points(image, points, ax=None, values=None, colors=None, size=None, cma
         if len(v) != len(pts):
             raise ValueError(f"values has {len(v)} entries for {len(pts)} points")
         sc = ax.scatter(pts[:, 0], pts[:, 1], c=v, cmap=cmap, **kw)
-        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label=value_label)
     elif colors is not None:
         c = np.asarray(colors)
         if c.ndim == 1 and len(c) == len(pts) and np.issubdtype(c.dtype, np.integer):
@@ -256,9 +272,11 @@ def render_points(image, points, color=(255, 0, 0), marker_px: float = 1, dpi: f
 
 
 # ------------------------------------------------------------------------------------------- predictions, errors
-def plot_prediction(image, truth, pred, ax=None, title=None, size=None) -> Figure:
-    """Ground truth (green) vs prediction (red) on the image, with a yellow segment from each truth point to its
-    prediction (a ``LineCollection``), so long segments show where the model is wrong.
+def plot_prediction(image, truth, pred, ax=None, title=None, size=None, crop: bool = True, worst: int = 20,
+                    legend: bool = True) -> Figure:
+    """Ground truth (cyan) and prediction (magenta) on the image, each dot with a dark rim, and a yellow segment from
+    truth to prediction for the ``worst`` points with the largest error (so the segments show where the model is
+    wrong without covering the points).
 
     Args:
         image: ``uint8 [H, W, 3]``.
@@ -267,29 +285,40 @@ def plot_prediction(image, truth, pred, ax=None, title=None, size=None) -> Figur
         ax: draw into this Axes; a new figure when None.
         title: optional axes title.
         size: marker area in points^2 (default: scaled to the axes and ``K``).
+        crop: show the face only (``face_view`` of the points) instead of the whole image.
+        worst: how many of the largest errors get a segment (0 = none).
+        legend: add a legend to the axes.
     Returns:
         The ``Figure``.
+    Raises:
+        ValueError: ``truth`` and ``pred`` of different shapes.
     """
     fig, ax = _axes(ax, _image_figsize(*np.asarray(image).shape[1::-1]))
     w, h = _draw_image(ax, image)
     t = None if truth is None else _as_points(truth, "truth")
     p = None if pred is None else _as_points(pred, "pred")
+    if t is not None and p is not None and t.shape != p.shape:
+        raise ValueError(f"truth shape {t.shape} != pred shape {p.shape}")
     k = len(t) if t is not None else (len(p) if p is not None else 0)
-    s = _auto_marker_area(ax, k) if size is None else float(size)
-    if t is not None and p is not None:
-        if t.shape != p.shape:
-            raise ValueError(f"truth shape {t.shape} != pred shape {p.shape}")
-        seg = np.stack([t, p], axis=1)
-        seg = seg[np.isfinite(seg).all(axis=(1, 2))]
-        ax.add_collection(LineCollection(seg, colors=SEGMENT_COLOR, linewidths=0.6, alpha=0.8, zorder=2))
+    view = face_view(t, p) if crop and k else None
+    s = _auto_marker_area(ax, k, 0.3 if view else 0.15) if size is None else float(size)
+    if t is not None and p is not None and worst > 0:
+        err = np.sqrt(((p - t) ** 2).sum(-1))
+        order = np.argsort(np.where(np.isfinite(err), -err, np.inf), kind="stable")[: int(worst)]
+        order = order[np.isfinite(err[order])]
+        ax.add_collection(LineCollection(np.stack([t[order], p[order]], axis=1), colors=SEGMENT_COLOR,
+                                         linewidths=0.8, zorder=2, label=f"{len(order)} largest errors"))
     if t is not None:
-        ax.scatter(t[:, 0], t[:, 1], s=s, c=TRUTH_COLOR, linewidths=0, zorder=3, label="truth")
+        ax.scatter(t[:, 0], t[:, 1], s=s, c=TRUTH_COLOR, zorder=3, label="truth", **EDGE)
     if p is not None:
-        ax.scatter(p[:, 0], p[:, 1], s=s, c=PRED_COLOR, linewidths=0, zorder=4, label="prediction")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
+        ax.scatter(p[:, 0], p[:, 1], s=s, c=PRED_COLOR, zorder=4, label="prediction", **EDGE)
+    x0, x1, y0, y1 = view if view else (0, w, 0, h)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
+    if legend and k:
+        ax.legend(loc="lower right", fontsize=6, markerscale=2.5, framealpha=0.7)
     if title is not None:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8)
     return fig
 
 
@@ -328,7 +357,8 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
             may be None when ``truths`` is None, then the first ``n`` images are shown.
         which: ``"best"``, ``"median"`` or ``"worst"`` (see ``select_by_error``), or an explicit index sequence.
         n: number of panels.
-        names: optional ``[N]`` names (e.g. file names) for the titles.
+        names: optional ``[N]`` names (e.g. file names) for the titles. Each panel shows the face only
+            (``plot_prediction(crop=True)``); one legend for the figure.
         cols: panels per row.
         panel_inches: size of one panel.
         error_label: label of the error in titles.
@@ -355,17 +385,21 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
     for a, i in zip(axs.flat, idx):
         i = int(i)
         name = str(names[i]) if names is not None else f"#{i}"
-        title = name if errors is None else f"{name}  {error_label}={float(np.asarray(errors)[i]):.4g}"
-        plot_prediction(get(i), None if truths is None else truths[i], preds[i], ax=a, title=title)
+        title = name if errors is None else f"{name}\n{error_label} = {float(np.asarray(errors)[i]):.4g}"
+        plot_prediction(get(i), None if truths is None else truths[i], preds[i], ax=a, title=title, legend=False)
     for a in list(axs.flat)[m:]:
         a.set_axis_off()
     if isinstance(which, str):
         fig.suptitle(f"first {m} of {n_items}" if errors is None else f"{which} {m} of {n_items}")
-    fig.tight_layout()
+    if m:
+        handles, labels = axs.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, markerscale=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
-def plot_point_errors(mean_shape, per_point_error, ax=None, cmap="magma_r", title=None) -> Figure:
+def plot_point_errors(mean_shape, per_point_error, ax=None, cmap="magma_r", title=None,
+                      unit: str = "mean error, px") -> Figure:
     """Per-point error on the mean face: which landmarks are hard.
 
     Args:
@@ -375,6 +409,7 @@ def plot_point_errors(mean_shape, per_point_error, ax=None, cmap="magma_r", titl
         ax: draw into this Axes; a new figure when None.
         cmap: colormap (default: darker = larger error).
         title: axes title (default mentions the mean and max).
+        unit: the colorbar's label.
     Returns:
         The ``Figure`` (scatter coloured by error, colorbar, equal aspect, y downward).
     """
@@ -388,7 +423,7 @@ def plot_point_errors(mean_shape, per_point_error, ax=None, cmap="magma_r", titl
     order = np.argsort(np.where(np.isfinite(e), e, -np.inf), kind="stable")  # worst drawn on top
     s = _auto_marker_area(ax, len(p)) * 2.0
     sc = ax.scatter(p[order, 0], p[order, 1], c=e[order], s=s, cmap=cmap, linewidths=0)
-    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="error")
+    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label=unit)
     _shape_axes(ax)
     ax.set_title(title if title is not None else
                  f"per-point error: mean {np.nanmean(e):.3g}, max {np.nanmax(e):.3g} (point {int(np.nanargmax(e))})")
@@ -460,7 +495,7 @@ def plot_history(history) -> Figure:
 
     Args:
         history: a ``history.csv`` path or a DataFrame with columns ``epoch, stage, train_loss, val_mse, lr``, one
-            row per epoch in training order. ``stage`` is a string (e.g. ``"coarse"``, ``"train"``,
+            row per epoch in training order. ``stage`` is a string (e.g. ``"localizer"``, ``"train"``,
             ``"finetune"``); epochs restart per stage, so rows are plotted against their position (step 1, 2, ...)
             with a dashed line and the stage name at each stage start. ``val_mse`` is in original pixels^2 (NaN
             rows, e.g. epochs without validation, are skipped). Log scales are used where all values are > 0

@@ -194,7 +194,8 @@ fig
 # %%
 worst = int(np.argmax(residuals))
 fig = viz.show_points(load_train(worst), points[worst], values=point_residuals[worst],
-                      title=f"{data.names[worst]}: shape residual {residuals[worst]:.3f}")
+                      title=f"{data.names[worst]}: shape residual {residuals[worst]:.3f}",
+                      value_label="distance to the mean shape, shape radii")
 viz.save_figure(fig, run.figure("01_worst_shape"))
 fig
 

@@ -42,7 +42,9 @@ overrides = {}              # parameter values, e.g. {"epochs": 3}; they are wri
 import numpy as np
 import pandas as pd
 
-from landmarks_lib import engine, geometry, metrics, viz, workflow
+from IPython.display import HTML
+
+from landmarks_lib import engine, geometry, metrics, viewer, viz, workflow
 
 params, run = workflow.start("04_visualize", globals())
 n_fig = params["num_figures"]
@@ -53,6 +55,7 @@ val_truth = data.points(data.val_idx)
 val_pred = run.read_predictions("val")
 val_nme = metrics.per_image_nme(val_pred, val_truth)
 load_val = workflow.image_loader(data.image_dir, val_names)
+mean_shape = geometry.mean_shape(data.points(data.train_idx))
 run_metrics = run.read_metrics()
 pd.Series(run_metrics, name="value").to_frame()
 
@@ -67,8 +70,9 @@ pd.DataFrame({"this run": pd.Series(run_metrics), "mean-shape baseline": pd.Seri
 # %% [markdown]
 # ## Predictions on validation images
 #
-# Ground truth in green, prediction in red, a yellow segment from each true point to its prediction; titles give
-# the image's NME (percent of its landmark box size). First the best images:
+# Each panel shows the face: ground truth in cyan, prediction in magenta, and a yellow segment from truth to
+# prediction for the 20 points with the largest error; titles give the image's NME (percent of its landmark box
+# size). First the best images:
 
 # %%
 fig = viz.gallery(load_val, val_truth, val_pred, val_nme, which="best", n=n_fig, names=val_names,
@@ -122,10 +126,32 @@ fig
 # the image defines less precisely than eye corners).
 
 # %%
-fig = viz.plot_point_errors(geometry.mean_shape(data.points(data.train_idx)),
-                            metrics.per_point_error(val_pred, val_truth).mean(axis=0))
+fig = viz.plot_point_errors(mean_shape, metrics.per_point_error(val_pred, val_truth).mean(axis=0))
 viz.save_figure(fig, run.figure("04_point_errors"))
 fig
+
+# %% [markdown]
+# ## Looking closely: the interactive viewer
+#
+# Zoom and pan with the mouse, hover a point for its index, face region and error (px), click `truth` or
+# `prediction` in the legend to hide or show them, and pick an image from the menus (by NME, worst first, or by
+# name): validation images (the worst and some around the median), then every point on the mean face coloured by
+# its mean error (hover: its error across the validation set), then test images. It is plotly's own HTML, so it
+# works the same in Jupyter and in this run's HTML report, offline.
+
+# %%
+test_pred = run.read_predictions("test")
+load_test, test_names = workflow.test_images(params, len(test_pred))
+viewer_html, region_errors = viewer.report(load_val, val_names, val_pred, val_truth, mean_shape, val_nme,
+                                           test=(load_test, test_names, test_pred))
+HTML(viewer_html)
+
+# %% [markdown]
+# The regions are clusters of the mean face, named by where they lie (left and right as seen in the image); the
+# table gives each region's error on the validation images, worst first.
+
+# %%
+region_errors.round(3)
 
 # %% [markdown]
 # ## Cumulative error distribution
@@ -155,8 +181,6 @@ fig
 # here: check that the points sit on the faces.
 
 # %%
-test_pred = run.read_predictions("test")
-load_test, test_names = workflow.test_images(params, len(test_pred))
 fig = viz.gallery(load_test, None, test_pred, None, which=np.arange(min(n_fig, len(test_pred))), names=test_names)
 viz.save_figure(fig, run.figure("04_test_predictions"))
 fig

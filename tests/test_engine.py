@@ -244,6 +244,24 @@ def test_face_mode_trains_the_localizer_and_the_model_holds_both(tiny_data, tmp_
     assert run.read_history()["stage"].tolist() == ["localizer", "train"]
 
 
+def test_a_weak_model_flags_no_exact_synthetic_label(tmp_path):
+    """Exact labels (the synthetic generator's) judged by a model after 2 epochs: the training errors alone have
+    outliers (hard drawings), but none stands above the model's own validation errors, so nothing is flagged."""
+    from landmarks_lib import noise
+    from landmarks_lib.run import RunFolder
+
+    d = tmp_path / "data"
+    synthetic.write_dataset(d, n_train=120, n_test=2, num_points=24, seed=2, min_size=64, max_size=96)
+    p = _params(str(d), tmp_path / "run", tmp_path / "cache", epochs=2, val_fraction=0.25)
+    run = RunFolder(p["run_dir"]).create("test")
+    data = engine.load_train_data(p, progress=False)
+    assert len(data.val_idx) >= noise.MIN_REFERENCE
+    engine.fit(p, data, run, "train", progress=False)
+    table = workflow.find_noisy_labels(p, data, run.checkpoint("train"), progress=False)
+    assert int(table["flagged"].sum()) == 0
+    assert (table["weight"] == 1).all()
+
+
 def test_group_split_keeps_people_apart(tiny_data):
     names = pd.read_csv(os.path.join(tiny_data, "train", "groups.csv"), sep="\t")
     tr, va, mode = engine.split_indices(names["file_name"].tolist(), tiny_data, 0.25, seed=0)

@@ -118,16 +118,37 @@ def test_show_points_convention_values_and_labels(data, tmp_path):
     _check_figure(viz.show_points(images[0], truths[0], colors=labels), tmp_path, "labels")
 
 
-def test_plot_prediction_segments(data, tmp_path):
+def test_plot_prediction_segments_for_the_worst_points_only(data, tmp_path):
     images, truths, preds = data
-    fig = viz.plot_prediction(images[0], truths[0], preds[0], title="x")
+    fig = viz.plot_prediction(images[0], truths[0], preds[0], title="x", worst=3, crop=False)
     lcs = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
     assert len(lcs) == 1
     segs = np.array(lcs[0].get_segments())
-    assert segs.shape == (K, 2, 2)
-    np.testing.assert_allclose(segs[:, 0], truths[0])
-    np.testing.assert_allclose(segs[:, 1], preds[0])
+    err = np.sqrt(((preds[0] - truths[0]) ** 2).sum(-1))
+    worst = np.argsort(-err)[:3]
+    assert segs.shape == (3, 2, 2)
+    np.testing.assert_allclose(segs[:, 0], truths[0][worst])
+    np.testing.assert_allclose(segs[:, 1], preds[0][worst])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["3 largest errors", "truth",
+                                                                             "prediction"]
     _check_figure(fig, tmp_path, "pred")
+
+
+def test_a_known_point_lands_on_its_pixel_in_the_face_view():
+    img = np.full((200, 300, 3), 40, np.uint8)  # dark, like the synthetic drawings
+    truth = np.array([[140.5, 90.5], [160.5, 90.5], [150.5, 110.5], [150.5, 70.5]])
+    pred = truth + [[30.0, 0], [0, 0], [0, 0], [0, 0]]
+    fig = viz.plot_prediction(img, truth, pred, size=40.0, worst=0)
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    assert x1 - x0 < 100  # cropped to the face, not the 300-px image
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    for (x, y), color in ((truth[0], viz.TRUTH_COLOR), (pred[0], viz.PRED_COLOR)):  # the others lie under pred
+        dx, dy = ax.transData.transform((x, y))
+        px = rgba[int(round(rgba.shape[0] - dy)), int(round(dx)), :3].astype(int)
+        want = np.array([int(color[i: i + 2], 16) for i in (1, 3, 5)])
+        assert np.abs(px - want).max() < 40, (color, px)
 
 
 def test_gallery(data, tmp_path):
@@ -138,7 +159,8 @@ def test_gallery(data, tmp_path):
     titles = [a.get_title() for a in fig.axes if a.images]
     assert len(titles) == 3
     worst = int(np.argmax(err))
-    assert titles[0].startswith(f"img{worst}.jpg") and f"{err[worst]:.4g}" in titles[0]
+    assert titles[0].startswith(f"img{worst}.jpg\n") and f"{err[worst]:.4g}" in titles[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()][1:] == ["truth", "prediction"]  # one legend
     _check_figure(fig, tmp_path, "gallery")
     fig = viz.gallery(lambda i: images[i], None, preds, None, n=2)  # test images: predictions only
     assert sum(1 for a in fig.axes if a.images) == 2
