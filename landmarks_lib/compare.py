@@ -6,7 +6,7 @@ parameters that differ (all with ``--all-params``; the run's own folders are lef
 draws both runs' training curves and CEDs in one figure; ``--diff`` shows nbdime's diff of each executed notebook
 pair (``<run>/notebooks/NN_name.ipynb``) in the terminal, sources and outputs only (no widget state or timing
 metadata), ``--web`` opens nbdime's web diff.
-With nbdime's git integration enabled (``make .venv`` runs ``nbdime config-git --enable`` in this repository),
+With nbdime's git integration enabled (``make venv`` runs ``make git-nbdime`` in this repository),
 ``git diff`` of notebooks is also shown cell by cell.
 """
 
@@ -20,14 +20,15 @@ import sys
 
 import pandas as pd
 
-from .params import load_profile
+from .params import read_values
 from .run import RunFolder
 
 
 def _params(run: RunFolder) -> dict:
-    """A run's ``params.yaml`` typed by the spec (empty when missing)."""
+    """A run's ``params.yaml``: known names typed by the spec, names an earlier version used kept as written (an
+    old run can be compared with a new one); empty when missing."""
     path = run.file("params.yaml")
-    return load_profile(path) if os.path.exists(path) else {}
+    return read_values(path) if os.path.exists(path) else {}
 
 
 def _same_value(name, a, b) -> bool:

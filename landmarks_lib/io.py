@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import atomic_open, atomic_save_npy, atomic_write_json, fingerprint, file_identity  # noqa: F401
+from .files import atomic_open, atomic_save_npy, file_identity, fingerprint
 
 
 #: The contest's label convention: a label value ``v`` is a pixel *index* coordinate (``v = i`` is the centre of pixel

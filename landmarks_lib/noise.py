@@ -4,9 +4,9 @@ Recipe: predict every training image with a trained model (no augmentation, crop
 image's NME against its own labels, and flag images whose NME exceeds ``median + threshold * 1.4826 * MAD`` of all
 images (a robust z-score: the median absolute deviation scaled to a normal standard deviation, Rousseeuw & Croux,
 JASA 1993; the few wrong labels do not inflate the cut as they would a mean and standard deviation).
-A label is flagged only when its error also stands above the same cut of the model's errors on the validation
-images (which it did not train on), so a model too weak to judge the labels flags none of them
-(``flag_outliers(..., reference=...)``). Flagged images can be kept, dropped or down-weighted when finetuning
+A label is flagged only when the model is good enough to judge (a median validation NME of at most 10 %) and its
+error also stands above the same cut of the model's errors on the validation images (which it did not train on), so
+a model too weak to judge the labels flags none of them (``flag_outliers(..., reference=...)``). Flagged images can be kept, dropped or down-weighted when finetuning
 (parameter ``noise_action``).
 """
 
@@ -29,21 +29,25 @@ def robust_cut(errors, threshold: float) -> float:
     return float(med + threshold * mad)
 
 
-MIN_REFERENCE = 20  # images a reference error distribution needs before its cut counts
+MIN_REFERENCE = 20  # images a reference error distribution needs before it counts
+JUDGE_MAX_MEDIAN_NME = 10.0  # percent: a model whose median validation NME is above this cannot judge labels
 
 
 def flag_outliers(errors, threshold: float, reference=None) -> np.ndarray:
-    """``bool [N]``: errors above ``robust_cut`` of ``errors`` and, when ``reference`` holds at least
-    ``MIN_REFERENCE`` errors, also above ``robust_cut`` of ``reference``.
+    """``bool [N]``: errors above ``robust_cut`` of ``errors``; with a ``reference`` of at least ``MIN_REFERENCE``
+    errors (the model's NME on images it was not trained on, the validation split), only when the model is good
+    enough to judge and above the reference's own cut too.
 
-    The reference is the model's error on images it was not trained on (the validation split): a model too weak to
-    judge labels has large, widely spread validation errors, so its cut is high and it flags nothing; a model good
-    enough to judge keeps validation errors small, and a wrong training label stands far above them.
+    Good enough to judge means a median reference NME of at most ``JUDGE_MAX_MEDIAN_NME`` percent (the CED's failure
+    threshold): a weaker model, whose errors come from its own mistakes more than from the labels, flags nothing. A
+    good model keeps its validation errors small, and a wrong training label stands far above them.
     """
     e = np.asarray(errors, dtype=np.float64)
     cut = robust_cut(e, threshold)
     ref = None if reference is None else np.asarray(reference, dtype=np.float64)
     if ref is not None and np.isfinite(ref).sum() >= MIN_REFERENCE:
+        if np.nanmedian(ref) > JUDGE_MAX_MEDIAN_NME:
+            return np.zeros(len(e), bool)
         cut = max(cut, robust_cut(ref, threshold))
     return e > cut
 

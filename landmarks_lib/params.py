@@ -372,6 +372,18 @@ def load_profile(path) -> dict:
     return out
 
 
+def read_values(path) -> dict:
+    """A parameter file for reading, not for running: known names typed by the spec (not checked), other names kept
+    as the text written (e.g. a run folder of an earlier version). Values that do not type are kept as text too."""
+    out = {}
+    for k, v in read_yaml_text(path).items():
+        try:
+            out[k] = _typed(SPEC[k], v) if k in SPEC else v
+        except ParamError:
+            out[k] = v
+    return out
+
+
 def dump(params: Mapping, path) -> None:
     """Write parameters as YAML (every spec name, sorted), atomically; ``load_profile`` reads it back equal."""
     from .files import atomic_open

@@ -200,7 +200,8 @@ def write_points_csv(path, names, points) -> None:
     (``io.points_to_labels``: minus ``io.LABEL_OFFSET``; tab-separated, 2 decimals), atomically."""
     import pandas as pd
 
-    from .io import atomic_open, points_to_labels
+    from .files import atomic_open
+    from .io import points_to_labels
 
     pts = points_to_labels(points)
     k = pts.shape[1]
@@ -243,8 +244,12 @@ def main(argv=None) -> int:
         stored["tta_flip"] = False
     settings = Inference.from_settings(stored, batch_size=a.batch_size)
     images = ImageSet(a.images, tuple(names), a.cache_dir or default_cache_dir())
-    pts = predict_images(loaded, images, select_device(a.device), settings)
-    write_points_csv(a.out, names, pts)
+    try:
+        pts = predict_images(loaded, images, select_device(a.device), settings)
+        write_points_csv(a.out, names, pts)
+    except (OSError, ValueError, RuntimeError) as e:  # an unreadable image, a full disk: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(names)} rows x {pts.shape[1]} points to {a.out}")
     return 0
 

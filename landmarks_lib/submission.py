@@ -16,7 +16,8 @@ from io import StringIO
 import numpy as np
 import pandas as pd
 
-from .io import TestPoints, atomic_open, points_to_labels
+from .files import atomic_open
+from .io import TestPoints, points_to_labels
 
 
 class SubmissionError(ValueError):

@@ -60,7 +60,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .io import atomic_open, points_to_labels
+from .files import atomic_open
+from .io import points_to_labels
 from .submission import round_half_up
 
 SUPERSAMPLE = 4

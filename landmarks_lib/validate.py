@@ -547,6 +547,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a vanished folder: one line naming the path
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(rep.summary(max_problems=args.show))
     return 0 if rep.ok else 1
 

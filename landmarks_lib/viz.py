@@ -316,7 +316,7 @@ def plot_prediction(image, truth, pred, ax=None, title=None, size=None, crop: bo
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
     if legend and k:
-        ax.legend(loc="lower right", fontsize=6, markerscale=2.5, framealpha=0.7)
+        ax.legend(loc="lower right", fontsize=6, markerscale=float(np.sqrt(16.0 / max(s, 1e-6))), framealpha=0.7)
     if title is not None:
         ax.set_title(title, fontsize=8)
     return fig
@@ -393,7 +393,10 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
         fig.suptitle(f"first {m} of {n_items}" if errors is None else f"{which} {m} of {n_items}")
     if m:
         handles, labels = axs.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, markerscale=3, frameon=False)
+        sizes = [float(h.get_sizes()[0]) for h in handles if hasattr(h, "get_sizes") and len(h.get_sizes())]
+        scale = float(np.sqrt(25.0 / max(sizes[0], 1e-6))) if sizes else 1.0  # legend dots of ~5 pt
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, markerscale=scale,
+                   frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 

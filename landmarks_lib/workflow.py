@@ -21,7 +21,7 @@ from .io import read_test_points
 from .params import SPEC, default_cache_dir, dump, resolve, scoped, split_list
 from .predict import ImageSet, Inference, predict_images, select_device
 from .run import RunFolder
-from .submission import SubmissionError, validate_submission, write_submission
+from .submission import SubmissionError, write_submission
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "matplotlib", "papermill", "jupytext", "nbdime")
 

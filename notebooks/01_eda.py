@@ -123,7 +123,7 @@ fig
 #
 # Left: the centre of each face's landmark box, as a share of the image width and height; right: the face's
 # width as a share of the image width. The table places the crop of each `crop_mode` on every training image
-# (`face` crops from the labels, as in training; at test time a coarse model places them) and reports the share
+# (`face` crops from the labels, as in training; at test time the localizer places them) and reports the share
 # of points outside the image and outside the crop, the share of images the crop cuts, and the face's size in
 # crop pixels: the resolution the network gets for the face.
 
@@ -202,17 +202,18 @@ fig
 # %% [markdown]
 # ## Conclusion: which crop
 #
-# - **centre** (the course baseline) crops the centre square of the shorter side: it cuts the faces that sit off
+# - **center** (the course baseline) crops the centre square of the shorter side: it cuts the faces that sit off
 #   centre (`images_cut_pct`; on the synthetic data faces are placed anywhere, on real photos they are roughly
 #   centred), and the face fills only part of the crop (`face_px_median`), so much of the network's resolution goes
 #   to background.
 # - **letterbox** keeps every point inside the crop, at the price of an even smaller face.
 # - **face** puts the face at about `1 / face_scale` of the crop side, so the network sees it at the highest
-#   resolution for a given `crop_size`. At test time the face box is unknown: a coarse letterbox model
-#   (`coarse_crop_size`, `coarse_epochs`) predicts the points first and the face crop is placed from them.
+#   resolution for a given `crop_size`. At test time the face box is unknown: the letterbox localizer
+#   (`localizer_crop_size`, `localizer_epochs`, ...) predicts the points first and the face crop is placed from
+#   them.
 #
 # On the real stand-in data faces are about 40 % of the image width and roughly centred, so centre crops waste
-# most of their pixels; the default `crop_mode` is therefore `face`, with a coarse model placing the crop.
+# most of their pixels; the default `crop_mode` is therefore `face`, with the localizer placing the crop.
 
 # %%
 workflow.finish("01_eda", params, run)

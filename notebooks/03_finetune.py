@@ -22,7 +22,7 @@
 #    of the contest's are.
 # 2. **Finetune**: training continues from `train_best` at `finetune_lr` for `finetune_epochs`, with flagged images
 #    kept, dropped or down-weighted (`noise_action`).
-# 3. **Evaluate** on the validation images exactly as on the test set (raw image → coarse model → face crop →
+# 3. **Evaluate** on the validation images exactly as on the test set (raw image → localizer → face crop →
 #    model → original pixels, with flip TTA), predict the test images and write `submission.csv` (validated against
 #    `test_points.csv`) and `metrics.json`. With `max_test_images` below the number of test images the submission
 #    is `submission_partial.csv` instead: only those rows, not for upload.

@@ -167,7 +167,7 @@ fig
 # %% [markdown]
 # ## Training curves
 #
-# Every stage of the run (coarse, train, finetune), from `history.csv`.
+# Every stage of the run (localizer, train, finetune), from `history.csv`.
 
 # %%
 fig = viz.plot_history(run.read_history())

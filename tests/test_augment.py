@@ -1,6 +1,5 @@
 """Batch augmentation: images and landmarks move together; flips re-index points; identity is exact."""
 
-import numpy as np
 import torch
 
 from landmarks_lib import augment

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from landmarks_lib import io as lio
-from landmarks_lib.io import (DataFormatError, atomic_open, atomic_write_json, parse_header, read_landmarks,
-                              read_test_points)
+from landmarks_lib.files import atomic_open, atomic_write_json
+from landmarks_lib.io import DataFormatError, parse_header, read_landmarks, read_test_points
 
 
 def header(k):

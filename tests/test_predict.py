@@ -116,7 +116,10 @@ def test_a_model_too_weak_to_judge_flags_nothing():
     good_val = rng.normal(2.0, 0.2, 40)  # a good model: small validation errors ...
     train = np.concatenate([rng.normal(1.5, 0.15, 200), [9.0, 12.0]])  # ... and two wrong training labels
     assert np.flatnonzero(noise.flag_outliers(train, 6.0, reference=good_val)).tolist() == [200, 201]
+    spread_val = np.concatenate([rng.normal(2.0, 0.2, 30), rng.normal(8.0, 2.0, 10)])  # good enough, wider
+    assert np.flatnonzero(noise.flag_outliers(train, 6.0, reference=spread_val)).tolist() == [200, 201]
     weak_val = rng.lognormal(np.log(12.0), 0.6, 40)  # a weak model: large, widely spread validation errors
+    assert np.median(weak_val) > noise.JUDGE_MAX_MEDIAN_NME
     weak_train = np.concatenate([rng.normal(6.0, 0.5, 200), [15.0, 18.0]])  # exact labels, two hard faces
     assert noise.flag_outliers(weak_train, 6.0).sum() == 2  # the training errors alone would flag exact labels
     assert noise.flag_outliers(weak_train, 6.0, reference=weak_val).sum() == 0
