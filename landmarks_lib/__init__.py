@@ -12,7 +12,17 @@ Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x
 
 Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and
 affine maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training),
-``predict``, ``metrics``, ``submission``, ``viz``, ``synthetic``, ``validate``, ``params``, ``pipeline``.
+``predict`` and ``predictor`` (inference), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
+``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline`` (ARCHITECTURE.md maps them).
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``landmarks_lib.Predictor`` without importing torch at package import."""
+    if name == "Predictor":
+        from .predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'landmarks_lib' has no attribute {name!r}")

@@ -7,9 +7,14 @@ localizer predicts on the letterboxed image, a square around its points is cropp
 face model predicts there; with ``refine_steps`` > 0 the face model's own prediction re-places the crop and predicts
 again. Every prediction is mapped back to original pixels by the crop's frame before it leaves this module.
 
-``python -m landmarks_lib.predict --checkpoint RUN_DIR_OR_MODEL --images DIR --out FILE.csv`` writes all points of
-every image of a folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals), with the model's own
-inference settings unless flags change them.
+The steps themselves (crops in memory, fixed micro-batches, ensembles) are ``predictor.Predictor``'s;
+``predict_images`` runs it over an ``ImageSet``; ``predict_crops`` and ``predict_cache`` serve training's validation
+on cached crops.
+
+``python -m landmarks_lib.predict --checkpoint RUN_DIR_OR_MODEL [...] --images DIR --out FILE.csv
+[--inference accurate|fast] [--device D] [--batch-size N] [--draw DIR]`` writes all points of every image of a
+folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals) and ``FILE.faces.csv`` (face box and
+confidence per image); the default inference is the one stored with the model.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import cache as cache_mod
 from . import checkpoint, geometry, models
 from .params import parse_scales  # noqa: F401  (re-exported: predict.parse_scales)
 from .data import normalize, to_input
@@ -108,10 +112,6 @@ def predict_cache(model, meta, crop_cache, indices=None, device="cpu", batch_siz
     return np.concatenate(out)
 
 
-def _frames_from_points(points, size, face_scale):
-    return np.stack([geometry.face_frame(p, size, face_scale).as_array() for p in points])
-
-
 @dataclass(frozen=True)
 class Inference:
     """Test-time settings: flip TTA, how often the face model re-places its own crop, the crop scales of the last
@@ -133,22 +133,20 @@ class Inference:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images to predict: ``names`` in ``image_dir``, their crops cached under ``cache_dir``."""
+    """Images to predict: ``names`` in ``image_dir``."""
 
     image_dir: str
     names: tuple
-    cache_dir: str
-    num_workers: int = 0
     progress: bool = True
 
-    def crops(self, mode: str, size: int, frames=None, desc: str = "crops"):
-        """The ``cache.CropCache`` of these images for a crop geometry (``frames`` for given face boxes)."""
-        return cache_mod.get_cache(self.image_dir, list(self.names), mode, size, self.cache_dir, margin=0.0,
-                                   frames=frames, num_workers=self.num_workers, progress=self.progress, desc=desc)
+    def paths(self) -> list:
+        return [os.path.join(self.image_dir, n) for n in self.names]
 
 
-def predict_images(model, images: ImageSet, device="cpu", settings: Inference = Inference()) -> np.ndarray:
-    """All landmarks of each image, in original pixels.
+def predict_images(model, images: ImageSet, device="cpu", settings: Inference = Inference(),
+                   chunk: int = 256) -> np.ndarray:
+    """All landmarks of each image, in original pixels, through ``predictor.Predictor`` (crops in memory, fixed
+    micro-batches), ``chunk`` images at a time.
 
     Args:
         model: a final model (``checkpoint.load_model``: localizer + face model), or a list of them (an
@@ -158,36 +156,25 @@ def predict_images(model, images: ImageSet, device="cpu", settings: Inference = 
     Returns:
         ``float64 [N, K, 2]`` original pixels.
     Raises:
+        images.ImageError: an image cannot be read (the message names it).
         checkpoint.CheckpointError: a ``face`` model without its localizer.
     """
-    if isinstance(model, (list, tuple)):
-        return np.mean([predict_images(m, images, device, settings) for m in model], axis=0)
-    dev = torch.device(device)
-    face = model["face"]
-    meta = face["meta"]
-    net = checkpoint.network(face, dev)
-    tta = settings.tta_flip and meta.get("flip_perm") is not None
-    if meta["crop_mode"] != "face":
-        c = images.crops(meta["crop_mode"], int(meta["crop_size"]), desc="test crops")
-        return predict_cache(net, meta, c, None, dev, settings.batch_size, tta, settings.amp)
-    if model.get("localizer") is None:
-        raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
-    loc = model["localizer"]
-    lc = images.crops(loc["meta"]["crop_mode"], int(loc["meta"]["crop_size"]), desc="localizer crops")
-    points = predict_cache(checkpoint.network(loc, dev), loc["meta"], lc, None, dev, settings.batch_size,
-                           tta and loc["meta"].get("flip_perm") is not None, settings.amp)
-    for _ in range(settings.refine_steps):
-        points = _predict_face(net, meta, points, 1.0, images, dev, settings, tta)
-    return np.mean([_predict_face(net, meta, points, s, images, dev, settings, tta) for s in settings.tta_scales],
-                   axis=0)
+    from tqdm.auto import tqdm
 
+    from .images import ImageError
+    from .predictor import Predictor
 
-def _predict_face(net, meta, points, scale, images: ImageSet, dev, settings: Inference, tta: bool) -> np.ndarray:
-    """One face-crop pass: crops of side ``face_scale * scale`` times each face's extent around ``points``."""
-    size = int(meta["crop_size"])
-    frames = _frames_from_points(points, size, meta["face_scale"] * scale)
-    c = images.crops("face", size, frames=frames, desc="face crops")
-    return predict_cache(net, meta, c, None, dev, settings.batch_size, tta, settings.amp)
+    pr = Predictor(model, device, settings)
+    out = []
+    paths = images.paths()
+    with tqdm(total=len(paths), desc="predicting", disable=not images.progress, mininterval=2.0) as bar:
+        for start in range(0, len(paths), chunk):
+            res = pr.predict(paths[start: start + chunk])
+            if res.errors:
+                raise ImageError(next(iter(res.errors.values())))
+            out.append(res.points.astype(np.float64))
+            bar.update(len(res))
+    return np.concatenate(out) if out else np.zeros((0, pr.num_points, 2))
 
 
 def list_images(image_dir) -> list:
@@ -212,46 +199,92 @@ def write_points_csv(path, names, points) -> None:
         df.to_csv(f, sep="\t", index=False, float_format="%.2f")
 
 
-def main(argv=None) -> int:
-    from .params import default_cache_dir
+def write_faces_csv(path, names, boxes, confidence) -> None:
+    """Write ``file_name, x0, y0, x1, y1, confidence`` per image (the final face crop, original pixels in the
+    continuous convention; comma-separated, 2 decimals, confidence 3), atomically."""
+    import pandas as pd
 
+    from .files import atomic_open
+
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    df = pd.DataFrame({"file_name": list(names), "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3],
+                       "confidence": np.round(np.asarray(confidence, np.float64), 3)})
+    with atomic_open(path, "w", newline="") as f:
+        df.to_csv(f, index=False, float_format="%.3f")
+
+
+def _draw(draw_dir, path, points) -> None:
+    """``<draw_dir>/<name>.png``: the image with its points drawn (``viz.render_points``, 3-px magenta squares)."""
+    from PIL import Image
+
+    from .files import atomic_open
+    from .images import load_image
+    from .viz import PRED_COLOR, render_points
+
+    out = render_points(load_image(path), points, color=PRED_COLOR, marker_px=3)
+    with atomic_open(os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0] + ".png"), "wb") as f:
+        Image.fromarray(out).save(f, format="PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.predict",
-                                 description="Predict all landmarks of every image in a folder (original pixels).")
+                                 description="Predict all landmarks of every image in a folder (original pixels).",
+                                 epilog="Writes OUT (landmarks.csv layout) and OUT's .faces.csv (face box and "
+                                        "confidence per image).")
     ap.add_argument("--checkpoint", required=True, nargs="+",
                     help="a run folder or its model.pt (several are averaged)")
     ap.add_argument("--images", required=True, help="folder of images")
     ap.add_argument("--out", required=True, help="output CSV (landmarks.csv layout, tab-separated)")
+    ap.add_argument("--inference", choices=("accurate", "fast"), default="accurate",
+                    help="accurate: the model's own validated settings (default); fast: one pass each, no TTA")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--no-tta", action="store_true", help="disable flip test-time augmentation")
-    ap.add_argument("--refine-steps", type=int, default=None,
-                    help="face crops: re-placements by the face model (default: the model's own setting)")
-    ap.add_argument("--tta-scales", default=None,
-                    help="face crops: crop scales of the last pass, e.g. 0.92,1.0 (default: the model's own)")
-    ap.add_argument("--cache-dir", default=None)
-    a = ap.parse_args(argv)
+    ap.add_argument("--batch-size", type=int, default=256, help="images read and predicted at a time")
+    ap.add_argument("--draw", metavar="DIR", help="also write each image with its points drawn into DIR")
+    return ap
+
+
+def main(argv=None) -> int:
+    """The predict CLI: one line on stderr per unreadable image (its row is left out; exit 1), one line for a
+    usage error (exit 2), no tracebacks for either."""
+    from .predictor import Predictor
+
+    a = build_parser().parse_args(argv)
+    if not os.path.isdir(a.images):
+        print(f"error: {a.images}: no such folder of images", file=sys.stderr)
+        return 2
     names = list_images(a.images)
     if not names:
-        ap.error(f"no images in {a.images}")
+        print(f"error: no images in {a.images}", file=sys.stderr)
+        return 2
     try:
-        loaded = [checkpoint.load_model(c) for c in a.checkpoint]
-    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        pr = Predictor.load(a.checkpoint, a.device, a.inference)
+    except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stored = dict(loaded[0]["inference"])
-    stored.update({k: v for k, v in (("refine_steps", a.refine_steps), ("tta_scales", a.tta_scales)) if v is not None})
-    if a.no_tta:
-        stored["tta_flip"] = False
-    settings = Inference.from_settings(stored, batch_size=a.batch_size)
-    images = ImageSet(a.images, tuple(names), a.cache_dir or default_cache_dir())
+    ok, pts, boxes, conf = [], [], [], []
     try:
-        pts = predict_images(loaded, images, select_device(a.device), settings)
-        write_points_csv(a.out, names, pts)
-    except (OSError, ValueError, RuntimeError) as e:  # an unreadable image, a full disk: one line, no traceback
+        for start in range(0, len(names), a.batch_size):
+            chunk = names[start: start + a.batch_size]
+            res = pr.predict([os.path.join(a.images, n) for n in chunk])
+            for j, n in enumerate(chunk):
+                if j in res.errors:
+                    print(f"error: {res.errors[j]}", file=sys.stderr)
+                    continue
+                ok.append(n)
+                pts.append(res.points[j])
+                boxes.append(res.boxes[j])
+                conf.append(res.confidence[j])
+                if a.draw:
+                    _draw(a.draw, os.path.join(a.images, n), res.points[j])
+        k = pr.num_points
+        write_points_csv(a.out, ok, np.asarray(pts).reshape(-1, k, 2))
+        write_faces_csv(os.path.splitext(a.out)[0] + ".faces.csv", ok, np.asarray(boxes), np.asarray(conf))
+    except (OSError, ValueError) as e:  # a full disk, an unwritable output: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {len(names)} rows x {pts.shape[1]} points to {a.out}")
-    return 0
+    print(f"wrote {len(ok)} rows x {pr.num_points} points to {a.out}"
+          + (f"; {len(names) - len(ok)} unreadable image(s) left out" if len(ok) < len(names) else ""))
+    return 0 if len(ok) == len(names) else 1
 
 
 if __name__ == "__main__":

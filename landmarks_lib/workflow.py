@@ -18,7 +18,7 @@ from . import checkpoint, engine, metrics, noise, synthetic
 from .engine import apply_threads  # noqa: F401  (re-exported for the notebooks and benchmarks)
 from .files import atomic_open, atomic_save_npy, atomic_write_json, file_identity, fingerprint, read_json
 from .io import read_test_points
-from .params import SPEC, default_cache_dir, dump, resolve, scoped, split_list
+from .params import SPEC, dump, resolve, scoped, split_list
 from .predict import ImageSet, Inference, predict_images, select_device
 from .run import RunFolder
 from .submission import SubmissionError, write_submission
@@ -233,8 +233,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
     """
     if len(data.val_idx) == 0:
         return np.zeros((0, data.table.num_points, 2)), {"n_val": 0}
-    images = ImageSet(data.image_dir, tuple(data.names[i] for i in data.val_idx), default_cache_dir(params),
-                      progress=progress)
+    images = ImageSet(data.image_dir, tuple(data.names[i] for i in data.val_idx), progress=progress)
     pred = predict_images(models, images, select_device(params["device"]), inference_settings(params))
     truth = data.points(data.val_idx)
     out = _val_metrics(metrics.summary(pred, truth))
@@ -263,8 +262,7 @@ def predict_test(params: dict, data_dir, models, progress: bool = True):
                           num_points=checkpoint.num_points(models[0]))
     if params["max_test_images"]:
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
-    images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), default_cache_dir(params),
-                      progress=progress)
+    images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), progress=progress)
     return tp, predict_images(models, images, select_device(params["device"]), inference_settings(params))
 
 

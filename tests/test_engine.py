@@ -239,7 +239,7 @@ def test_face_mode_trains_the_localizer_and_the_model_holds_both(tiny_data, tmp_
     model = checkpoint.load_model(run.path)
     assert model["localizer"]["meta"]["crop_mode"] == "letterbox" and model["face"]["meta"]["crop_mode"] == "face"
     names = tuple(data.names[i] for i in data.val_idx)
-    pts = predict.predict_images(model, predict.ImageSet(data.image_dir, names, p["cache_dir"], progress=False))
+    pts = predict.predict_images(model, predict.ImageSet(data.image_dir, names, progress=False))
     assert pts.shape == (len(names), 24, 2) and np.isfinite(pts).all()
     assert run.read_history()["stage"].tolist() == ["localizer", "train"]
 

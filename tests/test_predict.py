@@ -1,6 +1,7 @@
 """Prediction: flip TTA, ensembles, the predict CLI, label-noise flags."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
 
 def _images(p, data, names=None):
     names = tuple(names if names is not None else (data.names[i] for i in data.val_idx))
-    return predict.ImageSet(data.image_dir, names, p["cache_dir"], progress=False)
+    return predict.ImageSet(data.image_dir, names, progress=False)
 
 
 class _Const(torch.nn.Module):
@@ -81,22 +82,64 @@ def test_ensemble_averages_in_original_pixels(trained):
     assert np.abs(b - a).mean() > 1.0
 
 
-def test_predict_cli_writes_all_points_in_original_pixels(trained, tmp_path):
+def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_image(trained, tmp_path):
+    import pandas as pd
+
     p, data, model, run = trained
-    img_dir = os.path.join(p["data_dir"], "test", "images")
+    img_dir = tmp_path / "images"
+    shutil.copytree(os.path.join(p["data_dir"], "test", "images"), img_dir)
     out = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run.path, "--images", img_dir,
-                        "--out", str(out), "--device", "cpu", "--cache-dir", p["cache_dir"]],
-                       capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run.path, "--images", str(img_dir),
+           "--out", str(out), "--device", "cpu", "--draw", str(tmp_path / "drawn")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = read_landmarks(out)
     assert table.names == sorted(os.listdir(img_dir)) and table.points.shape == (5, 20, 2)
-    direct = predict.predict_images(model, predict.ImageSet(img_dir, tuple(table.names), p["cache_dir"],
-                                                            progress=False))
+    direct = predict.predict_images(model, predict.ImageSet(str(img_dir), tuple(table.names), progress=False))
     np.testing.assert_allclose(labels_to_points(table.points), direct, atol=0.006)  # the file holds labels
-    r = subprocess.run([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run.checkpoint("train"),
-                        "--images", img_dir, "--out", str(out)], capture_output=True, text=True)
+    faces = pd.read_csv(tmp_path / "pred.faces.csv")
+    assert list(faces.columns) == ["file_name", "x0", "y0", "x1", "y1", "confidence"] and len(faces) == 5
+    assert ((faces["x1"] > faces["x0"]) & (faces["confidence"] >= 0) & (faces["confidence"] <= 1)).all()
+    assert sorted(os.listdir(tmp_path / "drawn")) == sorted(os.path.splitext(n)[0] + ".png" for n in table.names)
+    (img_dir / table.names[2]).write_bytes(b"not an image")  # one unreadable image: named, the others written
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("error:") == 1 and table.names[2] in r.stderr
+    assert "Traceback" not in r.stderr and len(read_landmarks(out).names) == 4
+    r = subprocess.run([*cmd[:4], run.checkpoint("train"), *cmd[5:]], capture_output=True, text=True)
     assert r.returncode == 2 and "model.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_results_do_not_depend_on_the_batch_or_its_other_images(trained):
+    from landmarks_lib.predictor import Predictor
+
+    p, data, model, run = trained
+    paths = [os.path.join(data.image_dir, n) for n in data.names[:9]]
+    pr = Predictor.load(run.path, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = pr.predict(paths)
+        ones = [pr.predict([x]) for x in paths]
+        sevens = pr.predict(paths[2:9])
+        mixed = pr.predict(paths[::-1])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.concatenate([o.points for o in ones]), whole.points)
+    assert np.array_equal(sevens.points, whole.points[2:9]) and np.array_equal(mixed.points[::-1], whole.points)
+    assert whole.points.dtype == np.float32 and whole.boxes.shape == (9, 4) and whole.confidence.shape == (9,)
+    fast = Predictor.load(run.path, "cpu", inference="fast")
+    assert fast.settings.tta_flip is False and fast.settings.refine_steps == 0
+    assert np.abs(fast.predict(paths).points - whole.points).mean() > 1e-3  # flip TTA changes the result
+    arrays = pr.predict([data_image(data, n) for n in data.names[:2]])
+    np.testing.assert_array_equal(arrays.points, whole.points[:2])  # arrays and paths alike
+    bad = pr.predict([paths[0], os.path.join(data.image_dir, "missing.jpg")])
+    assert list(bad.errors) == [1] and np.isnan(bad.points[1]).all() and bad.confidence[1] == 0
+
+
+def data_image(data, name):
+    from landmarks_lib.images import load_image
+
+    return load_image(os.path.join(data.image_dir, name))
 
 
 def test_noise_flags_and_weights():

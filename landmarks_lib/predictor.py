@@ -1,0 +1,177 @@
+"""One configured predictor for a run's final model: images (paths or arrays) in, landmarks in original pixels out.
+
+``Predictor.load(run_dir_or_model_pt)`` reads ``model.pt`` (``checkpoint.load_model``: localizer + face model +
+the inference settings it was validated with); ``predict(images)`` returns a ``Prediction`` (points, face boxes and
+a confidence per image) and ``predict_iter`` streams a large folder chunk by chunk. Crops are made in memory
+(``geometry.crop_image``, the function the training caches use, so the crops are the same), and every network
+pass runs on a fixed micro-batch (padded), so a result does not depend on the batch size or on the other images of
+a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
+
+Inference settings: ``"accurate"`` is the model's own (flip TTA, refinements, scale TTA as validated); ``"fast"`` is
+one localizer pass and one face pass, no TTA. The pipeline's evaluation and test prediction, the notebooks and the
+predict CLI all use this class (``predict.predict_images`` wraps it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import checkpoint, geometry
+from .images import ImageError, load_image
+from .predict import Inference, predict_crops, select_device
+
+FAST = {"tta_flip": False, "refine_steps": 0, "tta_scales": "1.0"}
+CONFIDENCE_SCALE = 0.05  # share of the face size at which the confidence falls to 1/e
+
+
+@dataclass
+class Prediction:
+    """What a ``Predictor`` returns for ``N`` images.
+
+    Attributes:
+        points: ``float32 [N, K, 2]`` landmarks, original pixels (continuous convention); NaN for an image that
+            could not be read.
+        boxes: ``float32 [N, 4]`` the final face crop of each image, ``x0, y0, x1, y1`` in original pixels.
+        confidence: ``float32 [N]`` in ``[0, 1]``: how stable the prediction is when the face crop is re-placed
+            from it, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the RMS move of the points between the last two
+            passes over the face box's side (0 for an unreadable image).
+        errors: ``{index: message}`` for images that could not be read.
+    """
+
+    points: np.ndarray
+    boxes: np.ndarray
+    confidence: np.ndarray
+    errors: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+class Predictor:
+    """A run's final model (or an ensemble of them) with its inference settings, ready to predict.
+
+    Args:
+        models: one or more model dicts (``checkpoint.load_model``); an ensemble averages points in original pixels.
+        device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU).
+        settings: ``predict.Inference``; default the first model's stored settings.
+        micro_batch: images per network pass (the last pass of a chunk is padded to it).
+    """
+
+    def __init__(self, models, device="auto", settings: Inference | None = None, micro_batch: int = 16):
+        self.models = list(models) if isinstance(models, (list, tuple)) else [models]
+        self.device = select_device(device) if isinstance(device, str) else torch.device(device)
+        self.settings = settings or Inference.from_settings(self.models[0]["inference"])
+        self.micro_batch = int(micro_batch)
+        self._nets = [{part: None if m.get(part) is None else checkpoint.network(m[part], self.device)
+                       for part in ("localizer", "face")} for m in self.models]
+
+    @classmethod
+    def load(cls, paths, device="auto", inference: str = "accurate", micro_batch: int = 16) -> "Predictor":
+        """From run folders or ``model.pt`` files; ``inference`` ``"accurate"`` (the model's stored settings) or
+        ``"fast"`` (``FAST``: one localizer and one face pass, no TTA).
+
+        Raises:
+            FileNotFoundError, checkpoint.CheckpointError: no final model there.
+            ValueError: another ``inference``.
+        """
+        if inference not in ("accurate", "fast"):
+            raise ValueError(f"inference must be 'accurate' or 'fast', got {inference!r}")
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        models = [checkpoint.load_model(p) for p in paths]
+        stored = FAST if inference == "fast" else models[0]["inference"]
+        return cls(models, device, Inference.from_settings(stored), micro_batch)
+
+    @property
+    def num_points(self) -> int:
+        return checkpoint.num_points(self.models[0])
+
+    # --------------------------------------------------------------------------------------------- network passes
+    def _forward(self, net, meta, images, frames, tta: bool) -> np.ndarray:
+        """``float64 [n, K, 2]`` original pixels: ``net`` on the crops of ``frames`` (``float64 [n, 4]``), run in
+        padded micro-batches."""
+        size = int(meta["crop_size"])
+        n, mb = len(images), self.micro_batch
+        crops = np.zeros((-(-n // mb) * mb, size, size, 3), np.uint8)
+        for i, (img, fr) in enumerate(zip(images, frames)):
+            crops[i] = geometry.crop_image(img, geometry.CropFrame.from_array(fr))
+        pred = predict_crops(net, meta, crops, self.device, mb, tta and meta.get("flip_perm") is not None,
+                             self.settings.amp)[:n]
+        return geometry.frames_to_original(pred, frames)
+
+    def _one_model(self, nets, model, images):
+        meta = model["face"]["meta"]
+        size, s = int(meta["crop_size"]), self.settings
+        if meta["crop_mode"] != "face":
+            frames = np.stack([geometry.make_frame(meta["crop_mode"], im.shape[1], im.shape[0], size).as_array()
+                               for im in images])
+            pts = self._forward(nets["face"], meta, images, frames, s.tta_flip)
+            return pts, frames, pts
+        if nets["localizer"] is None:
+            raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
+        lm = model["localizer"]["meta"]
+        lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], int(lm["crop_size"])).as_array()
+                            for im in images])
+        pts = self._forward(nets["localizer"], lm, images, lframes, s.tta_flip)
+        for _ in range(s.refine_steps):
+            pts = self._forward(nets["face"], meta, images, self._face_frames(pts, size, meta["face_scale"]),
+                                s.tta_flip)
+        last = [self._forward(nets["face"], meta, images, self._face_frames(pts, size, meta["face_scale"] * sc),
+                              s.tta_flip) for sc in s.tta_scales]
+        final = np.mean(last, axis=0)
+        return final, self._face_frames(pts, size, meta["face_scale"]), pts
+
+    @staticmethod
+    def _face_frames(points, size, face_scale) -> np.ndarray:
+        return np.stack([geometry.face_frame(p, size, face_scale).as_array() for p in points])
+
+    # --------------------------------------------------------------------------------------------- public API
+    def predict_arrays(self, images) -> Prediction:
+        """Landmarks of ``uint8 [H, W, 3]`` images (sizes may differ)."""
+        images = [np.asarray(im) for im in images]
+        if not images:
+            k = self.num_points
+            return Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+        outs = [self._one_model(nets, m, images) for nets, m in zip(self._nets, self.models)]
+        points = np.mean([o[0] for o in outs], axis=0)
+        frames, before = outs[0][1], outs[0][2]
+        boxes = np.stack([frames[:, 0], frames[:, 1], frames[:, 0] + frames[:, 2], frames[:, 1] + frames[:, 2]], 1)
+        move = np.sqrt(np.nanmean(((outs[0][0] - before) ** 2).sum(-1), axis=1)) / np.maximum(frames[:, 2], 1e-9)
+        return Prediction(points.astype(np.float32), boxes.astype(np.float32),
+                          np.exp(-move / CONFIDENCE_SCALE).astype(np.float32))
+
+    def predict(self, images) -> Prediction:
+        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
+        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
+        items = list(images)
+        arrays, errors = [], {}
+        for i, im in enumerate(items):
+            if isinstance(im, (str, os.PathLike)):
+                try:
+                    im = load_image(im)
+                except ImageError as e:
+                    errors[i] = str(e)
+                    im = None
+            arrays.append(im)
+        good = [i for i, a in enumerate(arrays) if a is not None]
+        sub = self.predict_arrays([arrays[i] for i in good])
+        n, k = len(items), self.num_points
+        out = Prediction(np.full((n, k, 2), np.nan, np.float32), np.full((n, 4), np.nan, np.float32),
+                         np.zeros(n, np.float32), errors)
+        out.points[good], out.boxes[good], out.confidence[good] = sub.points, sub.boxes, sub.confidence
+        return out
+
+    def predict_iter(self, images, chunk: int = 256):
+        """``predict`` over ``chunk`` images at a time (``Prediction`` per chunk, indices of ``errors`` within the
+        chunk), so a folder of any size is predicted in bounded memory."""
+        batch = []
+        for im in images:
+            batch.append(im)
+            if len(batch) == chunk:
+                yield self.predict(batch)
+                batch = []
+        if batch:
+            yield self.predict(batch)
