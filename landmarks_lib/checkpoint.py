@@ -86,6 +86,8 @@ def load_model(path_or_run_dir, map_location="cpu") -> dict:
     p = os.fspath(path_or_run_dir)
     if os.path.isdir(p):
         p = os.path.join(p, "model.pt")
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{p}: the run has no final model yet; run the finetune notebook (03) first")
     return load(p, "model", map_location)
 
 

@@ -61,6 +61,8 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     for r in (run_a, run_b):
         if not os.path.isdir(r):
             raise FileNotFoundError(f"{r}: no such run folder")
+        if not RunFolder(r).is_run() and not os.path.isfile(os.path.join(r, "params.yaml")):
+            raise FileNotFoundError(f"{r}: not a run folder (no run-folder marker and no params.yaml)")
     rows = []
     a, b = RunFolder(run_a), RunFolder(run_b)
     pa, pb = _params(a), _params(b)
@@ -149,7 +151,11 @@ def main(argv=None) -> int:
     ap.add_argument("--web", action="store_true", help="nbdime web diff (opens a browser)")
     ap.add_argument("--plot", metavar="FILE.png", help="training curves and CEDs of both runs in one figure")
     a = ap.parse_args(argv)
-    df = compare_runs(a.run_a, a.run_b, a.all_params)
+    try:
+        df = compare_runs(a.run_a, a.run_b, a.all_params)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_table(df, RunFolder(a.run_a).name, RunFolder(a.run_b).name, shutil.get_terminal_size().columns))
     if a.plot:
         print(f"figure: {plot_runs([a.run_a, a.run_b], a.plot)}")

@@ -40,7 +40,7 @@ from .data import BatchSampler, make_loader
 from .distributed import Context
 from .files import atomic_open, derived_seed, fingerprint
 from .io import DataFormatError, LandmarksTable, labels_to_points, read_landmarks
-from .params import default_cache_dir, names_in, scoped
+from .params import SPEC, default_cache_dir, names_in, scoped
 from .predict import predict_cache, select_device
 
 STAGES = ("localizer", "train", "finetune")
@@ -504,8 +504,12 @@ def check_keys(ck: dict, path, stage: str, key: str, data_key: str, params: dict
         return True
     if retrain:
         return False
-    diff = changed(ck.get("params") or {}, params) or ["the training data (labels, split or sample weights)"]
-    later = STAGES[STAGES.index(stage):]
+    old = ck.get("params") or {}
+    diff = changed(old, params)
+    names = [k for k in sorted(set(old) | set(params)) if k != "data_dir" and old.get(k) != params.get(k)]
+    scopes = {SPEC[k].scope for k in names if k in SPEC}
+    later = [s for s in STAGES if scopes & set(STAGE_SCOPES[s])] if diff else list(STAGES[STAGES.index(stage):])
+    diff = diff or ["the training data (labels, split or sample weights)"]
     raise StageChanged(f"{path} was made with other parameters or data: {'; '.join(diff)}. Stages affected: "
                        f"{', '.join(later)}. Retrain them with retrain = True in the notebook (--retrain on the "
                        f"runner), or go back to the old values")

@@ -26,8 +26,10 @@ README's table).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -202,6 +204,8 @@ def _from_text(p: Param, text: str):
         if t.lower() in _TRUE | _FALSE:
             return t.lower() in _TRUE
         raise ParamError(f"parameter {p.name!r} must be true or false, got {text!r}")
+    if p.kind is int and re.fullmatch(r"[+-]?\d+", t.replace("_", "")):
+        return int(t.replace("_", ""), 10)  # exact, whatever its size (leading zeros are decimal)
     try:
         v = float(t.replace("_", ""))
     except ValueError:
@@ -347,6 +351,8 @@ def read_yaml_text(path) -> dict:
     for k, v in node.value:
         if not isinstance(v, yaml.ScalarNode) or not isinstance(k, yaml.ScalarNode):
             raise ParamError(f"{path}:{k.start_mark.line + 1}: {k.value!r} must be a single value")
+        if k.value in out:
+            raise ParamError(f"{path}:{k.start_mark.line + 1}: {k.value!r} is given twice")
         plain_null = v.style is None and v.value in ("", "~", "null", "Null", "NULL")
         out[k.value] = "" if plain_null else v.value
     return out
@@ -362,11 +368,16 @@ def load_profile(path) -> dict:
     if not os.path.isfile(path):
         raise ParamError(f"{path}: parameter profile not found")
     raw = read_yaml_text(path)
-    check_names(raw)
+    unknown = [k for k in raw if k not in SPEC]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, SPEC, 1) for k in unknown}
+        hint = "; ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        raise ParamError(f"{path}: unknown parameter(s) {hint}; `python -m landmarks_lib.params` lists them")
     out = {}
     for k, v in raw.items():
         try:
-            out[k] = _typed(SPEC[k], v)
+            out[k] = _check_value(SPEC[k], _typed(SPEC[k], v)) if SPEC[k].check in (None, "scales") else \
+                _typed(SPEC[k], v)
         except ParamError as e:
             raise ParamError(f"{path}: {e}") from None
     return out
@@ -481,6 +492,16 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.params",
+                                 description="List every parameter with its default, scope and help.")
+    ap.add_argument("--markdown", action="store_true", help="the README's table instead")
+    a = ap.parse_args(argv)
+    print(markdown_table() if a.markdown else describe())
+    return 0
+
+
 if __name__ == "__main__":
-    print(markdown_table() if sys.argv[1:] == ["--markdown"] else describe())
-    sys.exit(0)
+    sys.exit(main())

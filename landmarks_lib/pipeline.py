@@ -39,7 +39,7 @@ import time
 from . import params as params_mod
 from .engine import STAGE_SCOPES, STAGES
 from .files import atomic_open
-from .run import RunFolder, RunFolderError
+from .run import LOCK_ENV, RunFolder, RunFolderError
 
 NOTEBOOKS = ("01_eda", "02_train", "03_finetune", "04_visualize")
 # The parameter scopes each notebook reads (a change re-runs the first notebook that reads it, and every later one).
@@ -120,18 +120,27 @@ def plan(run: RunFolder, params: dict, retrain: bool = False) -> tuple[int, list
     For each notebook in order: one never recorded as finished in ``pipeline_state.json`` runs again, and so does
     one whose recorded parameters differ in a scope it reads (``NOTEBOOK_SCOPES``), and every later one. ``runtime``
     values may differ freely. A change in a training scope (``data``, ``localizer``, ``train``, ``finetune``) is
-    listed as ``name: old -> new`` with the stages it affects; the caller refuses it without ``retrain``.
+    listed as ``name: old -> new`` with the stages it affects, and so is a change of the data itself (its
+    fingerprint: the tables' and images' sizes and times); the caller refuses them without ``retrain``.
 
     Returns:
         ``(index into NOTEBOOKS of the first notebook to run, ["name: old -> new (stages: ...)", ...])``.
     """
+    from .workflow import data_fingerprint
+
     state = run.state()["notebooks"]
+    data_dir = params["data_dir"] or run.file("data")
+    fp = data_fingerprint(data_dir) if os.path.isdir(data_dir) else None
     first, training = len(NOTEBOOKS), {}
     for i, nb in enumerate(NOTEBOOKS):
         rec = state.get(nb)
         diff = changes(rec["params"], params, NOTEBOOK_SCOPES[nb]) if rec else None
-        if rec is None or diff:
+        moved = bool(rec and rec.get("data_fingerprint") and fp and rec["data_fingerprint"] != fp)
+        if rec is None or diff or moved:
             first = min(first, i)
+        if moved:
+            training.setdefault("data", f"the data in {data_dir} changed (tables or images) since {nb} ran "
+                                f"(stages: {', '.join(STAGES)})")
         for name, old, new in diff or ():
             scope = params_mod.SPEC[name].scope
             if scope in TRAINING_SCOPES:
@@ -328,6 +337,7 @@ def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool
         PipelineError, NotebookFailed, RunFolderError.
     """
     run, first = prepare_run(params, resume=resume, force=force, retrain=retrain)
+    os.environ[LOCK_ENV] = run.path  # the notebook kernels inherit it: they work under this runner's lock
     try:
         params_mod.dump(params, run.file("params.yaml"))
         chosen = list(notebooks) if notebooks else list(NOTEBOOKS[first:])
@@ -341,6 +351,7 @@ def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool
             seconds = run_notebook(name, run, retrain=retrain, quiet=quiet)
             print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
     finally:
+        os.environ.pop(LOCK_ENV, None)
         run.unlock()
     return run
 
@@ -392,6 +403,11 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
+        if args.retrain and not args.resume:
+            raise PipelineError("--retrain goes with --resume (a new run trains every stage anyway)")
+        if args.params and args.resume and args.run_dir and os.path.isfile(os.path.join(args.run_dir, "params.yaml")):
+            print(f"[pipeline] warning: --params {args.params} is ignored: a resumed run starts from its own "
+                  f"params.yaml; change values with -p NAME VALUE", file=sys.stderr)
         params = resolve_params(args.params, args.p, args.data_dir, args.run_dir, force=args.force)
         chosen = select_notebooks(args.notebooks)
         t0 = time.time()

@@ -31,8 +31,9 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import fnmatch
 import os
-import shutil
+import re
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,15 @@ FORMAT = "thousand-landmarks-run/1"
 MANIFEST = ("params.yaml", "run_info.json", "pipeline_state.json", "checkpoints/", "model.pt", "history.csv",
             "noise.csv", "metrics.json", "val_predictions.npy", "test_predictions.npy", "submission.csv",
             "submission_partial.csv", "figures/", "notebooks/", "reports/", "data/", ".lock")
+
+
+LOCK_ENV = "LANDMARKS_RUN_LOCK"
+SYNTHETIC_MARKER = "synthetic_dataset.json"  # synthetic.MARKER: the embedded dataset written into data/
+# The files this project writes: top-level names, and patterns inside the manifest's folders.
+OWN_FILES = {"": {e for e in MANIFEST if not e.endswith("/")},
+             "checkpoints": ("*_best.pt", "*_last.pt"), "figures": ("[0-9][0-9]_*.png",),
+             "notebooks": ("[0-9][0-9]_*.ipynb", ".[0-9][0-9]_*.running.ipynb"), "reports": ("[0-9][0-9]_*.html",)}
+_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")  # tempfile.mkstemp's names
 
 
 class RunFolderError(RuntimeError):
@@ -139,53 +149,73 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: not a run folder (no {MARKER} of format {FORMAT})")
         return list(m.get("manifest") or [])
 
+    def _ours(self, rel: str) -> bool:
+        """Whether ``rel`` (a path below the run folder) is a file this project writes there (``OWN_FILES``)."""
+        top, _, rest = rel.partition(os.sep)
+        if top == "data":  # the synthetic dataset: every file of it, when it is ours
+            return os.path.isfile(os.path.join(self.path, "data", SYNTHETIC_MARKER))
+        if not rest:
+            return top in OWN_FILES[""] or bool(_TMP.match(top))
+        return any(fnmatch.fnmatch(rest, pat) for pat in OWN_FILES.get(top, ())) or _TMP.match(os.path.basename(rest))
+
     def clear(self, log=print) -> list:
-        """Remove the manifest's paths (``--force``), printing what is removed and what is kept; the marker stays.
+        """Remove what this project wrote in the run folder (``--force``): the manifest's files, and inside its
+        folders only the files of the project's own patterns (``OWN_FILES``); anything else is kept and listed. The
+        marker stays.
 
         Returns:
             the removed paths.
         Raises:
             RunFolderError: not a run folder.
         """
-        declared = {e.rstrip("/") for e in self.manifest()} - {".lock"}
-        removed = []
-        for name in sorted(os.listdir(self.path)):
-            p = os.path.join(self.path, name)
-            if name in declared:
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
-                removed.append(p)
-            elif name not in (MARKER, ".lock"):
-                log(f"[run] kept {p} (not written by this project)")
+        self.manifest()
+        removed, kept = [], []
+        for root, dirs, files in os.walk(self.path):
+            for n in files:
+                full = os.path.join(root, n)
+                rel = os.path.relpath(full, self.path)
+                if rel in (MARKER, ".lock"):
+                    continue
+                (removed if self._ours(rel) else kept).append(full)
         for p in removed:
-            log(f"[run] removed {p}")
+            os.remove(p)
+        folders = {e.rstrip("/") for e in MANIFEST if e.endswith("/")}
+        for root, _dirs, _ in sorted(os.walk(self.path), key=lambda w: -len(w[0])):  # our empty folders, deepest first
+            rel = os.path.relpath(root, self.path)
+            if rel.split(os.sep)[0] in folders and not os.listdir(root):
+                os.rmdir(root)
+        log(f"[run] removed {len(removed)} file(s) this project wrote in {self.path}")
+        for p in kept:
+            log(f"[run] kept {p} (not written by this project)")
         return removed
 
     # ---------------------------------------------------------------------------------------------- lock
-    def lock(self, owner: str = "") -> "RunFolder":
-        """Take the run's lock (an ``flock`` on ``.lock``, held until ``unlock`` or the process ends; a notebook
-        kernel started by a runner that holds it shares it through ``LANDMARKS_RUN_LOCK``), then remove stale
-        temporary files (``.*.tmp``) left in the run folder by a killed process.
+    def lock(self, owner: str = "", shared: bool = False) -> "RunFolder":
+        """Take the run's lock, an ``flock`` on ``.lock`` held until ``unlock`` or the process ends: exclusive for a
+        runner or ``landmarks_lib.train`` (then stale temporary files are removed), shared for a notebook kernel in
+        Jupyter (several notebooks may be open on one run, but no runner while any is). Kernels started by a runner
+        skip it (``LANDMARKS_RUN_LOCK`` names the run folder their runner holds).
 
         Raises:
-            RunFolderError: another process holds the lock (the message names its pid).
+            RunFolderError: another process holds the lock (the message names the last exclusive holder's pid).
         """
-        if self._lock_fd is not None or os.environ.get("LANDMARKS_RUN_LOCK") == self.path:
+        if self._lock_fd is not None or os.environ.get(LOCK_ENV) == self.path:
             return self
-        path = self.file(".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a notebook kernel"
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(f"{self.path}: in use by another process ({holder}); wait for it or stop "
-                                     f"it") from None
+                raise RunFolderError(f"{self.path}: in use by another process ({holder}, or a notebook kernel "
+                                     f"open on it); wait for it or stop it") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} {owner}".strip().encode(), 0)
         self._lock_fd = fd
-        self.remove_stale_tmp()
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} {owner}".strip().encode(), 0)
+            self.remove_stale_tmp()
         return self
 
     def unlock(self) -> None:
@@ -195,30 +225,27 @@ class RunFolder:
             self._lock_fd = None
 
     def remove_stale_tmp(self) -> list:
-        """Remove ``.<name>.<random>.tmp`` files (``files.atomic_open``'s) below the run folder; call only while
-        holding the lock. Returns the removed paths."""
+        """Remove ``files.atomic_open``'s temporary files (``.<name>.<8 random characters>.tmp``) below the run
+        folder; call only while holding the exclusive lock. Returns the removed paths."""
         out = []
         for root, _dirs, files in os.walk(self.path):
             for n in files:
-                if n.startswith(".") and n.endswith(TMP_SUFFIX):
+                if _TMP.match(n):
                     os.remove(os.path.join(root, n))
                     out.append(os.path.join(root, n))
         return out
 
     # ---------------------------------------------------------------------------------------------- state
     def state(self) -> dict:
-        """``pipeline_state.json``: ``{"notebooks": {name: {"params": {...}, "at": ..., "seconds": ...}}}``."""
+        """``pipeline_state.json``: ``{"notebooks": {name: {"params": {...}, "data_fingerprint": ..., "at": ...}}}``."""
         s = read_json(self.file("pipeline_state.json"), {}) or {}
         s.setdefault("notebooks", {})
         return s
 
-    def record_notebook(self, name: str, params: dict, seconds: float | None = None) -> None:
-        """Record that notebook ``name`` finished with ``params`` (atomically)."""
+    def record_notebook(self, name: str, params: dict, data_fingerprint: str | None = None) -> None:
+        """Record that notebook ``name`` finished with ``params`` on data of ``data_fingerprint`` (atomically)."""
         s = self.state()
-        entry = {"params": dict(params), "at": now()}
-        if seconds is not None:
-            entry["seconds"] = round(float(seconds), 1)
-        s["notebooks"][name] = entry
+        s["notebooks"][name] = {"params": dict(params), "data_fingerprint": data_fingerprint, "at": now()}
         atomic_write_json(self.file("pipeline_state.json"), s)
 
     # ---------------------------------------------------------------------------------------------- reading

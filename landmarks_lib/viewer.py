@@ -5,7 +5,7 @@
   (``"upper left"``, ``"middle center"``, ...; left and right as seen in the image; ``"lower center 2"`` where two
   share a place).
 - ``region_table(pred, truth, regions)``: the error of each region over a set of images.
-- ``viewer_data(...)``: what the viewer shows of each image: the face crop as a PNG, the truth and prediction points
+- ``viewer_data(...)``: what the viewer shows of each image: the face crop as a JPEG data URL, the truth and prediction points
   and, per point, the text a hover shows (index, region, error in pixels). Tested without a browser.
 - ``image_viewer(...)``: a plotly figure browsing at most ``MAX_IMAGES`` images (two menus: by error, by name) with
   plotly's own zoom, pan, hover and legend toggles (truth / prediction on and off).
@@ -114,7 +114,7 @@ def viewer_data(images, names, preds, truths=None, regions=None, region_names=No
         regions, region_names: ``face_regions`` (default: one region, ``"face"``).
         errors: ``[N]`` per-image errors for the menu (e.g. NME %), or None.
     Returns:
-        a list of dicts: ``name``, ``error``, ``png`` (data URL of the face crop), ``extent`` ``(x0, x1, y0, y1)``,
+        a list of dicts: ``name``, ``error``, ``png`` (a JPEG data URL of the face crop), ``extent`` ``(x0, x1, y0, y1)``,
         ``pred`` / ``truth`` (``float [K, 2]`` rounded to 0.01 px, truth None without labels), ``pred_text`` /
         ``truth_text`` (hover texts: kind, index, region, per-point error in px).
     """
@@ -245,7 +245,7 @@ def report(images, names, preds, truths, mean_shape, errors=None, test=None, max
 
     Args:
         images, names, preds, truths, errors: the validation images (a callable ``i -> image``), their names,
-            ``[N, K, 2]`` predictions and truth, ``[N]`` per-image errors (NME %); the viewer shows the
+            ``[N, K, 2]`` predictions and truth, ``[N]`` per-image errors (default their NME %); the viewer shows the
             ``max_images // 2`` worst and as many around the median (``viz.select_by_error``).
         mean_shape: ``[K, 2]`` for the regions and the point viewer.
         test: optional ``(images, names, preds)`` of test images (no truth): a third viewer of the first
@@ -254,6 +254,8 @@ def report(images, names, preds, truths, mean_shape, errors=None, test=None, max
         ``(html, region_table(...))``.
     """
     regions, region_names = face_regions(mean_shape, n_regions)
+    if errors is None:
+        errors = metrics.per_image_nme(preds, truths)
     sel = viz.select_by_error(errors, max(1, max_images // 2))
     idx = list(dict.fromkeys([*sel["worst"].tolist(), *sel["median"].tolist()]))
     get = images if callable(images) else (lambda i: images[i])

@@ -45,13 +45,17 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
     marker), write ``params.yaml`` and ``run_info.json``, resolve the data folder (the embedded synthetic default
     when ``data_dir`` is empty) and set torch's thread count.
 
+    In Jupyter the kernel then holds the run's lock, shared (``RunFolder.lock``): other notebooks may open the same
+    run, a runner may not while the kernel lives.
+
     Returns:
         ``(params, run)``; ``params["data_dir"]`` is the folder the data is read from.
     Raises:
-        params.ParamError, run.RunFolderError (a non-empty folder that is not a run folder).
+        params.ParamError, run.RunFolderError (a non-empty folder that is not a run folder, or a runner working on
+        it).
     """
     params = notebook_params(namespace)
-    run = RunFolder(params["run_dir"]).create(created_by=f"notebook {notebook}")
+    run = RunFolder(params["run_dir"]).create(created_by=f"notebook {notebook}").lock(notebook, shared=True)
     dump(params, run.file("params.yaml"))
     data_dir = resolve_data_dir(params)
     atomic_write_json(run.file("run_info.json"), run_info(params, data_dir))
@@ -60,9 +64,10 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
 
 
 def finish(notebook: str, params: dict, run: RunFolder) -> None:
-    """The last step of every notebook: record in ``pipeline_state.json`` that it finished, with its parameters
-    (the runner's resume rule compares them)."""
-    run.record_notebook(notebook, dict(params, data_dir=resolve(run.path)["data_dir"]))
+    """The last step of every notebook: record in ``pipeline_state.json`` that it finished, with its parameters and
+    the data's fingerprint (the runner's resume rule compares both)."""
+    run.record_notebook(notebook, dict(params, data_dir=resolve(run.path)["data_dir"]),
+                        data_fingerprint(params["data_dir"]))
 
 
 def resolve_data_dir(params: dict) -> str:
@@ -145,43 +150,71 @@ def find_noisy_labels(params: dict, data: engine.TrainData, stage_checkpoint, pr
     return pd.DataFrame({"file_name": data.names, "split": split, "nme": err, "flagged": flags, "weight": weights})
 
 
+def _recorded_noise(params: dict, data: engine.TrainData, run: RunFolder, retrain: bool):
+    """The ``noise.csv`` the finished finetune stage trained with, when that stage still holds for ``params`` (so
+    re-running the notebook, e.g. with other threads or on another device, does not recompute flags that float
+    noise could flip), else None."""
+    if params["finetune_epochs"] <= 0 or not os.path.exists(run.file("noise.csv")):
+        return None
+    table = run.read_noise()
+    if list(table["file_name"]) != list(data.names):
+        return None
+    try:
+        done = engine.finished_result(params, data, run, "finetune", table["weight"].to_numpy(np.float32), retrain)
+    except engine.StageChanged:
+        return None
+    return table if done is not None else None
+
+
 def run_finetune(params: dict, data: engine.TrainData, run: RunFolder, retrain: bool = False,
                  progress: bool = True) -> dict:
     """The finetune stage: find noisy labels with ``train_best`` (``noise.csv``), continue training from it at
     ``finetune_lr`` for ``finetune_epochs`` with the resulting sample weights, then write the run's final model
-    (``write_model``).
+    (``write_model``). A finetune stage that finished with these parameters keeps the ``noise.csv`` it trained with.
 
     Returns:
         ``{"noise": DataFrame, "fit": fit result or None (finetune_epochs == 0), "model": path of model.pt,
         "source": "train" or "finetune"}``.
+    Raises:
+        engine.StageChanged: the finetune stage was made with other parameters or data, without ``retrain``.
     """
     train_best = run.checkpoint("train")
-    table = find_noisy_labels(params, data, train_best, progress)
-    with atomic_open(run.file("noise.csv"), "w", newline="") as f:
-        table.to_csv(f, index=False)
+    table = _recorded_noise(params, data, run, retrain)
+    if table is None:
+        table = find_noisy_labels(params, data, train_best, progress)
+        with atomic_open(run.file("noise.csv"), "w", newline="") as f:
+            table.to_csv(f, index=False)
     res = None
     if params["finetune_epochs"] > 0:
         res = engine.fit(params, data, run, "finetune", init_checkpoint=train_best,
-                         sample_weights=table["weight"].to_numpy(), retrain=retrain, progress=progress)
+                         sample_weights=table["weight"].to_numpy(np.float32), retrain=retrain, progress=progress)
     source = write_model(params, run)
     return {"noise": table, "fit": res, "model": run.model, "source": source}
 
 
-def final_stage(run: RunFolder) -> str:
+def final_stage(run: RunFolder, params: dict | None = None) -> str:
     """The stage a run submits: of ``finetune`` and ``train``, the one whose best checkpoint has the lower
     validation MSE (finetuning restarts the learning rate and may not improve on the annealed model); one without a
-    finite validation MSE counts as worse, and ties go to ``finetune``.
+    finite validation MSE counts as worse, and ties go to ``finetune``. With ``params``, only checkpoints made with
+    them count (``engine.stage_key``): a ``finetune_best.pt`` left from other finetune settings, or from a run
+    with ``finetune_epochs`` 0, is never submitted.
 
     Raises:
-        FileNotFoundError: neither exists (train first).
+        FileNotFoundError: no checkpoint counts (train first).
     """
-    found = [s for s in ("finetune", "train") if os.path.exists(run.checkpoint(s))]
+    stages = ("finetune", "train") if params is None or params["finetune_epochs"] > 0 else ("train",)
+    found = {}
+    for s in stages:
+        if os.path.exists(run.checkpoint(s)):
+            ck = checkpoint.load(run.checkpoint(s), "stage")
+            if params is None or ck.get("scope_key") == engine.stage_key(params, s):
+                found[s] = ck
     if not found:
-        raise FileNotFoundError(f"{run.path}: no checkpoints/finetune_best.pt or train_best.pt; run the train "
-                                f"notebook first")
+        raise FileNotFoundError(f"{run.path}: no checkpoints/finetune_best.pt or train_best.pt made with these "
+                                f"parameters; run the train notebook first")
 
     def val(stage):
-        v = checkpoint.load(run.checkpoint(stage), "stage").get("val_mse")
+        v = found[stage].get("val_mse")
         return float(v) if v is not None and np.isfinite(v) else float("inf")
 
     return min(found, key=val)
@@ -190,7 +223,7 @@ def final_stage(run: RunFolder) -> str:
 def write_model(params: dict, run: RunFolder) -> str:
     """Write ``model.pt``: the better face model (``final_stage``), the localizer (``face`` crops) and the
     inference settings of ``params``. Returns the stage the face model comes from."""
-    source = final_stage(run)
+    source = final_stage(run, params)
     face = checkpoint.load(run.checkpoint(source), "stage")
     loc = checkpoint.load(run.checkpoint("localizer"), "stage") if face["meta"]["crop_mode"] == "face" else None
     checkpoint.save(run.model, checkpoint.make_model(face, loc, params, source))

@@ -306,20 +306,46 @@ def test_force_only_on_marked_folders_and_only_the_manifest(tmp_path, capsys):
             pipeline.prepare_run(lp.resolve(run_dir=other, use_run_params=False), force=force)
     assert (other / "src").exists() and (other / "params.yaml").exists()
     run = RunFolder(tmp_path / "run").create("test")
-    for name in ("metrics.json", "notes.txt"):
-        (tmp_path / "run" / name).write_text("x")
-    (tmp_path / "run" / "checkpoints").mkdir()
-    (tmp_path / "run" / "mydata").mkdir()
+    r = tmp_path / "run"
+    for name in ("metrics.json", "notes.txt", ".params.yaml.ab12cd34.tmp", "checkpoints/train_best.pt",
+                 "checkpoints/my_backup.pt", "figures/04_ced.png", "figures/my_plot.png", "figures/.x.tmp"):
+        (r / name).parent.mkdir(exist_ok=True)
+        (r / name).write_text("x")
+    (r / "mydata").mkdir()
     pipeline.prepare_run(lp.resolve(run_dir=run.path), force=True, log=print)
     out = capsys.readouterr().out
-    assert sorted(os.listdir(run.path)) == [".lock", MARKER, "mydata", "notes.txt"]
-    assert "removed" in out and "kept" in out and "notes.txt" in out
+    left = sorted(str(p.relative_to(r)) for p in r.rglob("*"))
+    assert left == [".lock", MARKER, "checkpoints", "checkpoints/my_backup.pt", "figures", "figures/.x.tmp",
+                    "figures/my_plot.png", "mydata", "notes.txt"]  # only the project's own files went
+    assert "removed 3 file(s)" in out and "kept" in out  # (and the stale temporary file, when the lock was taken) and "my_backup.pt" in out and "notes.txt" in out
+
+
+def test_retrain_goes_with_resume(tmp_path, capsys):
+    assert pipeline.main(["--run-dir", str(tmp_path / "r"), "--retrain"]) == 2
+    assert "--retrain goes with --resume" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_notebook_kernels_share_the_lock_and_keep_runners_out(tmp_path, monkeypatch):
+    from landmarks_lib import workflow
+
+    monkeypatch.delenv("LANDMARKS_RUN_LOCK", raising=False)
+    ns = {"run_dir": str(tmp_path / "r"), "overrides": {"synthetic_train": 8, "synthetic_test": 2,
+                                                        "synthetic_points": 15}}
+    _, nb1 = workflow.start("01_eda", ns)
+    nb2 = RunFolder(tmp_path / "r").lock("04_visualize", shared=True)  # a second notebook opened on the run
+    with pytest.raises(RunFolderError, match="notebook kernel"):
+        RunFolder(tmp_path / "r").lock("landmarks_lib.pipeline")
+    nb1.unlock()
+    nb2.unlock()
+    RunFolder(tmp_path / "r").lock("landmarks_lib.pipeline").unlock()
 
 
 def test_a_second_runner_is_refused_with_the_first_ones_pid(tmp_path):
     a = RunFolder(tmp_path / "r").create("test").lock("first")
     with pytest.raises(RunFolderError, match=f"pid {os.getpid()} first"):
         RunFolder(tmp_path / "r").lock("second")
+    with pytest.raises(RunFolderError):
+        RunFolder(tmp_path / "r").lock("a notebook", shared=True)
     a.unlock()
     RunFolder(tmp_path / "r").lock("second").unlock()
 
@@ -327,7 +353,7 @@ def test_a_second_runner_is_refused_with_the_first_ones_pid(tmp_path):
 def test_lock_removes_stale_temporary_files(tmp_path):
     run = RunFolder(tmp_path / "r").create("test")
     os.makedirs(run.file("checkpoints"))
-    stale = os.path.join(run.file("checkpoints"), ".train_last.pt.abc123.tmp")
+    stale = os.path.join(run.file("checkpoints"), ".train_last.pt.abc12_de.tmp")
     open(stale, "w").close()
     run.lock()
     assert not os.path.exists(stale)

@@ -38,6 +38,10 @@ def test_table_shows_differing_params_and_metrics(tmp_path):
     assert "bbbbb" in text.splitlines()[0] and "0.0003" in text  # the second run always shows
     with pytest.raises(FileNotFoundError, match="no such run"):
         compare.compare_runs(tmp_path / "a", tmp_path / "zzz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        compare.compare_runs(tmp_path / "a", tmp_path / "empty")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "zzz")]) == 2
 
 
 def test_cli_diffs_executed_notebooks_with_nbdime(tmp_path):

@@ -45,10 +45,10 @@ def test_text_is_typed_by_the_spec(name, text, value):
 
 def test_yaml_profiles_are_typed_by_the_spec_not_by_yaml(tmp_path):
     prof = tmp_path / "p.yaml"
-    prof.write_text("run_dir: 007\ncache_dir: 0123\ntta_scales: 1:30\nlr: 1e-3\nepochs: 0012\npretrained: yes\n"
+    prof.write_text("run_dir: 007\ncache_dir: 0123\nensemble_runs: 1:30\nlr: 1e-3\nepochs: 0012\npretrained: yes\n"
                     "data_dir:\n")
     p = lp.load_profile(prof)
-    assert p == {"run_dir": "007", "cache_dir": "0123", "tta_scales": "1:30", "lr": 1e-3, "epochs": 12,
+    assert p == {"run_dir": "007", "cache_dir": "0123", "ensemble_runs": "1:30", "lr": 1e-3, "epochs": 12,
                  "pretrained": True, "data_dir": ""}
 
 
@@ -62,6 +62,20 @@ def test_bad_values_are_refused_with_the_name(name, value, words):
     with pytest.raises(lp.ParamError) as e:
         lp.resolve(overrides=[(name, value)])
     assert name in str(e.value) and words in str(e.value)
+
+
+def test_profile_errors_name_the_file(tmp_path):
+    prof = tmp_path / "p.yaml"
+    for text, words in (("epoch: 3\n", "p.yaml: unknown parameter(s) 'epoch' (did you mean 'epochs'?)"),
+                        ("scheduler: Cosine\n", "p.yaml: parameter 'scheduler' is 'Cosine'; choose one of"),
+                        ("epochs: 3\nepochs: 5\n", "p.yaml:2: 'epochs' is given twice"),
+                        ("lr: fast\n", "p.yaml: parameter 'lr' must be a number")):
+        prof.write_text(text)
+        with pytest.raises(lp.ParamError) as e:
+            lp.resolve(profile=prof)
+        assert words in str(e.value), str(e.value)
+    prof.write_text("seed: 12345678901234567891\n")
+    assert lp.resolve(profile=prof)["seed"] == 12345678901234567891  # whole numbers stay exact
 
 
 def test_paths_that_must_exist_are_checked(tmp_path):

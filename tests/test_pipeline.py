@@ -287,6 +287,17 @@ def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):
     assert pipeline.plan(run, dict(p, tta_flip=False)) == (2, [])
     assert pipeline.plan(run, dict(p, localizer_epochs=2)) == (1, ["localizer_epochs: 16 -> 2 (stages: localizer)"])
     assert pipeline.plan(run, dict(p, seed=1))[1] == ["seed: 0 -> 1 (stages: localizer, train, finetune)"]
+    data = os.path.join(run.file("data"), "train")  # the data itself changes: refused like a training value
+    os.makedirs(data)
+    with open(os.path.join(data, "landmarks.csv"), "w") as f:
+        f.write("file_name\n")
+    for nb in pipeline.NOTEBOOKS:
+        run.record_notebook(nb, p, workflow.data_fingerprint(run.file("data")))
+    assert pipeline.plan(run, p) == (4, [])
+    with open(os.path.join(data, "landmarks.csv"), "a") as f:
+        f.write("a.jpg\n")
+    first, training = pipeline.plan(run, p)
+    assert first == 0 and len(training) == 1 and "changed (tables or images) since 01_eda ran" in training[0]
 
 
 # ------------------------------------------------------------------------------------------ notebook helpers
