@@ -665,6 +665,9 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
     """
     done = finished_result(params, data, run, stage, sample_weights, retrain)
     if done is not None:
+        if done["stopped_early"] and progress:
+            print(f"{stage}: finished earlier, stopped early by time_budget_min after {len(done['history'])} of "
+                  f"{stage_recipe(params, stage)['epochs']} epochs; retrain to train it fully", flush=True)
         return done
     st = build(params, data, run, stage, init_checkpoint, sample_weights, progress, dist)
     resume(st, retrain)
@@ -683,6 +686,9 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
             print(f"{stage} epoch {st.epoch + 1}/{st.recipe['epochs']}: train loss {train_loss:.4f}, val MSE "
                   f"{val_mse:.3f} px^2, {time.time() - t0:.0f} s", flush=True)
         st.epoch += 1
+    if st.stopped and progress and st.dist.is_main:
+        print(f"{stage}: stopped early by time_budget_min after {st.epoch} of {st.recipe['epochs']} epochs",
+              flush=True)
     if not st.history:  # zero epochs: the initial model is the stage's result
         save_epoch(st, {"epoch": 0, "stage": stage, "train_loss": float("nan"), "val_mse": evaluate(st),
                         "lr": st.optimizer.param_groups[0]["lr"], "time_s": 0.0})

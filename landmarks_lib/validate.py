@@ -317,9 +317,9 @@ def _check_landmarks(data_dir, bad_rows, report, listing, add):
     return table
 
 
-def _check_groups(data_dir, table, add) -> None:
+def _check_groups(data_dir, table, add, bad_names=()) -> None:
     """Check the optional ``train/groups.csv`` with ``io.read_groups``: format (fatal) and agreement with the
-    training rows (warnings)."""
+    training rows (warnings; ``bad_names``, the names of rows already reported as bad, count as training rows)."""
     rel = "train/groups.csv"
     path = os.path.join(data_dir, rel)
     if not os.path.exists(path):
@@ -329,7 +329,7 @@ def _check_groups(data_dir, table, add) -> None:
     _add_table_problems(found, rel, add)
     if groups is None or table is None:
         return
-    train_names = set(table.names)
+    train_names = set(table.names) | set(bad_names)
     for name, line in zip(groups.names, groups.lines.tolist()):
         if name not in train_names:
             add("warning", rel, line, "group_unknown_image", f"{name} is not a training row")
@@ -515,7 +515,7 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
 
     listing = _Listing()
     table = _check_landmarks(data_dir, bad_rows, report, listing, add)
-    _check_groups(data_dir, table, add)
+    _check_groups(data_dir, table, add, listing.named["train"])
     _check_test_points(data_dir, report, listing, add)
     jobs = _image_jobs(data_dir, listing, add)
     report.image_sizes = _image_findings(jobs, _probe_all(data_dir, jobs, check_images, num_workers, progress), add)
