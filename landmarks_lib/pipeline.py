@@ -401,14 +401,24 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _warn_ignored_profile(args, params) -> None:
+    """With ``--resume`` the run's own ``params.yaml`` wins over ``--params``: say so when the profile holds other
+    values than the run (they are not used)."""
+    if not (args.params and args.resume and os.path.isfile(os.path.join(params["run_dir"], "params.yaml"))):
+        return
+    prof = params_mod.load_profile(args.params)
+    other = sorted(k for k, v in prof.items() if k not in params_mod.PATH_PARAMS and params.get(k) != v)
+    if other:
+        print(f"[pipeline] warning: --params {args.params} is ignored (a resumed run starts from its own "
+              f"params.yaml); it differs in {', '.join(other)}; change values with -p NAME VALUE", file=sys.stderr)
+
+
 def _main(args) -> int:
     try:
         if args.retrain and not args.resume:
             raise PipelineError("--retrain goes with --resume (a new run trains every stage anyway)")
-        if args.params and args.resume and args.run_dir and os.path.isfile(os.path.join(args.run_dir, "params.yaml")):
-            print(f"[pipeline] warning: --params {args.params} is ignored: a resumed run starts from its own "
-                  f"params.yaml; change values with -p NAME VALUE", file=sys.stderr)
         params = resolve_params(args.params, args.p, args.data_dir, args.run_dir, force=args.force)
+        _warn_ignored_profile(args, params)
         chosen = select_notebooks(args.notebooks)
         t0 = time.time()
         run = run_pipeline(params, chosen if args.notebooks else None, resume=args.resume, force=args.force,
