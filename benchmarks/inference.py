@@ -14,7 +14,6 @@ Prints one JSON object with ``--json``. MediaPipe Face Mesh is not part of it ye
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from report import emit  # noqa: E402
 from landmarks_lib import engine, metrics  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
 from landmarks_lib.predictor import Predictor  # noqa: E402
@@ -83,12 +83,7 @@ def main(argv=None) -> int:
     for s in SETTINGS:
         out[f"{s}_img_s"] = round(n / statistics.median(seconds[s]), 1)
         out[s] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in accuracy(run, s).items()}
-    if a.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>22}: {v}")
-    return 0
+    return emit(out, a.json, 22)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from landmarks_lib.run import RunFolder  # noqa: E402
+from report import emit  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
 from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
@@ -376,12 +377,7 @@ def main(argv=None) -> int:
                model_batches=model_batches, all_img_s={k: [round(v, 1) for v in vs] for k, vs in results.items()},
                loadavg_1min=[round(load_before[0], 2), round(os.getloadavg()[0], 2)], quick=bool(a.quick))
     out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
-    if a.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>24}: {v}")
-    return 0
+    return emit(out, a.json, 24)
 
 
 if __name__ == "__main__":
