@@ -20,7 +20,7 @@ import sys
 
 import pandas as pd
 
-from .params import read_values
+from .params import read_values, same_value
 from .run import RunFolder
 
 
@@ -29,12 +29,6 @@ def _params(run: RunFolder) -> dict:
     old run can be compared with a new one); empty when missing."""
     path = run.file("params.yaml")
     return read_values(path) if os.path.exists(path) else {}
-
-
-def _same_value(name, a, b) -> bool:
-    if name == "data_dir" and a and b:
-        return os.path.realpath(str(a)) == os.path.realpath(str(b))
-    return a == b
 
 
 def _train_minutes(run: RunFolder) -> dict:
@@ -67,7 +61,7 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     a, b = RunFolder(run_a), RunFolder(run_b)
     pa, pb = _params(a), _params(b)
     for k in sorted(set(pa) | set(pb)):
-        same = _same_value(k, pa.get(k), pb.get(k))
+        same = same_value(k, pa.get(k), pb.get(k))
         if all_params or (not same and k not in ("run_dir", "cache_dir")):
             rows.append(("param", k, pa.get(k), pb.get(k), same))
     ma, mb = a.read_metrics(), b.read_metrics()

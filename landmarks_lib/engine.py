@@ -212,10 +212,21 @@ def stage_key(params: dict, stage: str) -> str:
     return fingerprint(stage, sp)
 
 
+def changed_names(old: dict, new: dict) -> list:
+    """The names whose values differ between two parameter sets (``data_dir`` left out: the data's content counts,
+    through ``TrainData.data_key``), sorted."""
+    return [k for k in sorted(set(old) | set(new)) if k != "data_dir" and old.get(k) != new.get(k)]
+
+
 def changed(old: dict, new: dict) -> list:
-    """``["name: old -> new", ...]`` for the names whose values differ (``data_dir`` left out)."""
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "data_dir" and old.get(k) != new.get(k)]
+    """``["name: old -> new", ...]`` for the names whose values differ (``changed_names``)."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed_names(old, new)]
+
+
+def stages_reading(names) -> list:
+    """The stages whose scopes hold any of the parameter ``names``, in ``STAGES`` order."""
+    scopes = {SPEC[k].scope for k in names if k in SPEC}
+    return [s for s in STAGES if scopes & set(STAGE_SCOPES[s])]
 
 
 def apply_threads(params: dict) -> int:
@@ -506,9 +517,7 @@ def check_keys(ck: dict, path, stage: str, key: str, data_key: str, params: dict
         return False
     old = ck.get("params") or {}
     diff = changed(old, params)
-    names = [k for k in sorted(set(old) | set(params)) if k != "data_dir" and old.get(k) != params.get(k)]
-    scopes = {SPEC[k].scope for k in names if k in SPEC}
-    later = [s for s in STAGES if scopes & set(STAGE_SCOPES[s])] if diff else list(STAGES[STAGES.index(stage):])
+    later = stages_reading(changed_names(old, params)) if diff else list(STAGES[STAGES.index(stage):])
     diff = diff or ["the training data (labels, split or sample weights)"]
     raise StageChanged(f"{path} was made with other parameters or data: {'; '.join(diff)}. Stages affected: "
                        f"{', '.join(later)}. Retrain them with retrain = True in the notebook (--retrain on the "

@@ -458,6 +458,14 @@ def resolve(run_dir=None, profile=None, overrides=None, data_dir=None, base=None
     return {k: coerce(k, v) for k, v in absolute_paths(out, base).items()}
 
 
+def same_value(name: str, a, b) -> bool:
+    """Whether two values of parameter ``name`` are the same: ``data_dir`` by the folder it names (links resolved),
+    everything else by equality."""
+    if name == "data_dir" and a and b:
+        return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+    return a == b
+
+
 def scoped(params: Mapping, *scopes) -> dict:
     """The values of ``params`` in ``scopes``: what a stage or a notebook reads, and what its key hashes."""
     return {k: params[k] for k in names_in(*scopes)}

@@ -37,7 +37,7 @@ import threading
 import time
 
 from . import params as params_mod
-from .engine import STAGE_SCOPES, STAGES
+from .engine import STAGES, stages_reading
 from .files import atomic_open
 from .run import LOCK_ENV, RunFolder, RunFolderError
 
@@ -102,16 +102,10 @@ def select_notebooks(spec: str | None) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ resume rule
-def _same(name: str, old, new) -> bool:
-    if name == "data_dir" and old and new:
-        return os.path.realpath(str(old)) == os.path.realpath(str(new))
-    return old == new
-
-
 def changes(recorded: dict, params: dict, scopes) -> list:
     """``[(name, old, new)]`` of the parameters in ``scopes`` whose values differ from ``recorded``."""
     return [(k, recorded.get(k), params[k]) for k in params_mod.names_in(*scopes)
-            if k in recorded and not _same(k, recorded.get(k), params[k])]
+            if k in recorded and not params_mod.same_value(k, recorded.get(k), params[k])]
 
 
 def plan(run: RunFolder, params: dict, retrain: bool = False) -> tuple[int, list]:
@@ -142,10 +136,8 @@ def plan(run: RunFolder, params: dict, retrain: bool = False) -> tuple[int, list
             training.setdefault("data", f"the data in {data_dir} changed (tables or images) since {nb} ran "
                                 f"(stages: {', '.join(STAGES)})")
         for name, old, new in diff or ():
-            scope = params_mod.SPEC[name].scope
-            if scope in TRAINING_SCOPES:
-                stages = [s for s in STAGES if scope in STAGE_SCOPES[s]]
-                training[name] = f"{name}: {old!r} -> {new!r} (stages: {', '.join(stages)})"
+            if params_mod.SPEC[name].scope in TRAINING_SCOPES:
+                training[name] = f"{name}: {old!r} -> {new!r} (stages: {', '.join(stages_reading([name]))})"
     return first, list(training.values())
 
 

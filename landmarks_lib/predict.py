@@ -166,10 +166,8 @@ def predict_images(model, images: ImageSet, device="cpu", settings: Inference = 
 
     pr = Predictor(model, device, settings)
     out = []
-    paths = images.paths()
-    with tqdm(total=len(paths), desc="predicting", disable=not images.progress, mininterval=2.0) as bar:
-        for start in range(0, len(paths), chunk):
-            res = pr.predict(paths[start: start + chunk])
+    with tqdm(total=len(images.names), desc="predicting", disable=not images.progress, mininterval=2.0) as bar:
+        for res in pr.predict_iter(images.paths(), chunk):
             if res.errors:
                 raise ImageError(next(iter(res.errors.values())))
             out.append(res.points.astype(np.float64))
@@ -263,10 +261,9 @@ def main(argv=None) -> int:
         return 2
     ok, pts, boxes, conf = [], [], [], []
     try:
-        for start in range(0, len(names), a.batch_size):
-            chunk = names[start: start + a.batch_size]
-            res = pr.predict([os.path.join(a.images, n) for n in chunk])
-            for j, n in enumerate(chunk):
+        paths = [os.path.join(a.images, n) for n in names]
+        for start, res in zip(range(0, len(names), a.batch_size), pr.predict_iter(paths, a.batch_size)):
+            for j, n in enumerate(names[start: start + a.batch_size]):
                 if j in res.errors:
                     print(f"error: {res.errors[j]}", file=sys.stderr)
                     continue

@@ -75,7 +75,7 @@ def region_table(pred, truth, regions: np.ndarray, names: list) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("mean_error_px", ascending=False, ignore_index=True)
 
 
-def _png(image, view) -> tuple[str, tuple]:
+def _jpeg(image, view) -> tuple[str, tuple]:
     """The face crop of ``image`` (``uint8 [H, W, 3]``) inside ``view`` as a base64 JPEG (quality 90: a report of
     50 faces stays a few MB), and the crop's extent ``(x0, x1, y0, y1)`` in original pixels (clipped to the
     image)."""
@@ -127,7 +127,7 @@ def viewer_data(images, names, preds, truths=None, regions=None, region_names=No
         p = np.asarray(preds[i], np.float64)
         t = None if truths is None else np.asarray(truths[i], np.float64)
         d = None if t is None else np.sqrt(((p - t) ** 2).sum(-1))
-        png, extent = _png(np.asarray(get(i)), viz.face_view(t, p))
+        png, extent = _jpeg(np.asarray(get(i)), viz.face_view(t, p))
         out.append({"name": str(names[i]), "error": None if errors is None else float(errors[i]), "png": png,
                     "extent": extent, "pred": p.round(2), "truth": None if t is None else t.round(2),
                     "pred_text": hover_texts(d, regions, region_names),
