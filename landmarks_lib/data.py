@@ -114,6 +114,20 @@ def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool 
     return x
 
 
+def network_input(crops_u8, mean, std, device) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` crops (array or tensor) -> the network's ``float32 [B, 3, H, W]`` input on ``device``,
+    in channels-last memory (the pixels' own order, which torch's CPU convolutions run fastest on):
+    ``(x / 255 - mean) / std`` per channel as one in-place multiply-add (``x * a + b``; equal to
+    ``normalize(to_input(...))`` up to float rounding)."""
+    u8 = torch.as_tensor(np.ascontiguousarray(crops_u8)).to(device, non_blocking=True)
+    x = u8.permute(0, 3, 1, 2).float()
+    m = torch.as_tensor(mean, dtype=torch.float64)
+    s = torch.as_tensor(std, dtype=torch.float64)
+    a = (1.0 / (255.0 * s)).to(x.dtype).to(x.device).view(1, 3, 1, 1)
+    b = (-m / s).to(x.dtype).to(x.device).view(1, 3, 1, 1)
+    return x.mul_(a).add_(b)
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Channel-wise ``(x - mean) / std`` of ``[B, 3, H, W]``."""
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment, checkpoint, geometry, metrics, models
+from . import localizer as localizer_mod
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
 from .distributed import Context
@@ -197,6 +198,10 @@ def stage_recipe(params: dict, stage: str) -> dict:
     sp = stage_params(params, stage)
     if stage == "localizer":
         r = dict(LOCALIZER_RECIPE, **{k[len("localizer_"):]: sp[k] for k in names_in("localizer")})
+        if r["head"] == localizer_mod.HEAD:  # re-framed on the fly from the whole letterboxed image
+            r["cache_margin"] = 0.0
+        else:  # "landmarks": the face model's linear regression of every point on the letterbox
+            r["head"] = "linear"
     else:
         r = {k: sp[k] for k in names_in("train")}
         if stage == "finetune":
@@ -454,6 +459,8 @@ class Stage:
 def _initial_model(recipe: dict, data: TrainData, cache, init_checkpoint) -> torch.nn.Module:
     """The stage's starting network: ``init_checkpoint``'s weights (finetune), else ImageNet or scratch with the
     regression head's bias at the mean training shape (``normalize_targets``)."""
+    if recipe["head"] == localizer_mod.HEAD:
+        return localizer_mod.build_localizer(recipe["backbone"], recipe["pretrained"])
     kw = dict(dropout=recipe["dropout"], head=recipe["head"], crop_size=recipe["crop_size"])
     k = data.table.num_points
     if init_checkpoint:
@@ -563,12 +570,17 @@ def train_one_epoch(st: Stage, progress: bool = True) -> float:
     st.train_model.train()
     total, count = 0.0, 0
     bar = _bar(len(st.sampler), f"{st.name} {epoch + 1}/{r['epochs']}", progress and st.dist.is_main)
+    boxes = r["head"] == localizer_mod.HEAD
     for batch in st.loader:
-        x, pts = prepare_batch(batch, r, st.device, st.size, st.cache.pad, st.meta["input_mean"],
-                               st.meta["input_std"], gen, st.perm, st.runtime["channels_last"], st.unmatched)
-        loss = train_step(st.train_model, st.optimizer, st.scheduler if st.per_step else None, x, pts,
-                          batch["weights"].to(st.device), r, st.size, st.runtime["amp"])
-        total, count = total + loss * len(x), count + len(x)
+        if boxes:
+            loss = localizer_step(st, batch, gen)
+        else:
+            x, pts = prepare_batch(batch, r, st.device, st.size, st.cache.pad, st.meta["input_mean"],
+                                   st.meta["input_std"], gen, st.perm, st.runtime["channels_last"], st.unmatched)
+            loss = train_step(st.train_model, st.optimizer, st.scheduler if st.per_step else None, x, pts,
+                              batch["weights"].to(st.device), r, st.size, st.runtime["amp"])
+        n = len(batch["index"])
+        total, count = total + loss * n, count + n
         bar.update(1)
         bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)
         if _over_budget(st, t0):
@@ -579,9 +591,35 @@ def train_one_epoch(st: Stage, progress: bool = True) -> float:
     return st.dist.all_reduce_mean(total / max(count, 1), count)
 
 
+def localizer_step(st: Stage, batch: dict, gen: torch.Generator) -> float:
+    """One optimisation step of a ``facebox`` localizer: the batch re-framed (``localizer.reframe_batch``), photometric
+    jitter and normalisation, ``FaceBoxCodec.loss`` against the faces' boxes. Returns the loss as a float."""
+    r, size = st.recipe, st.size
+    idx = batch["index"].numpy()
+    content = localizer_mod.content_rects(st.cache.frames[idx], st.cache.pad)
+    img, boxes, present = localizer_mod.reframe_batch(batch["images"], batch["points"], content, size, gen,
+                                                      flip=r["flip"])
+    x = augment.color_normalize(img.to(st.device), st.meta["input_mean"], st.meta["input_std"], r["photometric"],
+                                gen, value_scale=1 / 255.0)
+    if st.runtime["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    codec = localizer_mod.FaceBoxCodec(size)
+    target = codec.encode(boxes.to(st.device), present.to(st.device))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=st.runtime["amp"] and x.device.type == "cuda"):
+        out = st.train_model(x)
+    loss = codec.loss(out, target)
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    st.optimizer.step()
+    if st.per_step:
+        st.scheduler.step()
+    return float(loss.detach())
+
+
 def evaluate(st: Stage) -> float:
     """Validation MSE (original pixels²) of the model on the validation crops of the stage's cache (no TTA), each
-    rank scoring a shard of rank 0's model; NaN without a validation split."""
+    rank scoring a shard of rank 0's model; NaN without a validation split. For a ``facebox`` localizer: the MSE of
+    the chosen face box's ``(cx, cy, extent)`` against the labelled landmarks' box (``localizer.point_boxes_np``)."""
     val = st.data.val_idx
     if not len(val):
         return float("nan")
@@ -589,8 +627,15 @@ def evaluate(st: Stage) -> float:
     if st.dist.world_size > 1:
         st.dist.broadcast_buffers(st.model)
     shard = np.arange(len(val))[st.dist.rank::st.dist.world_size]
-    pred = predict_cache(st.model, st.meta, st.cache, val[shard], st.device, batch_size=128)
-    mse = metrics.mse(pred, st.data.points(val[shard])) if len(shard) else 0.0
+    if not len(shard):
+        mse = 0.0
+    elif st.recipe["head"] == localizer_mod.HEAD:
+        pred = localizer_mod.predict_boxes_cache(st.model, st.meta, st.cache, val[shard], st.device)
+        truth = localizer_mod.point_boxes_np(st.data.points(val[shard]))
+        mse = float(np.mean((pred - truth) ** 2))
+    else:
+        pred = predict_cache(st.model, st.meta, st.cache, val[shard], st.device, batch_size=128)
+        mse = metrics.mse(pred, st.data.points(val[shard]))
     return st.dist.all_reduce_mean(mse, len(shard))
 
 

@@ -19,7 +19,9 @@ import socket
 
 import torch
 import torch.nn as nn
-import torchvision
+
+# torchvision is imported where a network is built (about a second: its ops pull in torch._dynamo), so that
+# predicting with an ONNX export folder never imports it.
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large",
              "efficientnet_b0", "convnext_tiny")
@@ -38,6 +40,8 @@ def weights_enum(backbone: str, name: str = "IMAGENET1K_V1"):
     Raises:
         ValueError: unknown backbone.
     """
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(backbone)
     except (ValueError, KeyError) as e:
@@ -68,6 +72,8 @@ def load_pretrained(backbone: str, timeout_s: float = 20.0) -> nn.Module:
     Raises:
         WeightsUnavailable: the weights are neither cached nor downloadable (message names the file and the fix).
     """
+    import torchvision
+
     weights = weights_enum(backbone)
     fname = os.path.basename(weights.url)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
@@ -234,6 +240,8 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
         ValueError: unknown backbone or head, or a grid head without ``crop_size``.
         WeightsUnavailable: pretrained weights cannot be had.
     """
+    import torchvision
+
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if head != "linear" and not crop_size:

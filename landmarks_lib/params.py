@@ -86,8 +86,12 @@ _SPEC = [
     _p("localizer_backbone", "resnet18", "localizer", "torchvision backbone of the face localizer",
        check="backbone"),
     _p("localizer_pretrained", False, "localizer", "ImageNet weights for the localizer's backbone"),
-    _p("localizer_crop_size", 64, "localizer", "side in pixels of the letterboxed whole image the localizer sees",
-       low=16, high=1024),
+    _p("localizer_head", "facebox", "localizer", "'facebox': a heatmap detector of face boxes trained on re-framed "
+                                                 "images; 'landmarks': the older global regression of all points",
+       choices=("facebox", "landmarks")),
+    _p("localizer_crop_size", 64, "localizer", "side in pixels of the letterboxed whole image the localizer sees "
+                                               "(a multiple of 16)", low=16, high=1024,
+       check="localizer_size"),
     _p("localizer_epochs", 16, "localizer", "epochs of the localizer stage (crop_mode 'face' only)", low=0),
     _p("localizer_batch_size", 32, "localizer", "images per optimisation step of the localizer", low=1),
     _p("localizer_lr", 1e-3, "localizer", "learning rate of the localizer stage", low=0.0),
@@ -284,8 +288,13 @@ def _check_runs(p, v):
             raise ParamError(f"parameter 'ensemble_runs': {r}: not a run folder (no {MARKER})")
 
 
+def _check_localizer_size(p, v):
+    if v % 16:
+        raise ParamError(f"parameter {p.name!r} is {v!r}; the localizer's grid needs a multiple of 16")
+
+
 _CHECKS = {"backbone": _check_backbone, "scales": _check_scales, "device": _check_device,
-           "data_dir": _check_data_dir, "runs": _check_runs}
+           "data_dir": _check_data_dir, "runs": _check_runs, "localizer_size": _check_localizer_size}
 
 
 def parse_scales(text) -> tuple:

@@ -12,9 +12,11 @@ The steps themselves (crops in memory, fixed micro-batches, ensembles) are ``pre
 on cached crops.
 
 ``python -m landmarks_lib.predict --checkpoint RUN_DIR_OR_MODEL [...] --images DIR --out FILE.csv
-[--inference accurate|fast] [--device D] [--batch-size N] [--draw DIR]`` writes all points of every image of a
-folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals) and ``FILE.faces.csv`` (face box and
-confidence per image); the default inference is the one stored with the model.
+[--inference accurate|fast] [--backend torch|onnx] [--device D] [--batch-size N] [--draw DIR]`` writes all points
+of every image of a folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals) and ``FILE.faces.csv``
+(face box and confidence per image); the default inference is the one stored with the model. ``--backend onnx``
+runs the networks through onnxruntime (``export.onnx_network``); ``--checkpoint`` may then also be an export folder
+(``python -m landmarks_lib.export``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from . import checkpoint, geometry, models
 from .params import parse_scales  # noqa: F401  (re-exported: predict.parse_scales)
-from .data import normalize, to_input
+from .data import network_input
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -76,8 +78,7 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
     out = np.zeros((len(crops), int(meta["num_points"]), 2), np.float32)
     use_amp = amp and torch.device(device).type == "cuda"
     for s in range(0, len(crops), batch_size):
-        x = to_input(torch.from_numpy(np.ascontiguousarray(crops[s: s + batch_size])), torch.device(device))
-        x = normalize(x, meta["input_mean"], meta["input_std"])
+        x = network_input(crops[s: s + batch_size], meta["input_mean"], meta["input_std"], torch.device(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             y = models.to_crop_pixels(model(x).float(), size, meta["normalize_targets"])
             if tta_flip:
@@ -144,7 +145,7 @@ class ImageSet:
 
 
 def predict_images(model, images: ImageSet, device="cpu", settings: Inference = Inference(),
-                   chunk: int = 256) -> np.ndarray:
+                   chunk: int = 256, backend: str = "torch", with_faces: bool = False):
     """All landmarks of each image, in original pixels, through ``predictor.Predictor`` (crops in memory, fixed
     micro-batches), ``chunk`` images at a time.
 
@@ -153,26 +154,37 @@ def predict_images(model, images: ImageSet, device="cpu", settings: Inference = 
             ensemble: each model's predictions, after its own crops, are averaged in original pixels).
         images: the images (``ImageSet``).
         settings: ``Inference``; flip TTA is skipped for a model without a mirror permutation.
+        backend: ``"torch"`` or ``"onnx"`` (onnxruntime, ``export.onnx_network``).
+        with_faces: also return each image's face crop, confidence and number of faces found.
     Returns:
-        ``float64 [N, K, 2]`` original pixels.
+        ``float64 [N, K, 2]`` original pixels; with ``with_faces``, ``(points, faces)`` with ``faces`` a dict of
+        ``boxes float32 [N, 4]`` (``x0, y0, x1, y1``), ``confidence float32 [N]`` and ``faces int32 [N]``
+        (``predictor.Prediction``).
     Raises:
         images.ImageError: an image cannot be read (the message names it).
         checkpoint.CheckpointError: a ``face`` model without its localizer.
+        ValueError: another ``backend``; RuntimeError: ``"onnx"`` without onnxruntime installed.
     """
     from tqdm.auto import tqdm
 
     from .images import ImageError
     from .predictor import Predictor
 
-    pr = Predictor(model, device, settings)
-    out = []
+    pr = Predictor(model, device, settings, backend=backend)
+    out, boxes, conf, faces = [], [], [], []
     with tqdm(total=len(images.names), desc="predicting", disable=not images.progress, mininterval=2.0) as bar:
         for res in pr.predict_iter(images.paths(), chunk):
             if res.errors:
                 raise ImageError(next(iter(res.errors.values())))
             out.append(res.points.astype(np.float64))
+            boxes.append(res.boxes), conf.append(res.confidence), faces.append(res.faces)
             bar.update(len(res))
-    return np.concatenate(out) if out else np.zeros((0, pr.num_points, 2))
+    points = np.concatenate(out) if out else np.zeros((0, pr.num_points, 2))
+    if not with_faces:
+        return points
+    cat = (lambda a, shape, dt: np.concatenate(a) if a else np.zeros(shape, dt))  # noqa: E731
+    return points, {"boxes": cat(boxes, (0, 4), np.float32), "confidence": cat(conf, 0, np.float32),
+                    "faces": cat(faces, 0, np.int32)}
 
 
 def list_images(image_dir) -> list:
@@ -182,24 +194,28 @@ def list_images(image_dir) -> list:
 
 def write_points_csv(path, names, points) -> None:
     """Write ``[N, K, 2]`` continuous original-pixel points as labels in ``landmarks.csv`` layout and convention
-    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``; tab-separated, 2 decimals), atomically."""
-    import pandas as pd
-
+    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``; tab-separated, 2 decimals, an empty field for NaN),
+    atomically. Rows are formatted by one ``%`` template each (the text pandas' ``to_csv(float_format="%.2f")``
+    writes, about 10x faster)."""
     from .files import atomic_open
     from .io import points_to_labels
 
     pts = points_to_labels(points)
     k = pts.shape[1]
-    cols = [f"Point_{i}_{a}" for i in range(k) for a in "XY"]
-    df = pd.DataFrame(pts.reshape(len(pts), -1), columns=cols)
-    df.insert(0, "file_name", list(names))
+    flat = np.asarray(pts, np.float64).reshape(len(pts), -1)
+    row = "\t".join(["%s"] + ["%.2f"] * (2 * k)) + "\n"
     with atomic_open(path, "w", newline="") as f:
-        df.to_csv(f, sep="\t", index=False, float_format="%.2f")
+        f.write("\t".join(["file_name"] + [f"Point_{i}_{a}" for i in range(k) for a in "XY"]) + "\n")
+        for name, v in zip(names, flat):
+            if np.isfinite(v).all():
+                f.write(row % (name, *v.tolist()))
+            else:
+                f.write("\t".join([str(name)] + ["" if not np.isfinite(x) else "%.2f" % x for x in v]) + "\n")
 
 
-def write_faces_csv(path, names, boxes, confidence) -> None:
-    """Write ``file_name, x0, y0, x1, y1, confidence`` per image (the final face crop, original pixels in the
-    continuous convention; comma-separated, 2 decimals, confidence 3), atomically."""
+def write_faces_csv(path, names, boxes, confidence, faces=None) -> None:
+    """Write ``file_name, x0, y0, x1, y1, confidence[, faces]`` per image (the final face crop, original pixels in
+    the continuous convention; the number of faces the localizer found), comma-separated, 3 decimals, atomically."""
     import pandas as pd
 
     from .files import atomic_open
@@ -207,6 +223,8 @@ def write_faces_csv(path, names, boxes, confidence) -> None:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     df = pd.DataFrame({"file_name": list(names), "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3],
                        "confidence": np.round(np.asarray(confidence, np.float64), 3)})
+    if faces is not None:
+        df["faces"] = np.asarray(faces, np.int64)
     with atomic_open(path, "w", newline="") as f:
         df.to_csv(f, index=False, float_format="%.3f")
 
@@ -230,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog="Writes OUT (landmarks.csv layout) and OUT's .faces.csv (face box and "
                                         "confidence per image).")
     ap.add_argument("--checkpoint", required=True, nargs="+",
-                    help="a run folder or its model.pt (several are averaged)")
+                    help="a run folder or its model.pt (several are averaged); with --backend onnx also an "
+                         "export folder (python -m landmarks_lib.export)")
     ap.add_argument("--images", required=True, help="folder of images")
     ap.add_argument("--out", required=True, help="output CSV (landmarks.csv layout, tab-separated)")
     ap.add_argument("--inference", choices=("accurate", "fast"), default="accurate",
                     help="accurate: the model's own validated settings (default); fast: one pass each, no TTA")
+    ap.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="torch (default) or onnx: the networks run by onnxruntime (exported in memory)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=256, help="images read and predicted at a time")
     ap.add_argument("--draw", metavar="DIR", help="also write each image with its points drawn into DIR")
@@ -255,11 +276,11 @@ def main(argv=None) -> int:
         print(f"error: no images in {a.images}", file=sys.stderr)
         return 2
     try:
-        pr = Predictor.load(a.checkpoint, a.device, a.inference)
+        pr = Predictor.load(a.checkpoint, a.device, backend=a.backend, inference=a.inference)
     except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ok, pts, boxes, conf = [], [], [], []
+    ok, pts, boxes, conf, faces = [], [], [], [], []
     try:
         paths = [os.path.join(a.images, n) for n in names]
         for start, res in zip(range(0, len(names), a.batch_size), pr.predict_iter(paths, a.batch_size)):
@@ -271,11 +292,13 @@ def main(argv=None) -> int:
                 pts.append(res.points[j])
                 boxes.append(res.boxes[j])
                 conf.append(res.confidence[j])
+                faces.append(res.faces[j])
                 if a.draw:
                     _draw(a.draw, os.path.join(a.images, n), res.points[j])
         k = pr.num_points
         write_points_csv(a.out, ok, np.asarray(pts).reshape(-1, k, 2))
-        write_faces_csv(os.path.splitext(a.out)[0] + ".faces.csv", ok, np.asarray(boxes), np.asarray(conf))
+        write_faces_csv(os.path.splitext(a.out)[0] + ".faces.csv", ok, np.asarray(boxes), np.asarray(conf),
+                        np.asarray(faces))
     except (OSError, ValueError) as e:  # a full disk, an unwritable output: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,11 @@ a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
 Inference settings: ``"accurate"`` is the model's own (flip TTA, refinements, scale TTA as validated); ``"fast"`` is
 one localizer pass and one face pass, no TTA. The pipeline's evaluation and test prediction, the notebooks and the
 predict CLI all use this class (``predict.predict_images`` wraps it).
+
+Backends: ``"torch"`` runs the torch networks; ``"onnx"`` runs each network through onnxruntime
+(``export.onnx_network``: exported to ONNX in memory at construction, about a second per network), and
+``Predictor.load`` then also accepts an export folder (``export.export``: ``model.json`` + ``.onnx`` files, no torch
+weights needed). Everything around the networks (crops, TTA, mapping to pixels) is the same code for both.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import checkpoint, geometry
+from . import checkpoint, geometry, localizer
 from .images import ImageError, load_image
 from .predict import Inference, predict_crops, select_device
 
@@ -36,16 +41,19 @@ class Prediction:
         points: ``float32 [N, K, 2]`` landmarks, original pixels (continuous convention); NaN for an image that
             could not be read.
         boxes: ``float32 [N, 4]`` the final face crop of each image, ``x0, y0, x1, y1`` in original pixels.
-        confidence: ``float32 [N]`` in ``[0, 1]``: how stable the prediction is when the face crop is re-placed
-            from it, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the RMS move of the points between the last two
-            passes over the face box's side (0 for an unreadable image).
+        confidence: ``float32 [N]`` in ``[0, 1]``: the localizer's score of the chosen face times how well the
+            final points agree with the box that placed their crop, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the
+            RMS difference of the two boxes' centre and extent over the extent (0 for an unreadable image).
         errors: ``{index: message}`` for images that could not be read.
+        faces: ``int32 [N]`` faces the localizer found (score over ``localizer.MIN_SCORE``; the prediction is for
+            one of them, ``localizer.choose``); 1 for crop modes without a localizer, 0 for an unreadable image.
     """
 
     points: np.ndarray
     boxes: np.ndarray
     confidence: np.ndarray
     errors: dict = field(default_factory=dict)
+    faces: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -59,31 +67,57 @@ class Predictor:
         device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU).
         settings: ``predict.Inference``; default the first model's stored settings.
         micro_batch: images per network pass (the last pass of a chunk is padded to it).
+        backend: ``"torch"`` (``checkpoint.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
+            may then be ``export.read_export``'s, without torch weights).
+    Raises:
+        ValueError: another ``backend``.
+        RuntimeError: ``"onnx"`` without onnx / onnxruntime installed (the message says what to install).
     """
 
-    def __init__(self, models, device="auto", settings: Inference | None = None, micro_batch: int = 16):
+    def __init__(self, models, device="auto", settings: Inference | None = None, micro_batch: int = 16,
+                 backend: str = "torch"):
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.models = list(models) if isinstance(models, (list, tuple)) else [models]
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.settings = settings or Inference.from_settings(self.models[0]["inference"])
         self.micro_batch = int(micro_batch)
-        self._nets = [{part: None if m.get(part) is None else checkpoint.network(m[part], self.device)
+        self.backend = backend
+        if backend == "onnx":
+            from .export import onnx_network as build
+        else:
+            build = checkpoint.network
+        self._nets = [{part: None if m.get(part) is None else build(m[part], self.device)
                        for part in ("localizer", "face")} for m in self.models]
 
     @classmethod
-    def load(cls, paths, device="auto", inference: str = "accurate", micro_batch: int = 16) -> "Predictor":
-        """From run folders or ``model.pt`` files; ``inference`` ``"accurate"`` (the model's stored settings) or
-        ``"fast"`` (``FAST``: one localizer and one face pass, no TTA).
+    def load(cls, paths, device="auto", backend: str = "torch", inference: str = "accurate",
+             micro_batch: int = 16) -> "Predictor":
+        """From run folders or ``model.pt`` files (with ``backend="onnx"`` also export folders, ``export.export``'s);
+        ``inference`` ``"accurate"`` (the model's stored settings) or ``"fast"`` (``FAST``: one localizer and one
+        face pass, no TTA).
 
         Raises:
-            FileNotFoundError, checkpoint.CheckpointError: no final model there.
-            ValueError: another ``inference``.
+            FileNotFoundError, checkpoint.CheckpointError: no final model there (or an export folder with the
+                torch backend).
+            ValueError: another ``backend`` or ``inference``.
+            RuntimeError: ``"onnx"`` without onnx / onnxruntime installed.
         """
+        from . import export
+
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}"
+                             + (" (pass inference= by keyword)" if backend in ("accurate", "fast") else ""))
         if inference not in ("accurate", "fast"):
             raise ValueError(f"inference must be 'accurate' or 'fast', got {inference!r}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        models = [checkpoint.load_model(p) for p in paths]
+        models = []
+        for p in paths:
+            if export.is_export(p) and backend != "onnx":
+                raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
+            models.append(export.read_export(p) if export.is_export(p) else checkpoint.load_model(p))
         stored = FAST if inference == "fast" else models[0]["inference"]
-        return cls(models, device, Inference.from_settings(stored), micro_batch)
+        return cls(models, device, Inference.from_settings(stored), micro_batch, backend)
 
     @property
     def num_points(self) -> int:
@@ -102,31 +136,44 @@ class Predictor:
                              self.settings.amp)[:n]
         return geometry.frames_to_original(pred, frames)
 
+    def _locate(self, net, lm, images, tta_flip: bool = False):
+        """A ``facebox`` localizer on the letterboxed images: ``(boxes float64 [n, 3]`` original pixels,
+        ``scores float64 [n]``, ``faces int64 [n]``); see ``localizer.choose``."""
+        size, n, mb = int(lm["crop_size"]), len(images), self.micro_batch
+        lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], size).as_array() for im in images])
+        crops = np.zeros((-(-n // mb) * mb, size, size, 3), np.uint8)
+        for i, (img, fr) in enumerate(zip(images, lframes)):
+            crops[i] = geometry.crop_image(img, geometry.CropFrame.from_array(fr))
+        boxes, scores, faces = localizer.detect_crops(net, lm, crops, self.device, mb, tta_flip)
+        return localizer.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
+
     def _one_model(self, nets, model, images):
+        """``(points float64 [n, K, 2], frames float64 [n, 4] of the final crop, placement boxes float64 [n, 3],
+        localizer scores float64 [n] or None, faces int64 [n] or None)``, original pixels."""
         meta = model["face"]["meta"]
         size, s = int(meta["crop_size"]), self.settings
         if meta["crop_mode"] != "face":
             frames = np.stack([geometry.make_frame(meta["crop_mode"], im.shape[1], im.shape[0], size).as_array()
                                for im in images])
             pts = self._forward(nets["face"], meta, images, frames, s.tta_flip)
-            return pts, frames, pts
+            return pts, frames, localizer.point_boxes_np(pts), None, None
         if nets["localizer"] is None:
             raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
         lm = model["localizer"]["meta"]
-        lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], int(lm["crop_size"])).as_array()
-                            for im in images])
-        pts = self._forward(nets["localizer"], lm, images, lframes, s.tta_flip)
+        scores = faces = None
+        if lm.get("head") == localizer.HEAD:
+            place, scores, faces = self._locate(nets["localizer"], lm, images, s.tta_flip)
+        else:  # a landmark-regression localizer: its points place the crop
+            lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], int(lm["crop_size"])).as_array()
+                                for im in images])
+            place = localizer.point_boxes_np(self._forward(nets["localizer"], lm, images, lframes, s.tta_flip))
+        fs = meta["face_scale"]
         for _ in range(s.refine_steps):
-            pts = self._forward(nets["face"], meta, images, self._face_frames(pts, size, meta["face_scale"]),
-                                s.tta_flip)
-        last = [self._forward(nets["face"], meta, images, self._face_frames(pts, size, meta["face_scale"] * sc),
-                              s.tta_flip) for sc in s.tta_scales]
-        final = np.mean(last, axis=0)
-        return final, self._face_frames(pts, size, meta["face_scale"]), pts
-
-    @staticmethod
-    def _face_frames(points, size, face_scale) -> np.ndarray:
-        return np.stack([geometry.face_frame(p, size, face_scale).as_array() for p in points])
+            pts = self._forward(nets["face"], meta, images, localizer.face_frames(place, size, fs), s.tta_flip)
+            place = localizer.point_boxes_np(pts)
+        last = [self._forward(nets["face"], meta, images, localizer.face_frames(place, size, fs * sc), s.tta_flip)
+                for sc in s.tta_scales]
+        return np.mean(last, axis=0), localizer.face_frames(place, size, fs), place, scores, faces
 
     # --------------------------------------------------------------------------------------------- public API
     def predict_arrays(self, images) -> Prediction:
@@ -134,19 +181,25 @@ class Predictor:
         images = [np.asarray(im) for im in images]
         if not images:
             k = self.num_points
-            return Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+            return Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                              faces=np.zeros(0, np.int32))
         outs = [self._one_model(nets, m, images) for nets, m in zip(self._nets, self.models)]
         points = np.mean([o[0] for o in outs], axis=0)
-        frames, before = outs[0][1], outs[0][2]
+        frames, place, scores, faces = outs[0][1:]
         boxes = np.stack([frames[:, 0], frames[:, 1], frames[:, 0] + frames[:, 2], frames[:, 1] + frames[:, 2]], 1)
-        move = np.sqrt(np.nanmean(((outs[0][0] - before) ** 2).sum(-1), axis=1)) / np.maximum(frames[:, 2], 1e-9)
-        return Prediction(points.astype(np.float32), boxes.astype(np.float32),
-                          np.exp(-move / CONFIDENCE_SCALE).astype(np.float32))
+        # how far the final points' box is from the box that placed their crop, over the face's size
+        final = localizer.point_boxes_np(outs[0][0])
+        move = np.sqrt(((final - place) ** 2).mean(axis=1)) / np.maximum(place[:, 2], 1e-9)
+        conf = np.exp(-move / CONFIDENCE_SCALE)
+        if scores is not None:
+            conf = conf * scores
+        n = len(images)
+        return Prediction(points.astype(np.float32), boxes.astype(np.float32), conf.astype(np.float32),
+                          faces=(np.ones(n) if faces is None else faces).astype(np.int32))
 
-    def predict(self, images) -> Prediction:
-        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
-        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
-        items = list(images)
+    @staticmethod
+    def _read(items) -> tuple[list, dict]:
+        """``(arrays, errors)``: each item decoded when it is a path (None and its message when it cannot be)."""
         arrays, errors = [], {}
         for i, im in enumerate(items):
             if isinstance(im, (str, os.PathLike)):
@@ -156,17 +209,27 @@ class Predictor:
                     errors[i] = str(e)
                     im = None
             arrays.append(im)
+        return arrays, errors
+
+    def _predict_read(self, arrays, errors) -> Prediction:
         good = [i for i, a in enumerate(arrays) if a is not None]
         sub = self.predict_arrays([arrays[i] for i in good])
-        n, k = len(items), self.num_points
+        n, k = len(arrays), self.num_points
         out = Prediction(np.full((n, k, 2), np.nan, np.float32), np.full((n, 4), np.nan, np.float32),
-                         np.zeros(n, np.float32), errors)
+                         np.zeros(n, np.float32), errors, np.zeros(n, np.int32))
         out.points[good], out.boxes[good], out.confidence[good] = sub.points, sub.boxes, sub.confidence
+        out.faces[good] = sub.faces
         return out
+
+    def predict(self, images) -> Prediction:
+        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
+        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
+        return self._predict_read(*self._read(list(images)))
 
     def predict_iter(self, images, chunk: int = 256):
         """``predict`` over ``chunk`` images at a time (``Prediction`` per chunk, indices of ``errors`` within the
-        chunk), so a folder of any size is predicted in bounded memory."""
+        chunk), so a folder of any size is predicted in bounded memory. (Decoding the next chunk in a thread while
+        one is predicted was slower on 2 cores: the decoder and torch's threads wait on each other.)"""
         batch = []
         for im in images:
             batch.append(im)

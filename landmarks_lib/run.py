@@ -19,6 +19,7 @@ step's products):
 ``metrics.json``           validation metrics and the test count
 ``val_predictions.npy``    ``float32 [n_val, K, 2]`` original pixels, validation order
 ``test_predictions.npy``   ``float32 [n_test, K, 2]`` original pixels, ``test_points.csv`` order
+``test_faces.csv``         each test image's face crop, confidence and number of faces found
 ``submission.csv``         the contest submission (``submission_partial.csv`` for runs with ``max_test_images``)
 ``figures/``               PNG figures; ``notebooks/`` executed notebooks; ``reports/`` their HTML
 ``data/``                  the embedded synthetic dataset (runs without ``data_dir``)
@@ -43,7 +44,8 @@ from .files import TMP_SUFFIX, atomic_write_json, read_json
 MARKER = ".thousand-landmarks-run.json"
 FORMAT = "thousand-landmarks-run/1"
 MANIFEST = ("params.yaml", "run_info.json", "pipeline_state.json", "checkpoints/", "model.pt", "history.csv",
-            "noise.csv", "metrics.json", "val_predictions.npy", "test_predictions.npy", "submission.csv",
+            "noise.csv", "metrics.json", "val_predictions.npy", "test_predictions.npy", "test_faces.csv",
+            "submission.csv",
             "submission_partial.csv", "figures/", "notebooks/", "reports/", "data/", ".lock")
 
 
@@ -270,6 +272,15 @@ class RunFolder:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         return np.load(self.file(f"{split}_predictions.npy"))
+
+    def read_test_faces(self) -> pd.DataFrame:
+        """``test_faces.csv``: ``file_name, x0, y0, x1, y1, confidence, faces`` per test image, in
+        ``test_points.csv`` order (original pixels).
+
+        Raises:
+            FileNotFoundError: the finetune notebook has not written it yet.
+        """
+        return pd.read_csv(self.file("test_faces.csv"), dtype={"file_name": str}, keep_default_na=False)
 
     def read_noise(self) -> pd.DataFrame:
         """``noise.csv``: ``file_name, split, nme, flagged, weight`` per training image."""

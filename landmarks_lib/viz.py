@@ -344,7 +344,7 @@ def select_by_error(errors, n: int) -> dict:
 
 
 def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, names=None, cols: int = 4,
-            panel_inches: float = 3.0, error_label: str = "err") -> Figure:
+            panel_inches: float = 3.0, error_label: str = "err", crop: bool = True) -> Figure:
     """A grid of ``plot_prediction`` panels for the best, median or worst images by error.
 
     Args:
@@ -362,6 +362,7 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
         cols: panels per row.
         panel_inches: size of one panel.
         error_label: label of the error in titles.
+        crop: each panel shows the face only (``plot_prediction(crop=True)``); False shows the whole image.
     Returns:
         The ``Figure``.
     """
@@ -386,7 +387,8 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
         i = int(i)
         name = str(names[i]) if names is not None else f"#{i}"
         title = name if errors is None else f"{name}\n{error_label} = {float(np.asarray(errors)[i]):.4g}"
-        plot_prediction(get(i), None if truths is None else truths[i], preds[i], ax=a, title=title, legend=False)
+        plot_prediction(get(i), None if truths is None else truths[i], preds[i], ax=a, title=title, legend=False,
+                        crop=crop)
     for a in list(axs.flat)[m:]:
         a.set_axis_off()
     if isinstance(which, str):
@@ -399,6 +401,20 @@ def gallery(images, truths, preds, errors, which: str = "worst", n: int = 8, nam
                    frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
+
+
+def robustness_gallery(rset, per_image: dict, n: int = 8):
+    """The ``n`` worst images of the robustness set (``rset``: ``robustness.RobustnessSet``; ``per_image``: the
+    per-image dict of ``robustness.evaluate``), whole frames with labels and prediction, titled with their MSE (px²)
+    and confidence (a figure saying so for an empty set)."""
+    if not len(rset):
+        fig = new_figure((4, 1))
+        fig.text(0.5, 0.5, "no validation images: no robustness set", ha="center", va="center")
+        return fig
+    worst = np.argsort(-per_image["mse"], kind="stable")[:n]
+    titles = [f"{name} (conf {c:.2f})" for name, c in zip(rset.names, per_image["confidence"])]
+    return gallery(lambda i: rset.item(i)[0], rset.points(), per_image["points"], per_image["mse"],
+                   which=worst, names=titles, crop=False, error_label="MSE px²")
 
 
 def plot_point_errors(mean_shape, per_point_error, ax=None, cmap="magma_r", title=None,

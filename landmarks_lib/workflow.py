@@ -14,12 +14,12 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from . import checkpoint, engine, metrics, noise, synthetic
+from . import checkpoint, engine, metrics, noise, robustness, synthetic
 from .engine import apply_threads  # noqa: F401  (re-exported for the notebooks and benchmarks)
 from .files import atomic_open, atomic_save_npy, atomic_write_json, file_identity, fingerprint, read_json
 from .io import read_test_points
 from .params import SPEC, dump, resolve, scoped, split_list
-from .predict import ImageSet, Inference, predict_images, select_device
+from .predict import ImageSet, Inference, predict_images, select_device, write_faces_csv
 from .run import RunFolder
 from .submission import SubmissionError, write_submission
 
@@ -278,30 +278,59 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
     return pred, out
 
 
+def evaluate_robustness(params: dict, data: engine.TrainData, models, max_images: int = robustness.MAX_IMAGES,
+                        progress: bool = True):
+    """The robustness set of the validation images (``robustness.RobustnessSet``: each re-framed once, seed 0),
+    predicted with the run's inference settings and scored.
+
+    Returns:
+        ``(metrics, per_image, rset)``: ``{"robust_mse", "robust_nme", "robust_off_face", "n_robust"}`` (px², %,
+        count), the per-image arrays of ``robustness.evaluate`` and the set (``rset.item(i)`` renders image ``i``).
+    """
+    from .predictor import Predictor
+
+    names = [data.names[i] for i in data.val_idx]
+    rset = robustness.RobustnessSet(data.image_dir, names, data.points(data.val_idx), max_images)
+    if not len(rset):
+        return {"n_robust": 0}, {}, rset
+    pr = Predictor(models, select_device(params["device"]), inference_settings(params))
+    m, per = robustness.evaluate(pr, rset, float(models[0]["face"]["meta"]["face_scale"]))
+    if progress:
+        print(f"robustness set: {m['n_robust']} re-framed validation images, MSE {m['robust_mse']:.2f} px^2, "
+              f"{m['robust_off_face']} with the face crop off the face", flush=True)
+    return m, per, rset
+
+
 def _val_metrics(s: dict) -> dict:
     """``metrics.summary`` under the names of ``metrics.json``."""
     return {"val_mse": s["mse"], "val_nme": s["nme"], "val_auc": s["auc"], "val_failure_rate": s["failure_rate"],
             "n_val": s["n_images"]}
 
 
-def predict_test(params: dict, data_dir, models, progress: bool = True):
+def predict_test(params: dict, data_dir, models, progress: bool = True, with_faces: bool = False):
     """Predict every test image listed in ``test/test_points.csv`` (all points, original pixels).
 
     Returns:
         ``(TestPoints, pred float64 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones (the
-        ``TestPoints`` then hold only those rows, and ``write_results`` writes ``submission_partial.csv``).
+        ``TestPoints`` then hold only those rows, and ``write_results`` writes ``submission_partial.csv``); with
+        ``with_faces`` a third item, the face crops and confidences (``predict.predict_images``).
     """
     tp = read_test_points(os.path.join(data_dir, "test", "test_points.csv"),
                           num_points=checkpoint.num_points(models[0]))
     if params["max_test_images"]:
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
     images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), progress=progress)
-    return tp, predict_images(models, images, select_device(params["device"]), inference_settings(params))
+    out = predict_images(models, images, select_device(params["device"]), inference_settings(params),
+                         with_faces=with_faces)
+    return (tp, *out) if with_faces else (tp, out)
 
 
-def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metrics: dict, val_pred=None) -> dict:
+def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metrics: dict, val_pred=None,
+                  test_faces: dict | None = None) -> dict:
     """Write the submission, ``metrics.json``, ``test_predictions.npy`` (``float32 [N, K, 2]`` original pixels,
-    rows in ``test_points.csv`` order) and ``val_predictions.npy``, atomically. Returns the metrics written.
+    rows in ``test_points.csv`` order), ``val_predictions.npy`` and, given ``test_faces`` (``predict_test``'s
+    third item), ``test_faces.csv`` (``predict.write_faces_csv``: each test image's face crop and confidence),
+    atomically. Returns the metrics written.
 
     ``test_points`` (with ``test_pred`` in its row order) must be the first ``N`` rows of the data's
     ``test/test_points.csv``. When it holds all of them the submission is ``submission.csv``, checked against the
@@ -326,6 +355,9 @@ def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metr
     atomic_save_npy(run.file("test_predictions.npy"), np.asarray(test_pred, np.float32))
     if val_pred is not None:
         atomic_save_npy(run.file("val_predictions.npy"), np.asarray(val_pred, np.float32))
+    if test_faces is not None:
+        write_faces_csv(run.file("test_faces.csv"), test_points.names, test_faces["boxes"],
+                        test_faces["confidence"], test_faces["faces"])
     m = dict(val_metrics, n_test=n)
     atomic_write_json(run.file("metrics.json"), m)
     return m

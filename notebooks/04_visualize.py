@@ -185,5 +185,21 @@ fig = viz.gallery(load_test, None, test_pred, None, which=np.arange(min(n_fig, l
 viz.save_figure(fig, run.figure("04_test_predictions"))
 fig
 
+# %% [markdown]
+# ## The least confident test predictions
+#
+# Each prediction's confidence (`test_faces.csv`) is the localizer's score of the face it chose times how well the
+# final points agree with the box that placed their crop. The least confident test images come first: misplaced
+# crops, faces cut by the frame, several faces, hard poses. `faces` is the number of faces the localizer found.
+
+# %%
+test_faces = run.read_test_faces()
+least = np.argsort(test_faces["confidence"].to_numpy(), kind="stable")[:n_fig]
+titles = [f"{n} (conf {c:.2f}, faces {f})" for n, c, f in zip(test_names, test_faces["confidence"],
+                                                              test_faces["faces"])]
+fig = viz.gallery(load_test, None, test_pred, None, which=least, names=titles, crop=False)
+viz.save_figure(fig, run.figure("04_test_least_confident"))
+fig
+
 # %%
 workflow.finish("04_visualize", params, run)

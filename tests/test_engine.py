@@ -63,6 +63,8 @@ def _another(spec):
         return "resnet34"
     if spec.check == "scales":
         return "0.9,1.0"
+    if spec.check == "localizer_size":
+        return spec.default + 16
     if spec.kind is str:
         return spec.default if spec.check else spec.default + "x"
     step = 1 if spec.kind is int else 0.05

@@ -98,7 +98,7 @@ def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_im
     direct = predict.predict_images(model, predict.ImageSet(str(img_dir), tuple(table.names), progress=False))
     np.testing.assert_allclose(labels_to_points(table.points), direct, atol=0.006)  # the file holds labels
     faces = pd.read_csv(tmp_path / "pred.faces.csv")
-    assert list(faces.columns) == ["file_name", "x0", "y0", "x1", "y1", "confidence"] and len(faces) == 5
+    assert list(faces.columns) == ["file_name", "x0", "y0", "x1", "y1", "confidence", "faces"] and len(faces) == 5
     assert ((faces["x1"] > faces["x0"]) & (faces["confidence"] >= 0) & (faces["confidence"] <= 1)).all()
     assert sorted(os.listdir(tmp_path / "drawn")) == sorted(os.path.splitext(n)[0] + ".png" for n in table.names)
     (img_dir / table.names[2]).write_bytes(b"not an image")  # one unreadable image: named, the others written

@@ -1,0 +1,169 @@
+"""ONNX export and the onnxruntime backend: same points as torch, the export folder, both CLIs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from landmarks_lib import checkpoint, export, models, synthetic
+from landmarks_lib.images import load_image
+from landmarks_lib.io import labels_to_points, read_landmarks
+from landmarks_lib.predictor import Predictor
+
+K = 20
+TOL_PX = 2e-3
+
+
+def _part(backbone, head, crop_size, crop_mode, seed):
+    """An untrained network (head at a mean shape, so its points stay on the crop) and its meta."""
+    torch.manual_seed(seed)
+    shape = torch.rand(K, 2) * 0.6 - 0.3
+    net = models.build_model(backbone, K, head=head, crop_size=crop_size, init_shape=shape)
+    meta = {"backbone": backbone, "num_points": K, "crop_size": crop_size, "crop_mode": crop_mode,
+            "face_scale": 1.25, "input_mean": [0.485, 0.456, 0.406], "input_std": [0.229, 0.224, 0.225],
+            "normalize_targets": True, "dropout": 0.0, "stage": "test", "head": head,
+            "flip_perm": list(range(K))[::-1], "flip_unmatched": []}
+    return {"meta": meta, "state_dict": net.state_dict()}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """``(model.pt path, model dict, image folder, images)``: a ``face`` model with a localizer (linear head) and a
+    soft-argmax face network, flip TTA and one refinement; synthetic images of several sizes."""
+    root = tmp_path_factory.mktemp("export")
+    synthetic.write_dataset(root / "data", n_train=6, n_test=0, num_points=K, seed=5, min_size=60, max_size=90)
+    image_dir = root / "data" / "train" / "images"
+    model = {"kind": "model", "localizer": _part("resnet18", "linear", 32, "letterbox", 0),
+             "face": _part("resnet18", "softargmax", 64, "face", 1),
+             "inference": {"tta_flip": True, "refine_steps": 1, "tta_scales": "1.0"}, "val_mse": 1.5,
+             "source": "test"}
+    path = str(root / "model.pt")
+    checkpoint.save(path, model)
+    images = [load_image(image_dir / n) for n in sorted(os.listdir(image_dir))]
+    return path, checkpoint.load_model(path), str(image_dir), images
+
+
+def test_onnx_backend_predicts_the_torch_points(setup):
+    path, model, _, images = setup
+    torch_pred = Predictor.load(path, "cpu", micro_batch=4).predict(images)
+    onnx_pr = Predictor.load(path, "cpu", backend="onnx", micro_batch=4)
+    onnx_pred = onnx_pr.predict(images)
+    assert onnx_pr.backend == "onnx" and onnx_pred.points.shape == (len(images), K, 2)
+    assert np.isfinite(onnx_pred.points).all()
+    assert np.abs(onnx_pred.points - torch_pred.points).max() <= TOL_PX
+    assert np.abs(onnx_pred.boxes - torch_pred.boxes).max() <= TOL_PX
+    # the network alone: the torch module's output shape and values, at any batch size
+    net, onnx_net = checkpoint.network(model["face"]), export.onnx_network(model["face"])
+    for n in (1, 5):
+        x = torch.randn(n, 3, 64, 64)
+        with torch.no_grad():
+            want = net(x)
+        got = onnx_net(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).abs().max() < 1e-4
+    # thread limits follow torch's
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        onnx_net(torch.zeros(1, 3, 64, 64))
+        assert onnx_net._threads == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Grid(torch.nn.Module):
+    """A network whose output is a feature grid ``[N, C, G, G]`` (as a heatmap localizer's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 7, 3, stride=4, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def test_any_single_tensor_network_exports_with_a_free_batch():
+    net = _Grid().eval()
+    onnx_net = export.onnx_network(export.to_onnx(net, 32))
+    for n in (1, 3):
+        x = torch.randn(n, 3, 32, 32)
+        with torch.no_grad():
+            want = net(x)
+        got = onnx_net(x)
+        assert got.shape == want.shape == (n, 7, 8, 8)
+        assert (got - want).abs().max() < 1e-5
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", f"landmarks_lib.{module}", *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def _main(capsys, *args):
+    """``export.main`` in this process (no interpreter start): ``(exit status, stderr)``."""
+    code = export.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(code, err):
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_export_cli_writes_a_folder_the_onnx_backend_predicts_from(setup, tmp_path, capsys):
+    path, model, _, images = setup
+    out = tmp_path / "exported"
+    r = _run("export", "--checkpoint", path, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == ["face.onnx", "localizer.onnx", "model.json"]
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["format"] == export.FORMAT and doc["source"] == os.path.abspath(path)
+    assert doc["inference"] == model["inference"] and doc["opset"] >= 17
+    face = doc["parts"]["face"]
+    assert face["file"] == "face.onnx" and face["meta"]["crop_size"] == 64 and face["meta"]["crop_mode"] == "face"
+    assert face["meta"]["flip_perm"] == model["face"]["meta"]["flip_perm"] and face["meta"]["num_points"] == K
+    assert doc["parts"]["localizer"]["meta"]["input_std"] == [0.229, 0.224, 0.225]
+
+    from_folder = Predictor.load(str(out), "cpu", backend="onnx", micro_batch=4)
+    want = Predictor.load(path, "cpu", micro_batch=4).predict(images)
+    assert np.abs(from_folder.predict(images).points - want.points).max() <= TOL_PX
+    with pytest.raises(checkpoint.CheckpointError, match="backend='onnx'"):
+        Predictor.load(str(out), "cpu")
+    assert _main(capsys, "--checkpoint", path, "--out", out)[0] == 0  # a previous export is replaced
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, err = _main(capsys, "--checkpoint", path, "--out", other)
+    _one_line_error(code, err)
+    assert "not empty" in err and os.listdir(other) == ["notes.txt"]
+    code, err = _main(capsys, "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "new")
+    _one_line_error(code, err)
+    assert "missing.pt" in err and not (tmp_path / "new").exists()
+
+
+def test_predict_cli_runs_the_onnx_backend(setup, tmp_path):
+    path, _, image_dir, images = setup
+    out = tmp_path / "pred.csv"
+    r = _run("predict", "--checkpoint", path, "--images", image_dir, "--out", out, "--device", "cpu",
+             "--backend", "onnx")
+    assert r.returncode == 0, r.stderr
+    table = read_landmarks(out)
+    assert table.names == sorted(os.listdir(image_dir))
+    want = Predictor.load(path, "cpu").predict(images).points
+    np.testing.assert_allclose(labels_to_points(table.points), want, atol=0.006)  # the file holds 2 decimals
+
+
+def test_bad_backend_and_missing_onnxruntime(setup, monkeypatch):
+    path, model, _, _ = setup
+    with pytest.raises(ValueError, match="backend"):
+        Predictor(model, "cpu", backend="tensorflow")
+    with pytest.raises(ValueError, match="inference= by keyword"):
+        Predictor.load(path, "cpu", "fast")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(RuntimeError, match="pip install onnx onnxruntime"):
+        Predictor(model, "cpu", backend="onnx")
