@@ -7,6 +7,11 @@ a confidence per image) and ``predict_iter`` streams a large folder chunk by chu
 pass runs on a fixed micro-batch (padded), so a result does not depend on the batch size or on the other images of
 a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
 
+Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``localizer.choose``
+picks one; its box, scaled by the face model's ``face_scale``, is the first face crop, and each refinement re-places
+the crop around the predicted points. (A model with the older landmark-regression localizer is placed by that
+model's points.)
+
 Inference settings: ``"accurate"`` is the model's own (flip TTA, refinements, scale TTA as validated); ``"fast"`` is
 one localizer pass and one face pass, no TTA. The pipeline's evaluation and test prediction, the notebooks and the
 predict CLI all use this class (``predict.predict_images`` wraps it).
@@ -45,8 +50,9 @@ class Prediction:
             final points agree with the box that placed their crop, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the
             RMS difference of the two boxes' centre and extent over the extent (0 for an unreadable image).
         errors: ``{index: message}`` for images that could not be read.
-        faces: ``int32 [N]`` faces the localizer found (score over ``localizer.MIN_SCORE``; the prediction is for
-            one of them, ``localizer.choose``); 1 for crop modes without a localizer, 0 for an unreadable image.
+        faces: ``int32 [N]`` faces the localizer found (scores of at least ``localizer.MIN_SCORE`` and half the
+            best; the prediction is for one of them, ``localizer.choose``); 1 for crop modes without a face-box
+            localizer, 0 for an unreadable image.
     """
 
     points: np.ndarray

@@ -207,3 +207,62 @@ def test_scale_tta_averages_single_scale_passes(trained):
             predict.parse_scales(bad)
     with pytest.raises(checkpoint.CheckpointError, match="localizer"):
         predict.predict_images(dict(face, localizer=None), _images(p, data))
+
+
+def _with_facebox_localizer(model):
+    """The fixture's model as a ``face`` model placed by an (untrained, seeded) face-box localizer."""
+    from landmarks_lib import localizer
+
+    torch.manual_seed(0)
+    net = localizer.build_localizer("resnet18").eval()
+    meta = dict(model["face"]["meta"], head=localizer.HEAD, crop_size=64, crop_mode="letterbox", stage="localizer")
+    face = dict(model["face"], meta=dict(model["face"]["meta"], crop_mode="face", face_scale=1.25))
+    return dict(model, face=face, localizer={"meta": meta, "state_dict": net.state_dict()})
+
+
+def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained):
+    from landmarks_lib import localizer
+    from landmarks_lib.predictor import Predictor
+
+    p, data, model, _ = trained
+    m = _with_facebox_localizer(model)
+    paths = [os.path.join(data.image_dir, n) for n in data.names[:9]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pr = Predictor([m], "cpu", predict.Inference(refine_steps=0, tta_flip=False), micro_batch=4)
+        whole = pr.predict(paths)
+        ones = [pr.predict([x]) for x in paths]
+        sevens = pr.predict(paths[2:9])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.concatenate([o.points for o in ones]), whole.points)
+    assert np.array_equal(sevens.points, whole.points[2:9]) and np.array_equal(sevens.boxes, whole.boxes[2:9])
+    assert whole.faces.dtype == np.int32 and (whole.faces >= 1).all()
+    assert ((whole.confidence >= 0) & (whole.confidence <= 1)).all()
+    # without refinement the crop is the chosen detection's box scaled by face_scale: check against a direct decode
+    from landmarks_lib import checkpoint, geometry
+    from landmarks_lib.images import load_image
+
+    img = load_image(paths[0])
+    fr = geometry.letterbox_frame(img.shape[1], img.shape[0], 64)
+    crops = np.zeros((4, 64, 64, 3), np.uint8)
+    crops[0] = geometry.crop_image(img, fr)
+    box, score, _ = localizer.detect_crops(checkpoint.network(m["localizer"]), m["localizer"]["meta"], crops, "cpu", 4)
+    orig = localizer.boxes_to_original(box[:1], fr.as_array()[None])[0]
+    side = orig[2] * 1.25
+    np.testing.assert_allclose(whole.boxes[0], [orig[0] - side / 2, orig[1] - side / 2, orig[0] + side / 2,
+                                                orig[1] + side / 2], rtol=1e-5, atol=1e-3)
+
+
+def test_onnx_backend_matches_torch_with_a_facebox_localizer(trained):
+    pytest.importorskip("onnxruntime")
+    from landmarks_lib.predictor import Predictor
+
+    p, data, model, _ = trained
+    m = _with_facebox_localizer(model)
+    paths = [os.path.join(data.image_dir, n) for n in data.names[:5]]
+    settings = predict.Inference(refine_steps=1, tta_flip=False)
+    a = Predictor([m], "cpu", settings, micro_batch=4).predict(paths)
+    b = Predictor([m], "cpu", settings, micro_batch=4, backend="onnx").predict(paths)
+    assert np.abs(a.points - b.points).max() <= 2e-3 and np.array_equal(a.faces, b.faces)
