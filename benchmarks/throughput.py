@@ -4,7 +4,8 @@ Usage: ``python benchmarks/throughput.py [--data-dir DIR] [--json] [--quick]`` (
 
 Measures images/s of (a) a naive per-sample pipeline like the course baseline's (PIL decode + torchvision transforms
 in ``Dataset.__getitem__``, data side only), (b) our cached pipeline (memory-mapped crop cache, ``data.make_loader``,
-per-batch ``augment`` warp, data side only), (c) model training steps on random tensors, (d) full training steps
+per-batch ``augment`` warp, data side only), (c) model training steps on random tensors, alone and while another
+process keeps a core busy (``train_step_img_s_loaded``, ``ratio_loaded_unloaded``), (d) full training steps
 through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``), all
 with the backbone, crop and batch of ``params/cpu.yaml``; then the parse time and peak memory of ``io.read_landmarks``
 on a generated contest-sized ``landmarks.csv`` (394,000 rows x 971 points) in a subprocess. Each throughput is
@@ -189,6 +190,18 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
     return n_batches * b / (time.perf_counter() - t)
 
 
+def run_model_step_loaded(ctx, n_batches: int, round_: int = 0) -> float:
+    """``run_model_step`` while another process keeps one core busy (a pure-Python loop, as a second job or a
+    notebook kernel would): how the training step degrades when the machine is shared."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        return run_model_step(ctx, n_batches, round_)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 # ------------------------------------------------------------------------------------------------ (d) engine.fit
 def run_train(ctx, n_batches: int, round_: int = 0) -> float:
     """One epoch of ``engine.fit`` itself (stage ``train``, no validation) over ``n_batches`` batches of the training
@@ -337,6 +350,7 @@ def main(argv=None) -> int:
             "cached_noaug": lambda r: run_cached(ctx, data_batches, r, augment_=False),
             "cached_load": lambda r: run_load(ctx, data_batches, r),
             "model_step": lambda r: run_model_step(ctx, model_batches, r),
+            "model_step_loaded": lambda r: run_model_step_loaded(ctx, model_batches, r),
             "train_step": lambda r: run_train(ctx, model_batches, r),
             "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
     log("warm-up")
@@ -360,7 +374,9 @@ def main(argv=None) -> int:
            "csv_parse_s": None, "csv_peak_mb": None,
            "ratio_cached_naive": ratio("cached", "naive"), "ratio_train_model": ratio("train_step", "model_step"),
            "cached_noaug_img_s": med("cached_noaug"), "ratio_cached_noaug_naive": ratio("cached_noaug", "naive"),
-           "cached_load_img_s": med("cached_load"), "ratio_cached_load_naive": ratio("cached_load", "naive")}
+           "cached_load_img_s": med("cached_load"), "ratio_cached_load_naive": ratio("cached_load", "naive"),
+           "train_step_img_s_loaded": med("model_step_loaded"),
+           "ratio_loaded_unloaded": ratio("model_step_loaded", "model_step")}
     if not a.no_csv:
         t = time.perf_counter()
         path = contest_csv(bench_dir, os.path.join(a.data_dir, "train", "landmarks.csv"), csv_rows)

@@ -12,7 +12,8 @@ Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x
 
 Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and
 affine maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training),
-``predict`` and ``predictor`` (inference), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
+``localizer`` (the face-box detector), ``predict`` and ``predictor`` (inference), ``export`` (ONNX), ``robustness``
+(the re-framed validation set), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
 ``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline`` (ARCHITECTURE.md maps them).
 """
 
