@@ -447,31 +447,44 @@ def _image_findings(jobs, probes, add) -> pd.DataFrame:
     return pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
 
 
-def _check_point_ranges(table, image_sizes, line_of, add) -> None:
+POINT_CHUNK = 8192  # images per block of the points check: about 130 MB of float64 points for 971 points each
+
+
+def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHUNK) -> None:
     """Points outside their image: info within ``FAR_OUTSIDE`` of its size (a face cut by the frame), else a
-    warning naming the farthest point."""
+    warning naming the farthest point. The images are checked ``chunk`` at a time (bounded memory at any dataset
+    size; the messages and their order do not depend on ``chunk``)."""
     tr = image_sizes[image_sizes["split"] == "train"].set_index("name")
     idx = np.array([i for i, n in enumerate(table.names) if n in tr.index], dtype=np.int64)
     if not len(idx):
         return
     names = [table.names[i] for i in idx]
-    wh = tr.loc[names, ["width", "height"]].to_numpy(np.float64)[:, None, :]  # [n, 1, 2]
-    pts = labels_to_points(table.points[idx]).astype(np.float64)  # [n, K, 2] continuous pixels
-    far = ((pts < -FAR_OUTSIDE * wh) | (pts > (1 + FAR_OUTSIDE) * wh)).any(axis=2)  # [n, K]
-    out = ((pts < 0) | (pts > wh)).any(axis=2) & ~far  # [n, K] outside, but not far
-    for r in np.flatnonzero(out.any(axis=1) & ~far.any(axis=1)):
-        add("info", f"train/images/{names[r]}", line_of.get(names[r]), "points_outside",
-            f"{int(out[r].sum())} of {table.num_points} points outside the {int(wh[r, 0, 0])}x"
-            f"{int(wh[r, 0, 1])} image, within {FAR_OUTSIDE:.0%} of its size (a face cut by the frame)")
-    for r in np.flatnonzero(far.any(axis=1)):
-        ks = np.flatnonzero(far[r])
-        # the farthest point, by how far beyond the image it lies, in units of the image size
-        over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
-        kmax = ks[int(np.argmax(over))]
-        x, y = points_to_labels(pts[r, kmax])  # as written in the file
-        add("warning", f"train/images/{names[r]}", line_of.get(names[r]), "points_far_outside",
-            f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image size "
-            f"outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point {kmax} at ({x:g}, {y:g}))")
+    sizes = tr.loc[names, ["width", "height"]].to_numpy(np.float64)  # [n, 2]
+    infos, warnings = [], []
+    for start in range(0, len(idx), chunk):
+        wh = sizes[start: start + chunk, None, :]  # [c, 1, 2]
+        pts = labels_to_points(table.points[idx[start: start + chunk]]).astype(np.float64)  # [c, K, 2] continuous
+        far = ((pts < -FAR_OUTSIDE * wh) | (pts > (1 + FAR_OUTSIDE) * wh)).any(axis=2)  # [c, K]
+        out = ((pts < 0) | (pts > wh)).any(axis=2) & ~far  # [c, K] outside, but not far
+        for r in np.flatnonzero(out.any(axis=1) & ~far.any(axis=1)):
+            name = names[start + r]
+            infos.append((f"train/images/{name}", line_of.get(name), "points_outside",
+                          f"{int(out[r].sum())} of {table.num_points} points outside the {int(wh[r, 0, 0])}x"
+                          f"{int(wh[r, 0, 1])} image, within {FAR_OUTSIDE:.0%} of its size (a face cut by the frame)"))
+        for r in np.flatnonzero(far.any(axis=1)):
+            name, ks = names[start + r], np.flatnonzero(far[r])
+            # the farthest point, by how far beyond the image it lies, in units of the image size
+            over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
+            kmax = ks[int(np.argmax(over))]
+            x, y = points_to_labels(pts[r, kmax])  # as written in the file
+            warnings.append((f"train/images/{name}", line_of.get(name), "points_far_outside",
+                             f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image "
+                             f"size outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point "
+                             f"{kmax} at ({x:g}, {y:g}))"))
+    for a in infos:
+        add("info", *a)
+    for a in warnings:
+        add("warning", *a)
 
 
 # ------------------------------------------------------------------------------------------------- main entry

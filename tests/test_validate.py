@@ -391,3 +391,34 @@ def test_cli_subprocess_exit_code(ds):
                        timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert r.returncode == 1, r.stderr
     assert "empty_image: test/images/s0.jpg (test/test_points.csv:2)" in r.stdout
+
+
+def test_the_points_check_in_chunks_equals_the_whole_table_at_once():
+    """Bounded memory at contest size: the points-outside check runs in blocks, with the same messages in the same
+    order whatever the block size."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from landmarks_lib import validate
+
+    rng = np.random.default_rng(0)
+    n, k = 11, 7
+    pts = rng.integers(-40, 140, (n, k, 2)).astype(np.int16)
+    pts[1:5] = rng.integers(-10, 106, (4, k, 2))  # at most a little outside: info, not warning
+    pts[0] = 50  # inside
+    table = SimpleNamespace(names=[f"{i}.jpg" for i in range(n)], points=pts, num_points=k)
+    sizes = pd.DataFrame({"name": table.names + ["test.jpg"], "width": 100, "height": 100,
+                          "split": ["train"] * n + ["test"], "mode": "RGB", "format": "JPEG"})
+    lines = {name: i + 2 for i, name in enumerate(table.names)}
+
+    def problems(chunk):
+        out = []
+        validate._check_point_ranges(table, sizes, lines, lambda *a: out.append(a), chunk=chunk)
+        return out
+
+    whole = problems(10 ** 6)
+    assert {p[3] for p in whole} == {"points_outside", "points_far_outside"}
+    assert not any(p[1] == "train/images/0.jpg" for p in whole)
+    for chunk in (1, 2, 4):
+        assert problems(chunk) == whole
