@@ -619,7 +619,7 @@ def localizer_step(st: Stage, batch: dict, gen: torch.Generator) -> float:
 def evaluate(st: Stage) -> float:
     """Validation MSE (original pixels²) of the model on the validation crops of the stage's cache (no TTA), each
     rank scoring a shard of rank 0's model; NaN without a validation split. For a ``facebox`` localizer: the MSE of
-    the chosen face box's ``(cx, cy, extent)`` against the labelled landmarks' box (``localizer.point_boxes_np``)."""
+    the chosen face box's ``(cx, cy, extent)`` against the labelled landmarks' box (``geometry.face_boxes``)."""
     val = st.data.val_idx
     if not len(val):
         return float("nan")
@@ -631,7 +631,7 @@ def evaluate(st: Stage) -> float:
         mse = 0.0
     elif st.recipe["head"] == localizer_mod.HEAD:
         pred = localizer_mod.predict_boxes_cache(st.model, st.meta, st.cache, val[shard], st.device)
-        truth = localizer_mod.point_boxes_np(st.data.points(val[shard]))
+        truth = geometry.face_boxes(st.data.points(val[shard]))
         mse = float(np.mean((pred - truth) ** 2))
     else:
         pred = predict_cache(st.model, st.meta, st.cache, val[shard], st.device, batch_size=128)

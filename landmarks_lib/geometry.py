@@ -98,6 +98,38 @@ def frames_to_crop(points: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return (np.asarray(points, dtype=np.float64) - f[:, None, 0:2]) * scale
 
 
+def face_boxes(points: np.ndarray) -> np.ndarray:
+    """Face boxes ``(cx, cy, extent)`` of landmarks: the centre of each shape's bounding box and its longer side,
+    the box that ``face_frame`` scales by ``face_scale`` (NaN coordinates are ignored).
+
+    Args:
+        points: ``float [N, K, 2]``, any pixel units.
+    Returns:
+        ``float64 [N, 3]`` in the same units.
+    """
+    p = np.asarray(points, np.float64)
+    lo, hi = np.nanmin(p, axis=1), np.nanmax(p, axis=1)
+    return np.concatenate([(lo + hi) / 2, (hi - lo).max(1, keepdims=True)], 1)
+
+
+def box_frames(boxes: np.ndarray, size: int, face_scale: float) -> np.ndarray:
+    """``float64 [N, 4]`` ``CropFrame`` rows of the face crops around ``boxes`` (``float [N, 3]`` ``face_boxes``
+    rows, original pixels): the square of side ``face_scale * extent`` (at least 1 px) on the box centre, as
+    ``face_frame`` places it around landmarks."""
+    b = np.asarray(boxes, np.float64)
+    side = np.maximum(b[:, 2] * face_scale, 1.0)
+    return np.stack([b[:, 0] - side / 2, b[:, 1] - side / 2, side, np.full(len(b), float(size))], 1)
+
+
+def boxes_to_original(boxes: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``float [N, 3]`` face boxes in crop pixels of ``frames`` (``float64 [N, 4]``, ``CropFrame`` rows) ->
+    ``float64 [N, 3]`` original pixels (``frames_to_original`` for the centre, the extent scaled)."""
+    f = np.asarray(frames, np.float64)
+    k = f[:, 2] / f[:, 3]  # original pixels per crop pixel
+    b = np.asarray(boxes, np.float64)
+    return np.stack([b[:, 0] * k + f[:, 0], b[:, 1] * k + f[:, 1], b[:, 2] * k], 1)
+
+
 def center_frame(width: int, height: int, size: int) -> CropFrame:
     """Course-baseline crop: the centre square of side ``min(width, height)`` scaled to ``size``."""
     side = float(min(width, height))

@@ -9,7 +9,7 @@ the centre's offset inside the cell and the log of the face's size. Every local 
 A face box is ``(cx, cy, extent)``: the centre of the landmarks' bounding box and its longer side (the box
 ``geometry.face_frame`` scales by ``face_scale`` to place the face crop). Coordinates are continuous pixels of the
 localizer's input (the letterboxed image, ``S x S``) inside this module, and original pixels once
-``boxes_to_original`` has mapped them back.
+``geometry.boxes_to_original`` has mapped them back.
 
 Training (``reframe_batch``) re-frames each letterboxed training image on the fly, so that the detector sees what
 users' photos look like rather than the training set's framing alone: a new frame of aspect ratio 0.4-2.5 around the
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import augment
+from . import augment, geometry
 
 STRIDE = 16
 HEAD = "facebox"
@@ -193,29 +193,30 @@ def choose(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return boxes[r, pick].astype(np.float64), scores[r, pick].astype(np.float64), ok.sum(1)
 
 
-def boxes_to_original(boxes: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """``float [N, 3]`` boxes in input pixels of letterbox ``frames`` (``float64 [N, 4]``, ``CropFrame`` rows) ->
-    ``float64 [N, 3]`` original pixels."""
-    f = np.asarray(frames, np.float64)
-    k = f[:, 2] / f[:, 3]  # original pixels per input pixel
-    b = np.asarray(boxes, np.float64)
-    return np.stack([b[:, 0] * k + f[:, 0], b[:, 1] * k + f[:, 1], b[:, 2] * k], 1)
+def sample_frame(rng: np.random.Generator, cx: float, cy: float, extent: float, whole_pixels: bool = False):
+    """A new frame around a face (the re-framing of training and of the robustness set): aspect ratio
+    (width / height) log-uniform in ``ASPECT``, the face's extent a share ``FACE_SHARE`` of the long side (the frame
+    grown where the face would not fit with a margin), the face box anywhere inside.
 
-
-def point_boxes(points: torch.Tensor) -> torch.Tensor:
-    """``[B, K, 2]`` landmarks (NaN = unknown) -> ``[B, 3]`` ``(cx, cy, extent)`` of their bounding box, same units."""
-    big = torch.finfo(points.dtype).max
-    known = torch.isfinite(points)
-    lo = torch.where(known, points, torch.full_like(points, big)).amin(1)
-    hi = torch.where(known, points, torch.full_like(points, -big)).amax(1)
-    return torch.cat([(lo + hi) / 2, (hi - lo).amax(1, keepdim=True)], 1)
-
-
-def point_boxes_np(points: np.ndarray) -> np.ndarray:
-    """``point_boxes`` for ``float [N, K, 2]`` numpy arrays -> ``float64 [N, 3]``."""
-    p = np.asarray(points, np.float64)
-    lo, hi = np.nanmin(p, axis=1), np.nanmax(p, axis=1)
-    return np.concatenate([(lo + hi) / 2, (hi - lo).max(1, keepdims=True)], 1)
+    Args:
+        rng: the draws' generator. cx, cy, extent: the face box (``geometry.face_boxes``), any pixel units.
+        whole_pixels: width and height rounded up and the corner down to whole pixels.
+    Returns:
+        ``(x0, y0, width, height)`` in the face box's units.
+    """
+    a = math.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
+    long = extent / rng.uniform(*FACE_SHARE)
+    w, h = (long, long / a) if a >= 1 else (long * a, long)
+    grow = max(1.0, 1.15 * extent / min(w, h))
+    w, h = w * grow, h * grow
+    if whole_pixels:
+        w, h = int(math.ceil(w)), int(math.ceil(h))
+    lo_x, lo_y = cx + 0.575 * extent - w, cy + 0.575 * extent - h
+    x0 = rng.uniform(lo_x, max(lo_x, cx - 0.575 * extent))
+    y0 = rng.uniform(lo_y, max(lo_y, cy - 0.575 * extent))
+    if whole_pixels:
+        x0, y0 = int(math.floor(x0)), int(math.floor(y0))
+    return x0, y0, w, h
 
 
 def reframe_batch(images_u8: torch.Tensor, points: torch.Tensor, content: np.ndarray, size: int,
@@ -235,7 +236,7 @@ def reframe_batch(images_u8: torch.Tensor, points: torch.Tensor, content: np.nda
     """
     b, c = images_u8.shape[0], images_u8.shape[1]
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    face = point_boxes(points.double()).cpu().numpy()  # [B, 3] cache pixels
+    face = geometry.face_boxes(points.cpu().numpy())  # [B, 3] cache pixels
     m = np.zeros((b, 3, 3))
     m[:, 2, 2] = 1
     frame_rect = np.zeros((b, 4))
@@ -243,14 +244,7 @@ def reframe_batch(images_u8: torch.Tensor, points: torch.Tensor, content: np.nda
     for i in range(b):
         cx, cy, e = face[i]
         if rng.random() < reframe and np.isfinite(e) and e > 1:
-            a = math.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
-            long = e / rng.uniform(*FACE_SHARE)
-            w, h = (long, long / a) if a >= 1 else (long * a, long)
-            grow = max(1.0, 1.15 * e / min(w, h))
-            w, h = w * grow, h * grow
-            lo_x, lo_y = cx + 0.575 * e - w, cy + 0.575 * e - h
-            x0 = rng.uniform(lo_x, max(lo_x, cx - 0.575 * e))
-            y0 = rng.uniform(lo_y, max(lo_y, cy - 0.575 * e))
+            x0, y0, w, h = sample_frame(rng, cx, cy, e)
         else:
             x0, y0, x1, y1 = content[i]
             w, h = x1 - x0, y1 - y0
@@ -371,14 +365,5 @@ def predict_boxes_cache(net, meta: dict, crop_cache, indices, device="cpu") -> n
         crops = np.empty((len(sel), s, s, 3), np.uint8)
         crops[order] = crop_cache.images[sel[order], p: p + s, p: p + s]
         boxes, _, _ = detect_crops(net, meta, crops, device)
-        out.append(boxes_to_original(boxes, crop_cache.frames[sel]))
+        out.append(geometry.boxes_to_original(boxes, crop_cache.frames[sel]))
     return np.concatenate(out) if out else np.zeros((0, 3))
-
-
-def face_frames(boxes: np.ndarray, size: int, face_scale: float) -> np.ndarray:
-    """``float64 [N, 4]`` ``CropFrame`` rows of the face crops around ``boxes`` (``float [N, 3]`` original pixels):
-    the square of side ``face_scale * extent`` on the box centre, as ``geometry.face_frame`` places it around
-    landmarks."""
-    b = np.asarray(boxes, np.float64)
-    side = np.maximum(b[:, 2] * face_scale, 1.0)
-    return np.stack([b[:, 0] - side / 2, b[:, 1] - side / 2, side, np.full(len(b), float(size))], 1)

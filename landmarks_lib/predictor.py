@@ -151,7 +151,7 @@ class Predictor:
         for i, (img, fr) in enumerate(zip(images, lframes)):
             crops[i] = geometry.crop_image(img, geometry.CropFrame.from_array(fr))
         boxes, scores, faces = localizer.detect_crops(net, lm, crops, self.device, mb, tta_flip)
-        return localizer.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
+        return geometry.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
 
     def _one_model(self, nets, model, images):
         """``(points float64 [n, K, 2], frames float64 [n, 4] of the final crop, placement boxes float64 [n, 3],
@@ -162,7 +162,7 @@ class Predictor:
             frames = np.stack([geometry.make_frame(meta["crop_mode"], im.shape[1], im.shape[0], size).as_array()
                                for im in images])
             pts = self._forward(nets["face"], meta, images, frames, s.tta_flip)
-            return pts, frames, localizer.point_boxes_np(pts), None, None
+            return pts, frames, geometry.face_boxes(pts), None, None
         if nets["localizer"] is None:
             raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
         lm = model["localizer"]["meta"]
@@ -172,14 +172,14 @@ class Predictor:
         else:  # a landmark-regression localizer: its points place the crop
             lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], int(lm["crop_size"])).as_array()
                                 for im in images])
-            place = localizer.point_boxes_np(self._forward(nets["localizer"], lm, images, lframes, s.tta_flip))
+            place = geometry.face_boxes(self._forward(nets["localizer"], lm, images, lframes, s.tta_flip))
         fs = meta["face_scale"]
         for _ in range(s.refine_steps):
-            pts = self._forward(nets["face"], meta, images, localizer.face_frames(place, size, fs), s.tta_flip)
-            place = localizer.point_boxes_np(pts)
-        last = [self._forward(nets["face"], meta, images, localizer.face_frames(place, size, fs * sc), s.tta_flip)
+            pts = self._forward(nets["face"], meta, images, geometry.box_frames(place, size, fs), s.tta_flip)
+            place = geometry.face_boxes(pts)
+        last = [self._forward(nets["face"], meta, images, geometry.box_frames(place, size, fs * sc), s.tta_flip)
                 for sc in s.tta_scales]
-        return np.mean(last, axis=0), localizer.face_frames(place, size, fs), place, scores, faces
+        return np.mean(last, axis=0), geometry.box_frames(place, size, fs), place, scores, faces
 
     # --------------------------------------------------------------------------------------------- public API
     def predict_arrays(self, images) -> Prediction:
@@ -194,7 +194,7 @@ class Predictor:
         frames, place, scores, faces = outs[0][1:]
         boxes = np.stack([frames[:, 0], frames[:, 1], frames[:, 0] + frames[:, 2], frames[:, 1] + frames[:, 2]], 1)
         # how far the final points' box is from the box that placed their crop, over the face's size
-        final = localizer.point_boxes_np(outs[0][0])
+        final = geometry.face_boxes(outs[0][0])
         move = np.sqrt(((final - place) ** 2).mean(axis=1)) / np.maximum(place[:, 2], 1e-9)
         conf = np.exp(-move / CONFIDENCE_SCALE)
         if scores is not None:

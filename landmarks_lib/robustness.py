@@ -25,13 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry, metrics
+from .localizer import ASPECT, FACE_SHARE, SECOND_FACE, sample_frame  # noqa: F401  (the training's re-framing)
 from .images import load_image
 
 MAX_IMAGES = 2000
 SEED = 0
-ASPECT = (0.4, 2.5)
-FACE_SHARE = (0.2, 0.9)
-SECOND_FACE = 0.3
 SECOND_SCALE = (0.35, 0.8)
 OFF_FACE_POINTS = 0.9  # an off-face crop holds fewer of the labelled points than this share
 OFF_FACE_SIDE = (0.7, 1.5)  # ... or has a side outside this range of the labelled face's
@@ -54,29 +52,15 @@ class Reframe:
     extent: float = 0.0
 
 
-def _box(points) -> tuple[float, float, float]:
-    p = np.asarray(points, np.float64)
-    lo, hi = np.nanmin(p, 0), np.nanmax(p, 0)
-    return float((lo[0] + hi[0]) / 2), float((lo[1] + hi[1]) / 2), float((hi - lo).max())
-
-
 def draw(points: np.ndarray, seed: int = SEED) -> list:
     """The re-framing of each image (one ``Reframe`` per row of ``points``, ``float [N, K, 2]`` original pixels),
     seeded: the same labels give the same set."""
     rng = np.random.default_rng(seed)
-    boxes = [_box(p) for p in points]
     out = []
     n = len(points)
-    for i, (cx, cy, e) in enumerate(boxes):
+    for i, (cx, cy, e) in enumerate(geometry.face_boxes(points).tolist()):
         e = max(e, 2.0)
-        a = math.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
-        long = e / rng.uniform(*FACE_SHARE)
-        w, h = (long, long / a) if a >= 1 else (long * a, long)
-        grow = max(1.0, 1.15 * e / min(w, h))
-        w, h = int(math.ceil(w * grow)), int(math.ceil(h * grow))
-        lo_x, lo_y = cx + 0.575 * e - w, cy + 0.575 * e - h
-        x0 = int(math.floor(rng.uniform(lo_x, max(lo_x, cx - 0.575 * e))))
-        y0 = int(math.floor(rng.uniform(lo_y, max(lo_y, cy - 0.575 * e))))
+        x0, y0, w, h = sample_frame(rng, cx, cy, e, whole_pixels=True)
         fill = None if rng.random() < 0.3 else tuple(int(v) for v in rng.integers(0, 256, 3))
         r = Reframe(x0, y0, w, h, fill)
         if n > 1 and rng.random() < SECOND_FACE:
@@ -119,7 +103,7 @@ def render(image: np.ndarray, points: np.ndarray, r: Reframe, donor_image=None, 
     """
     out = _frame(image, r)
     if r.donor >= 0 and donor_image is not None:
-        dcx, dcy, de = _box(donor_points)
+        dcx, dcy, de = geometry.face_boxes(np.asarray(donor_points)[None])[0]
         side = 1.4 * de  # the donor's face with some context, scaled so that its extent becomes r.extent
         patch = geometry.crop_image(donor_image, geometry.CropFrame(dcx - side / 2, dcy - side / 2, side,
                                                                     max(2, int(round(1.4 * r.extent)))))

@@ -139,7 +139,7 @@ def test_best_checkpoint_is_the_plain_validated_model(runs):
     """``train_best.pt`` holds the unwrapped state dict, and re-validating it gives the MSE the ranks agreed on."""
     import pandas as pd
 
-    from landmarks_lib import checkpoint, engine, localizer, metrics, predict
+    from landmarks_lib import checkpoint, engine, geometry, localizer, metrics, predict
     from landmarks_lib import params as params_mod
 
     ddp = runs["ddp"]
@@ -152,7 +152,7 @@ def test_best_checkpoint_is_the_plain_validated_model(runs):
         c = engine.stage_cache(engine.stage_recipe(params, stage), data, params, progress=False)
         if stage == "localizer":  # a face-box detector: its validation MSE is that of the chosen face's box
             pred = localizer.predict_boxes_cache(model, ck["meta"], c, data.val_idx)
-            mse = float(np.mean((pred - localizer.point_boxes_np(data.points(data.val_idx))) ** 2))
+            mse = float(np.mean((pred - geometry.face_boxes(data.points(data.val_idx))) ** 2))
         else:
             pred = predict.predict_cache(model, ck["meta"], c, data.val_idx)
             mse = metrics.mse(pred, data.points(data.val_idx))

@@ -60,10 +60,10 @@ def test_boxes_to_original_inverts_the_letterbox():
     frame = geometry.letterbox_frame(300, 200, 96)
     truth = np.array([[150.0, 80.0, 90.0]])
     in_input = np.array([[(150 - frame.x0) * frame.scale, (80 - frame.y0) * frame.scale, 90 * frame.scale]])
-    np.testing.assert_allclose(L.boxes_to_original(in_input, frame.as_array()[None]), truth, atol=1e-9)
+    np.testing.assert_allclose(geometry.boxes_to_original(in_input, frame.as_array()[None]), truth, atol=1e-9)
     rect = L.content_rects(frame.as_array()[None])[0]
     np.testing.assert_allclose(rect, [0, (96 - 64) / 2, 96, (96 + 64) / 2], atol=1e-9)
-    fr = L.face_frames(truth, 112, 1.15)[0]
+    fr = geometry.box_frames(truth, 112, 1.15)[0]
     ref = geometry.face_frame(np.array([[105.0, 35.0], [195.0, 125.0]]), 112, 1.15)
     np.testing.assert_allclose(fr, ref.as_array(), atol=1e-9)
 
@@ -100,7 +100,7 @@ def test_reframe_without_reframing_is_the_letterbox():
     img, boxes, _ = L.reframe_batch(imgs, pts, content, 64, torch.Generator().manual_seed(0), reframe=0.0,
                                     second_face=0.0, flip=False, scale_jitter=0.0)
     np.testing.assert_allclose(img.numpy(), imgs.permute(0, 3, 1, 2).float().numpy(), atol=1e-3)
-    np.testing.assert_allclose(boxes[:, 0].numpy(), L.point_boxes_np(pts.numpy()), atol=1e-3)
+    np.testing.assert_allclose(boxes[:, 0].numpy(), geometry.face_boxes(pts.numpy()), atol=1e-3)
 
 
 def test_trunk_stride_and_output_shape():

@@ -249,7 +249,7 @@ def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained
     crops = np.zeros((4, 64, 64, 3), np.uint8)
     crops[0] = geometry.crop_image(img, fr)
     box, score, _ = localizer.detect_crops(checkpoint.network(m["localizer"]), m["localizer"]["meta"], crops, "cpu", 4)
-    orig = localizer.boxes_to_original(box[:1], fr.as_array()[None])[0]
+    orig = geometry.boxes_to_original(box[:1], fr.as_array()[None])[0]
     side = orig[2] * 1.25
     np.testing.assert_allclose(whole.boxes[0], [orig[0] - side / 2, orig[1] - side / 2, orig[0] + side / 2,
                                                 orig[1] + side / 2], rtol=1e-5, atol=1e-3)
