@@ -35,6 +35,7 @@ from .images import ImageError, load_image
 from .predict import Inference, predict_crops, select_device
 
 FAST = {"tta_flip": False, "refine_steps": 0, "tta_scales": "1.0"}
+BACKENDS = ("torch", "onnx")
 CONFIDENCE_SCALE = 0.05  # share of the face size at which the confidence falls to 1/e
 
 
@@ -65,6 +66,12 @@ class Prediction:
         return len(self.points)
 
 
+def _check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}"
+                         + (" (pass inference= by keyword)" if backend in ("accurate", "fast") else ""))
+
+
 class Predictor:
     """A run's final model (or an ensemble of them) with its inference settings, ready to predict.
 
@@ -82,8 +89,7 @@ class Predictor:
 
     def __init__(self, models, device="auto", settings: Inference | None = None, micro_batch: int = 16,
                  backend: str = "torch"):
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        _check_backend(backend)
         self.models = list(models) if isinstance(models, (list, tuple)) else [models]
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.settings = settings or Inference.from_settings(self.models[0]["inference"])
@@ -111,9 +117,7 @@ class Predictor:
         """
         from . import export
 
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}"
-                             + (" (pass inference= by keyword)" if backend in ("accurate", "fast") else ""))
+        _check_backend(backend)
         if inference not in ("accurate", "fast"):
             raise ValueError(f"inference must be 'accurate' or 'fast', got {inference!r}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -130,27 +134,33 @@ class Predictor:
         return checkpoint.num_points(self.models[0])
 
     # --------------------------------------------------------------------------------------------- network passes
-    def _forward(self, net, meta, images, frames, tta: bool) -> np.ndarray:
-        """``float64 [n, K, 2]`` original pixels: ``net`` on the crops of ``frames`` (``float64 [n, 4]``), run in
-        padded micro-batches."""
-        size = int(meta["crop_size"])
+    def _crops(self, images, frames, size: int) -> np.ndarray:
+        """``uint8 [m, size, size, 3]``: the crops of ``frames`` (``float64 [n, 4]``), zero-padded to a whole number
+        ``m`` of micro-batches."""
         n, mb = len(images), self.micro_batch
         crops = np.zeros((-(-n // mb) * mb, size, size, 3), np.uint8)
         for i, (img, fr) in enumerate(zip(images, frames)):
             crops[i] = geometry.crop_image(img, geometry.CropFrame.from_array(fr))
-        pred = predict_crops(net, meta, crops, self.device, mb, tta and meta.get("flip_perm") is not None,
-                             self.settings.amp)[:n]
+        return crops
+
+    @staticmethod
+    def _letterbox_frames(images, size: int) -> np.ndarray:
+        return np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], size).as_array() for im in images])
+
+    def _forward(self, net, meta, images, frames, tta: bool) -> np.ndarray:
+        """``float64 [n, K, 2]`` original pixels: ``net`` on the crops of ``frames`` (``float64 [n, 4]``), run in
+        padded micro-batches."""
+        crops = self._crops(images, frames, int(meta["crop_size"]))
+        pred = predict_crops(net, meta, crops, self.device, self.micro_batch,
+                             tta and meta.get("flip_perm") is not None, self.settings.amp)[:len(images)]
         return geometry.frames_to_original(pred, frames)
 
     def _locate(self, net, lm, images, tta_flip: bool = False):
         """A ``facebox`` localizer on the letterboxed images: ``(boxes float64 [n, 3]`` original pixels,
         ``scores float64 [n]``, ``faces int64 [n]``); see ``localizer.choose``."""
-        size, n, mb = int(lm["crop_size"]), len(images), self.micro_batch
-        lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], size).as_array() for im in images])
-        crops = np.zeros((-(-n // mb) * mb, size, size, 3), np.uint8)
-        for i, (img, fr) in enumerate(zip(images, lframes)):
-            crops[i] = geometry.crop_image(img, geometry.CropFrame.from_array(fr))
-        boxes, scores, faces = localizer.detect_crops(net, lm, crops, self.device, mb, tta_flip)
+        n, lframes = len(images), self._letterbox_frames(images, int(lm["crop_size"]))
+        crops = self._crops(images, lframes, int(lm["crop_size"]))
+        boxes, scores, faces = localizer.detect_crops(net, lm, crops, self.device, self.micro_batch, tta_flip)
         return geometry.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
 
     def _one_model(self, nets, model, images):
@@ -170,8 +180,7 @@ class Predictor:
         if lm.get("head") == localizer.HEAD:
             place, scores, faces = self._locate(nets["localizer"], lm, images, s.tta_flip)
         else:  # a landmark-regression localizer: its points place the crop
-            lframes = np.stack([geometry.letterbox_frame(im.shape[1], im.shape[0], int(lm["crop_size"])).as_array()
-                                for im in images])
+            lframes = self._letterbox_frames(images, int(lm["crop_size"]))
             place = geometry.face_boxes(self._forward(nets["localizer"], lm, images, lframes, s.tta_flip))
         fs = meta["face_scale"]
         for _ in range(s.refine_steps):
@@ -203,9 +212,10 @@ class Predictor:
         return Prediction(points.astype(np.float32), boxes.astype(np.float32), conf.astype(np.float32),
                           faces=(np.ones(n) if faces is None else faces).astype(np.int32))
 
-    @staticmethod
-    def _read(items) -> tuple[list, dict]:
-        """``(arrays, errors)``: each item decoded when it is a path (None and its message when it cannot be)."""
+    def predict(self, images) -> Prediction:
+        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
+        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
+        items = list(images)
         arrays, errors = [], {}
         for i, im in enumerate(items):
             if isinstance(im, (str, os.PathLike)):
@@ -215,22 +225,14 @@ class Predictor:
                     errors[i] = str(e)
                     im = None
             arrays.append(im)
-        return arrays, errors
-
-    def _predict_read(self, arrays, errors) -> Prediction:
         good = [i for i, a in enumerate(arrays) if a is not None]
         sub = self.predict_arrays([arrays[i] for i in good])
-        n, k = len(arrays), self.num_points
+        n, k = len(items), self.num_points
         out = Prediction(np.full((n, k, 2), np.nan, np.float32), np.full((n, 4), np.nan, np.float32),
                          np.zeros(n, np.float32), errors, np.zeros(n, np.int32))
         out.points[good], out.boxes[good], out.confidence[good] = sub.points, sub.boxes, sub.confidence
         out.faces[good] = sub.faces
         return out
-
-    def predict(self, images) -> Prediction:
-        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
-        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
-        return self._predict_read(*self._read(list(images)))
 
     def predict_iter(self, images, chunk: int = 256):
         """``predict`` over ``chunk`` images at a time (``Prediction`` per chunk, indices of ``errors`` within the
