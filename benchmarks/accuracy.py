@@ -66,10 +66,7 @@ def measure_rate(p, data, stage, steps=3) -> float:
         if i == 1:
             t = time.time()
         if boxes:
-            loss = codec.loss(m(x), box_target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            engine.optimise(codec.loss(m(x), box_target), opt, None, r)
         else:
             engine.train_step(m, opt, None, x, target, w, r, size)
     return batch * steps / (time.time() - t)

@@ -370,8 +370,8 @@ def prepare_batch(batch: dict, recipe: dict, device, size: int, pad: int, mean, 
 
     With ``recipe["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
     flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
-    is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.to_input`` and
-    ``data.normalize`` define them, fused with the jitter into one pass (``augment.color_normalize``). In flipped
+    is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.network_input``
+    defines them, fused with the jitter into one pass (``augment.color_normalize``). In flipped
     samples the ``unmatched`` points (``int64`` indices, ``TrainData.flip_unmatched``) have no known position and
     become NaN, which ``landmark_loss`` leaves out.
 
@@ -409,7 +409,13 @@ def train_step(model, optimizer, scheduler, x, points, weights, recipe: dict, si
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
         out = model(x)
     target = models.to_target_units(points, size, recipe["normalize_targets"])
-    loss = landmark_loss(out.float() * unit, target * unit, recipe["loss"], weights)
+    return optimise(landmark_loss(out.float() * unit, target * unit, recipe["loss"], weights), optimizer, scheduler,
+                    recipe)
+
+
+def optimise(loss: torch.Tensor, optimizer, scheduler, recipe: dict) -> float:
+    """The step after a loss (every stage's): backward, optional gradient-norm clipping (``grad_clip``), optimizer
+    step and, when given, a per-step ``scheduler`` step. Returns the loss as a float."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if recipe["grad_clip"] > 0:
@@ -607,13 +613,7 @@ def localizer_step(st: Stage, batch: dict, gen: torch.Generator) -> float:
     target = codec.encode(boxes.to(st.device), present.to(st.device))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=st.runtime["amp"] and x.device.type == "cuda"):
         out = st.train_model(x)
-    loss = codec.loss(out, target)
-    st.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    st.optimizer.step()
-    if st.per_step:
-        st.scheduler.step()
-    return float(loss.detach())
+    return optimise(codec.loss(out, target), st.optimizer, st.scheduler if st.per_step else None, r)
 
 
 def evaluate(st: Stage) -> float:
