@@ -140,9 +140,9 @@ def color_normalize(images: torch.Tensor, mean, std, strength: float = 0.0, gene
     torchvision's ``adjust_brightness`` (scale), ``adjust_contrast`` (blend with the mean grey level) and
     ``adjust_saturation`` (blend with greyscale)) and clamps to ``[0, 1]``. With ``value_scale=1/255`` the input may
     be raw ``0..255`` values (a float view of the uint8 cache), so the conversion to ``[0, 1]``, the jitter, its
-    clamp and the ``(x - mean) / std`` of ``data.normalize`` become one batched matmul and one clamp instead of five
+    clamp and the ``(x - mean) / std`` of ``data.network_input`` become one batched matmul and one clamp instead of five
     full-size passes. ``strength=0`` (or no ``generator``) only scales and normalises (no clamp, as
-    ``data.normalize``).
+    ``data.network_input``).
 
     Returns:
         ``float [B, 3, H, W]`` contiguous, normalised.

@@ -106,19 +106,10 @@ def make_loader(cache, sampler: BatchSampler, device: torch.device, num_workers:
                                        **loader_settings(device, num_workers))
 
 
-def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """``uint8 [B, H, W, 3]`` -> ``float32 [B, 3, H, W]`` in ``[0, 1]`` on ``device`` (non-blocking copy)."""
-    x = images_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def network_input(crops_u8, mean, std, device) -> torch.Tensor:
     """``uint8 [B, H, W, 3]`` crops (array or tensor) -> the network's ``float32 [B, 3, H, W]`` input on ``device``,
     in channels-last memory (the pixels' own order, which torch's CPU convolutions run fastest on):
-    ``(x / 255 - mean) / std`` per channel as one in-place multiply-add (``x * a + b``; equal to
-    ``normalize(to_input(...))`` up to float rounding)."""
+    ``(x / 255 - mean) / std`` per channel as one in-place multiply-add (``x * a + b``)."""
     u8 = torch.as_tensor(np.ascontiguousarray(crops_u8)).to(device, non_blocking=True)
     x = u8.permute(0, 3, 1, 2).float()
     m = torch.as_tensor(mean, dtype=torch.float64)
@@ -126,10 +117,3 @@ def network_input(crops_u8, mean, std, device) -> torch.Tensor:
     a = (1.0 / (255.0 * s)).to(x.dtype).to(x.device).view(1, 3, 1, 1)
     b = (-m / s).to(x.dtype).to(x.device).view(1, 3, 1, 1)
     return x.mul_(a).add_(b)
-
-
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Channel-wise ``(x - mean) / std`` of ``[B, 3, H, W]``."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s

@@ -1,4 +1,6 @@
-"""Reference pieces of augmentation that only the tests use: the exact crop shift and the photometric jitter alone."""
+"""Reference pieces of augmentation that only the tests use: the exact crop shift, the photometric jitter alone, and
+the unfused input conversion (``to_input`` then ``normalize``) that ``data.network_input`` and
+``augment.color_normalize`` fuse."""
 
 import torch
 
@@ -19,3 +21,18 @@ def photometric(images: torch.Tensor, strength: float, generator: torch.Generato
     if strength <= 0:
         return images
     return augment.color_normalize(images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), strength, generator)
+
+
+def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` -> ``float32 [B, 3, H, W]`` in ``[0, 1]`` on ``device``."""
+    x = images_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Channel-wise ``(x - mean) / std`` of ``[B, 3, H, W]``."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s

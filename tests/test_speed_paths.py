@@ -18,9 +18,9 @@ import torch
 from landmarks_lib import augment, geometry, images, models, synthetic
 from landmarks_lib import cache as cache_mod
 from landmarks_lib import io as lio
-from landmarks_lib.data import BatchSampler, make_loader, to_input
+from landmarks_lib.data import BatchSampler, make_loader
 
-from augment_reference import identity_matrices, photometric  # noqa: E402
+from augment_reference import identity_matrices, normalize, photometric, to_input  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------- CSV parsing
@@ -244,9 +244,7 @@ def test_channels_last_matches_contiguous_on_cpu(backbone):
 @pytest.mark.parametrize("strength", [0.0, 0.3])
 def test_color_normalize_equals_scale_jitter_then_normalize(strength):
     """The one-pass ``color_normalize`` on raw 0..255 values equals /255, the photometric definition and
-    ``data.normalize`` applied one after the other (and plain /255 + normalize without jitter)."""
-    from landmarks_lib.data import normalize
-
+    ``normalize`` (augment_reference) applied one after the other (and plain /255 + normalize without jitter)."""
     raw = torch.randint(0, 256, (5, 3, 18, 22), generator=torch.Generator().manual_seed(3)).float()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     got = augment.color_normalize(raw.clone(), mean, std, strength, torch.Generator().manual_seed(9), 1 / 255.0)
@@ -277,7 +275,7 @@ def test_closed_form_affine_inverse():
 def test_prepare_batch_equals_the_step_by_step_definition(tiny):
     """``engine.prepare_batch`` (fused) against to_input -> warp -> points -> photometric -> normalize."""
     from landmarks_lib import engine, params
-    from landmarks_lib.data import CacheBatches, normalize
+    from landmarks_lib.data import CacheBatches
 
     c = cache_mod.get_cache(tiny["image_dir"], tiny["names"], "face", 40, tiny["cache_dir"], margin=0.125,
                             points=tiny["points"], num_workers=1, progress=False)
