@@ -17,6 +17,7 @@ same inputs reuse it across epochs, notebooks and runs. ``clean_cache`` removes 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import numpy as np
 
 from . import geometry
 from .files import fingerprint
+from .io import point_blocks
 from .images import load_image
 
 FORMAT = "crops-v2"
@@ -62,7 +64,8 @@ def cache_key(image_dir, names, crop_mode, size, margin, face_scale, points=None
         except OSError:
             ids.append(f"{n}|missing")
     geometry_ = [FORMAT, os.path.abspath(image_dir), crop_mode, int(size), float(margin), float(face_scale)]
-    arrays = [None if a is None else np.asarray(a) for a in (points, frames)]
+    # A lazy io.PointsView is hashed block by block (the same key as the array it converts to).
+    arrays = [a if a is None or hasattr(a, "chunks") else np.asarray(a) for a in (points, frames)]
     return fingerprint(geometry_, "\n".join(ids), *arrays, digits=20)
 
 
@@ -76,6 +79,17 @@ def _crop_one(args):
         frame = geometry.make_frame(mode, w, h, size, points=pts, face_scale=face_scale)
     big = frame.expand(margin)
     return geometry.crop_image(image, big), frame.as_array()
+
+
+def _windowed_map(pool, jobs, window: int = 4096, chunksize: int = 32):
+    """``pool.map(_crop_one, jobs)`` in order, a window of jobs at a time: ``Executor.map`` submits its whole input
+    at once, which at contest size would hold every image's job (its points) in memory."""
+    it = iter(jobs)
+    while True:
+        part = list(itertools.islice(it, window))
+        if not part:
+            return
+        yield from pool.map(_crop_one, part, chunksize=chunksize)
 
 
 def _open(path) -> CropCache:
@@ -124,22 +138,26 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     tmp = tempfile.mkdtemp(prefix=f".crops-{key}.{os.getpid()}.", dir=cache_dir)
     try:
         n = len(names)
+        if points is not None and not hasattr(points, "shape"):
+            points = np.asarray(points, dtype=np.float64)
         sc = int(size) + 2 * int(round(margin * size))
         images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
                                            shape=(n, sc, sc, 3))
         out_frames = np.zeros((n, 4), np.float64)
-        pts = None if points is None else np.asarray(points, dtype=np.float64)
+        # Points are read per image (an io.PointsView converts only the rows it is asked for): memory stays at one
+        # image's points plus the crops' memory map, at any dataset size.
         jobs = ((os.path.join(image_dir, names[i]), crop_mode, int(size), float(margin), float(face_scale),
-                 None if pts is None else pts[i], None if frames is None else np.asarray(frames[i]))
-                for i in range(n))
+                 None if points is None else np.asarray(points[i], dtype=np.float64),
+                 None if frames is None else np.asarray(frames[i])) for i in range(n))
         workers = num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
-        bar = _progress(n, desc, progress)
+        nbytes = n * sc * sc * 3 + (0 if points is None else n * int(np.prod(points.shape[1:])) * 4)
+        bar = _progress(n, f"{desc} ({nbytes / 1e9:.2f} GB on disk)", progress)
         if workers == 1 or n < 64:
             results = map(_crop_one, jobs)
             pool = None
         else:
             pool = ProcessPoolExecutor(workers)
-            results = pool.map(_crop_one, jobs, chunksize=32)
+            results = _windowed_map(pool, jobs)
         try:
             for i, (crop, frame) in enumerate(results):
                 images[i] = crop
@@ -152,9 +170,13 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         images.flush()
         del images
         np.save(os.path.join(tmp, "frames.npy"), out_frames)
-        if pts is not None:
-            np.save(os.path.join(tmp, "points.npy"),
-                    geometry.frames_to_crop(pts, out_frames).astype(np.float32))
+        if points is not None:
+            crop_pts = np.lib.format.open_memmap(os.path.join(tmp, "points.npy"), mode="w+", dtype=np.float32,
+                                                 shape=(n,) + tuple(points.shape[1:]))
+            for s, block in point_blocks(points):
+                crop_pts[s:s + len(block)] = geometry.frames_to_crop(block, out_frames[s:s + len(block)])
+            crop_pts.flush()
+            del crop_pts
         meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
                 "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
                 "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}

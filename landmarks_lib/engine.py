@@ -40,7 +40,7 @@ from . import cache as cache_mod
 from .data import BatchSampler, make_loader
 from .distributed import Context
 from .files import atomic_open, derived_seed, fingerprint
-from .io import DataFormatError, LandmarksTable, labels_to_points, read_landmarks
+from .io import POINT_CHUNK, DataFormatError, LandmarksTable, PointsView, labels_to_points, read_landmarks
 from .params import SPEC, default_cache_dir, names_in, scoped
 from .predict import predict_cache, select_device
 
@@ -90,6 +90,11 @@ class TrainData:
         ``landmarks.csv`` plus ``io.LABEL_OFFSET`` (``io.labels_to_points``)."""
         p = self.table.points if idx is None else self.table.points[np.asarray(idx)]
         return labels_to_points(p)
+
+    def point_view(self, idx=None) -> PointsView:
+        """The same points as ``points(idx)``, converted only where indexed (``io.PointsView``): what code that
+        visits every image at contest size takes, block by block."""
+        return PointsView(self.table.points, idx)
 
     def data_key(self, sample_weights=None) -> str:
         """A hash of what training sees of the data: the file names, the labels, the train/validation split and,
@@ -360,7 +365,7 @@ def stage_cache(recipe: dict, data: TrainData, runtime: dict, progress: bool = T
     margin = recipe["cache_margin"] if recipe["augment"] else 0.0
     return cache_mod.get_cache(data.image_dir, data.names, recipe["crop_mode"], recipe["crop_size"],
                                default_cache_dir(runtime), margin=margin, face_scale=recipe["face_scale"],
-                               points=data.points(), num_workers=0, progress=progress,
+                               points=data.point_view(), num_workers=0, progress=progress,
                                desc=f"caching {recipe['crop_mode']} crops")
 
 
@@ -462,6 +467,23 @@ class Stage:
         return int(self.recipe["crop_size"])
 
 
+def _nanmean_rows(points, rows, chunk: int = POINT_CHUNK) -> np.ndarray:
+    """``np.nanmean(points[rows], axis=0)`` (``float32 [K, 2]``) without the copy of ``points[rows]``: one block
+    (the same float32 result) when the rows fit in ``chunk``, else float64 sums over blocks of rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= chunk:
+        return np.nanmean(np.asarray(points[rows]), axis=0)
+    total = np.zeros(points.shape[1:], np.float64)
+    count = np.zeros(points.shape[1:], np.int64)
+    for s in range(0, len(rows), chunk):
+        block = np.asarray(points[rows[s:s + chunk]], dtype=np.float64)
+        ok = np.isfinite(block)
+        total += np.where(ok, block, 0.0).sum(axis=0)
+        count += ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / count).astype(np.float32)
+
+
 def _initial_model(recipe: dict, data: TrainData, cache, init_checkpoint) -> torch.nn.Module:
     """The stage's starting network: ``init_checkpoint``'s weights (finetune), else ImageNet or scratch with the
     regression head's bias at the mean training shape (``normalize_targets``)."""
@@ -475,7 +497,7 @@ def _initial_model(recipe: dict, data: TrainData, cache, init_checkpoint) -> tor
         return model
     init_shape = None
     if recipe["normalize_targets"]:
-        ms = np.nanmean(np.asarray(cache.points)[data.train_idx], axis=0)
+        ms = _nanmean_rows(cache.points, data.train_idx)
         init_shape = models.to_target_units(torch.as_tensor(ms), recipe["crop_size"], True)
     return models.build_model(recipe["backbone"], k, recipe["pretrained"], init_shape=init_shape, **kw)
 

@@ -100,6 +100,11 @@ def _feed(h, part) -> None:
         a = np.ascontiguousarray(part)
         h.update(f"\x00array|{a.dtype}|{a.shape}|".encode())
         h.update(memoryview(a).cast("B"))
+    elif hasattr(part, "chunks") and hasattr(part, "dtype") and hasattr(part, "shape"):
+        # A lazy array (io.PointsView): the same bytes as the array it converts to, hashed block by block.
+        h.update(f"\x00array|{np.dtype(part.dtype)}|{tuple(part.shape)}|".encode())
+        for _, block in part.chunks():
+            h.update(memoryview(np.ascontiguousarray(block)).cast("B"))
     elif isinstance(part, (bytes, bytearray, memoryview)):
         h.update(b"\x00bytes|" + bytes(part))
     elif isinstance(part, dict):

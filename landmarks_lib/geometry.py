@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .io import POINT_CHUNK, point_blocks
+
 CROP_MODES = ("center", "letterbox", "face")
 
 
@@ -360,81 +362,188 @@ def mirror_error(points: np.ndarray, perm: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ EDA: crops and shapes
-def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1.25, modes=None) -> list:
-    """How each crop mode treats the faces of a dataset (EDA: which crop keeps the face, at what resolution).
+#: Faces drawn (seeded) where a figure or a reference shape gains nothing from more: the EDA's mean shape, mirror
+#: check, face-centre scatter and the Procrustes reference. Counts and per-image statistics stay exact.
+SHAPE_SAMPLE = 20000
 
-    For every image the crop of each mode is placed (``make_frame``; ``face`` crops from the labels
-    themselves, as in training) and the landmarks are compared with the image and with the crop.
+
+def sample_rows(n: int, size: int = SHAPE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """``int64 [min(n, size)]`` sorted row positions: all ``n`` when ``n <= size``, else a seeded sample without
+    replacement (``numpy.random.default_rng(seed)``), the same on every run."""
+    if n <= size:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, int(size), replace=False)).astype(np.int64)
+
+
+def sample_note(shown: int, total: int, what: str = "faces") -> str:
+    """``"20,000 of 393,930 faces (seeded sample)"`` when a figure shows a sample, else ``"4,193 faces"``."""
+    if shown < total:
+        return f"{shown:,} of {total:,} {what} (seeded sample)"
+    return f"{total:,} {what}"
+
+
+def crop_frames(mode: str, widths, heights, size: int, points=None, face_scale: float = 1.25) -> np.ndarray:
+    """Vectorised ``make_frame``: ``float64 [N, 4]`` ``CropFrame`` rows of ``mode`` for ``N`` images.
 
     Args:
-        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed).
+        widths, heights: ``[N]`` image sizes, pixels.
+        points: ``[N, K, 2]`` landmarks in original pixels (``face`` mode; a point with a NaN coordinate is ignored).
+    Raises:
+        ValueError: an unknown mode, ``face`` without points, or a face without a finite point.
+    """
+    w = np.asarray(widths, dtype=np.float64).reshape(-1)
+    h = np.asarray(heights, dtype=np.float64).reshape(-1)
+    size_col = np.full(len(w), float(int(size)))
+    if mode in ("center", "letterbox"):
+        side = np.minimum(w, h) if mode == "center" else np.maximum(w, h)
+        return np.stack([(w - side) / 2.0, (h - side) / 2.0, side, size_col], 1)
+    if mode == "face":
+        if points is None:
+            raise ValueError("crop_mode 'face' needs landmarks (ground truth or the localizer's prediction)")
+        p = np.asarray(points, dtype=np.float64)
+        ok = np.isfinite(p).all(axis=2)
+        if not ok.any(axis=1).all():
+            raise ValueError(f"face_frame: no finite landmarks to place the crop of image "
+                             f"{int(np.flatnonzero(~ok.any(axis=1))[0])}")
+        return box_frames(face_boxes(np.where(ok[..., None], p, np.nan)), size, face_scale)
+    raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
+
+
+def _size_check(points, w, h) -> None:
+    shape = tuple(np.shape(points)) if not hasattr(points, "shape") else tuple(points.shape)
+    if len(shape) != 3 or shape[2] != 2 or shape[0] != len(w) or len(w) != len(h):
+        raise ValueError(f"points {shape} must be [N, K, 2] with N widths and heights ({len(w)}, {len(h)})")
+
+
+def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1.25, modes=None,
+                  chunk: int = POINT_CHUNK) -> list:
+    """How each crop mode treats the faces of a dataset (EDA: which crop keeps the face, at what resolution).
+
+    For every image the crop of each mode is placed (``crop_frames``; ``face`` crops from the labels themselves, as
+    in training) and the landmarks are compared with the image and with the crop. Visits the faces in blocks of
+    ``chunk`` (memory: one block, at any dataset size); every figure is exact, whatever ``chunk``.
+
+    Args:
+        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``.
         widths, heights: ``[N]`` image sizes, pixels.
         crop_size: crop side in pixels.
         face_scale: face crop side over the landmarks' bounding-box longer side.
         modes: crop modes to report (default ``geometry.CROP_MODES``).
+        chunk: faces per block.
     Returns:
-        a list of dicts, one per mode (``pd.DataFrame(rows)`` shows them): ``crop_mode``, ``points_outside_image_pct`` (share of all points outside
-        ``[0, W] x [0, H]``; the same for every mode), ``points_outside_crop_pct`` (share of all points outside the
-        crop), ``images_cut_pct`` (share of images with at least one point outside the crop), ``face_px_median``
-        (median longer side of the landmarks' bounding box in crop pixels: the resolution the network sees) and
-        ``face_share_median`` (the same over the crop side).
+        a list of dicts, one per mode (``pd.DataFrame(rows)`` shows them): ``crop_mode``,
+        ``points_outside_image_pct`` (share of all points outside ``[0, W] x [0, H]``; the same for every mode),
+        ``points_outside_crop_pct`` (share of all points outside the crop), ``images_cut_pct`` (share of images with
+        at least one point outside the crop), ``face_px_median`` (median longer side of the landmarks' bounding box in
+        crop pixels: the resolution the network sees) and ``face_share_median`` (the same over the crop side).
+    Raises:
+        ValueError: shapes that disagree, or an unknown mode.
     """
-    p = np.asarray(points, dtype=np.float64)
     w = np.asarray(widths, dtype=np.float64).reshape(-1)
     h = np.asarray(heights, dtype=np.float64).reshape(-1)
-    if p.ndim != 3 or p.shape[2] != 2 or len(p) != len(w) or len(w) != len(h):
-        raise ValueError(f"points {p.shape} must be [N, K, 2] with N widths and heights ({len(w)}, {len(h)})")
-    ok = np.isfinite(p).all(axis=2)
-    x, y = p[..., 0], p[..., 1]
-    outside_img = ok & ((x < 0) | (y < 0) | (x > w[:, None]) | (y > h[:, None]))
-    lo = np.nanmin(np.where(ok[..., None], p, np.nan), axis=1)
-    hi = np.nanmax(np.where(ok[..., None], p, np.nan), axis=1)
-    face_side = (hi - lo).max(axis=1)
+    _size_check(points, w, h)
+    modes = list(modes or CROP_MODES)
+    for mode in modes:
+        if mode not in CROP_MODES:
+            raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
+    n = len(w)
+    n_ok = n_out_img = 0
+    n_out = dict.fromkeys(modes, 0)
+    cut = {m: np.zeros(n, bool) for m in modes}
+    share = {m: np.zeros(n, np.float64) for m in modes}
+    for s, p in point_blocks(points, chunk):
+        e = s + len(p)
+        ok = np.isfinite(p).all(axis=2)
+        x, y = p[..., 0], p[..., 1]
+        n_ok += int(ok.sum())
+        n_out_img += int((ok & ((x < 0) | (y < 0) | (x > w[s:e, None]) | (y > h[s:e, None]))).sum())
+        pm = np.where(ok[..., None], p, np.nan)
+        face_side = (np.nanmax(pm, axis=1) - np.nanmin(pm, axis=1)).max(axis=1)
+        for mode in modes:
+            f = crop_frames(mode, w[s:e], h[s:e], crop_size, p, face_scale)
+            x0, y0, side = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+            out = ok & ((x < x0) | (y < y0) | (x > x0 + side) | (y > y0 + side))
+            n_out[mode] += int(out.sum())
+            cut[mode][s:e] = out.any(axis=1)
+            share[mode][s:e] = face_side / f[:, 2]
     rows = []
-    for mode in (modes or CROP_MODES):
-        frames = np.array([make_frame(mode, w[i], h[i], crop_size, points=p[i], face_scale=face_scale).as_array()
-                           for i in range(len(p))]).reshape(-1, 4)
-        x0, y0, side = frames[:, 0], frames[:, 1], frames[:, 2]
-        out = ok & ((x < x0[:, None]) | (y < y0[:, None]) | (x > (x0 + side)[:, None]) | (y > (y0 + side)[:, None]))
-        share = face_side / side
+    for mode in modes:
         rows.append({"crop_mode": mode,
-                     "points_outside_image_pct": 100.0 * outside_img.sum() / max(ok.sum(), 1),
-                     "points_outside_crop_pct": 100.0 * out.sum() / max(ok.sum(), 1),
-                     "images_cut_pct": 100.0 * out.any(axis=1).mean() if len(p) else 0.0,
-                     "face_px_median": float(np.nanmedian(share * crop_size)) if len(p) else float("nan"),
-                     "face_share_median": float(np.nanmedian(share)) if len(p) else float("nan")})
+                     "points_outside_image_pct": 100.0 * n_out_img / max(n_ok, 1),
+                     "points_outside_crop_pct": 100.0 * n_out[mode] / max(n_ok, 1),
+                     "images_cut_pct": 100.0 * cut[mode].mean() if n else 0.0,
+                     "face_px_median": float(np.nanmedian(share[mode] * crop_size)) if n else float("nan"),
+                     "face_share_median": float(np.nanmedian(share[mode])) if n else float("nan")})
     return rows
 
 
-def shape_residuals(points, per_point: bool = False, iterations: int = 3):
-    """How far each labelled shape is from the mean shape, up to position, scale and rotation (EDA: labels that
-    look wrong by shape, whatever the image shows).
+def face_placement(points, widths, heights, chunk: int = POINT_CHUNK) -> np.ndarray:
+    """``float64 [N, 3]`` per image: the centre of the landmarks' bounding box as a share of the image width and
+    height (``(0.5, 0.5)`` is the image centre) and the box width over the image width (EDA; NaN points ignored).
+    Visits the faces in blocks of ``chunk``; ``points`` as in ``crop_coverage``."""
+    w = np.asarray(widths, dtype=np.float64).reshape(-1)
+    h = np.asarray(heights, dtype=np.float64).reshape(-1)
+    _size_check(points, w, h)
+    out = np.zeros((len(w), 3), np.float64)
+    for s, p in point_blocks(points, chunk):
+        e = s + len(p)
+        lo, hi = np.nanmin(p, axis=1), np.nanmax(p, axis=1)
+        out[s:e, 0] = (lo[:, 0] + hi[:, 0]) / 2 / w[s:e]
+        out[s:e, 1] = (lo[:, 1] + hi[:, 1]) / 2 / h[s:e]
+        out[s:e, 2] = (hi[:, 0] - lo[:, 0]) / w[s:e]
+    return out
 
-    Each shape is normalised (``normalize_shapes``: centred, RMS radius 1) and rotated onto a reference by
-    the least-squares rotation (2-D Procrustes, no reflection). The reference starts as ``mean_shape`` and
-    is replaced ``iterations`` times by the per-coordinate median of the rotated shapes (generalised Procrustes
-    with a robust mean), so the shapes' own rotations do not blur it. The residual of a shape is the RMS distance of
-    its rotated points to the reference's, in units of the shape's RMS radius. Flag outliers with
-    ``noise.flag_outliers(residuals, threshold)``.
+
+def shape_reference(points, iterations: int = 3, sample: int = SHAPE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """The reference shape of ``shape_residuals``: ``float64 [K, 2]``, centred, in normalised units.
+
+    Generalised Procrustes with a robust mean on at most ``sample`` shapes (all of them when there are fewer, else a
+    seeded sample, ``sample_rows``): the shapes are normalised (``normalize_shapes``: centred, RMS radius 1), the
+    reference starts as their per-coordinate median and is replaced ``iterations`` times by the median of the shapes
+    rotated onto it (least-squares rotation, no reflection), so the shapes' own rotations do not blur it.
 
     Args:
-        points: ``[N, K, 2]`` landmarks (any pixels; NaN points are ignored).
-        per_point: also return the per-point distances.
-        iterations: Procrustes refinements of the reference shape.
+        points: ``[N, K, 2]`` landmarks (any pixels; NaN points ignored), as in ``crop_coverage``.
+    """
+    idx = sample_rows(len(points), sample, seed)
+    q = normalize_shapes(np.asarray(points[idx], dtype=np.float64))
+    m = np.nanmedian(q, axis=0)
+    m = m - np.nanmean(m, axis=0)
+    for _ in range(max(0, int(iterations))):
+        m = np.nanmedian(_rotate_onto(q, m), axis=0)
+        m = m - np.nanmean(m, axis=0)
+    return m
+
+
+def shape_residuals(points, per_point: bool = False, iterations: int = 3, reference=None,
+                    chunk: int = POINT_CHUNK):
+    """How far each labelled shape is from the reference shape, up to position, scale and rotation (EDA: labels
+    that look wrong by shape, whatever the image shows).
+
+    Each shape is normalised (``normalize_shapes``: centred, RMS radius 1) and rotated onto the reference
+    (``shape_reference``, from at most ``SHAPE_SAMPLE`` seeded shapes unless given) by the least-squares rotation
+    (2-D Procrustes, no reflection). The residual of a shape is the RMS distance of its rotated points to the
+    reference's, in units of the shape's RMS radius; every shape's residual is computed, in blocks of ``chunk``. Flag
+    outliers with ``noise.flag_outliers(residuals, threshold)``.
+
+    Args:
+        points: ``[N, K, 2]`` landmarks (any pixels; NaN points are ignored), as in ``crop_coverage``.
+        per_point: also return the per-point distances (``float64 [N, K]``: pass a few shapes, with ``reference``).
+        iterations: Procrustes refinements of the reference shape (when ``reference`` is None).
+        reference: ``float [K, 2]`` from ``shape_reference``.
     Returns:
         ``float64 [N]`` residuals, or ``(residuals, float64 [N, K] per-point distances)`` with ``per_point``.
     """
-    q = normalize_shapes(points)
-    m = mean_shape(points)
-    m = m - np.nanmean(m, axis=0)
-    r = _rotate_onto(q, m)
-    for _ in range(max(0, int(iterations))):
-        m = np.nanmedian(r, axis=0)
-        m = m - np.nanmean(m, axis=0)
-        r = _rotate_onto(q, m)
-    d = np.sqrt(((r - m[None]) ** 2).sum(-1))
-    res = np.sqrt(np.nanmean(d ** 2, axis=1))
-    return (res, d) if per_point else res
+    m = shape_reference(points, iterations) if reference is None else np.asarray(reference, dtype=np.float64)
+    res = np.zeros(len(points), np.float64)
+    dist = np.zeros((len(points), m.shape[0]), np.float64) if per_point else None
+    for s, p in point_blocks(points, chunk):
+        r = _rotate_onto(normalize_shapes(p), m)
+        d = np.sqrt(((r - m[None]) ** 2).sum(-1))
+        res[s:s + len(p)] = np.sqrt(np.nanmean(d ** 2, axis=1))
+        if per_point:
+            dist[s:s + len(p)] = d
+    return (res, dist) if per_point else res
 
 
 def _rotate_onto(q, m):

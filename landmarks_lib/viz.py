@@ -565,31 +565,35 @@ def plot_history(history) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------- EDA
-def plot_mean_shape(points, ax=None, cmap="viridis") -> Figure:
+def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = geometry.SHAPE_SAMPLE, seed: int = 0) -> Figure:
     """EDA: the mean of normalised shapes with every point, coloured by its spread.
 
     Shapes are normalised by ``geometry.normalize_shapes`` (centred, RMS radius 1); the mean is
     ``geometry.mean_shape`` (per-coordinate median). The colour of a point is its spread: the RMS distance of the
-    normalised point to the mean point over images (normalised units; NaN ignored).
+    normalised point to the mean point over images (normalised units; NaN ignored). Drawn from at most ``sample``
+    faces (``geometry.sample_rows``, seeded: more faces would not move a point visibly); the title says so.
 
     Args:
-        points: ``[N, K, 2]`` landmarks in original pixels (NaN allowed).
+        points: ``[N, K, 2]`` landmarks in original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``.
         ax: draw into this Axes; a new figure when None.
     Returns:
         The ``Figure`` (equal aspect, y downward, colorbar "spread").
+    Raises:
+        ValueError: ``points`` not ``[N, K, 2]``.
     """
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim != 3 or p.shape[2] != 2:
-        raise ValueError(f"points: expected [N, K, 2], got shape {p.shape}")
-    q = geometry.normalize_shapes(p)
+    shape = tuple(points.shape) if hasattr(points, "shape") else np.shape(points)
+    if len(shape) != 3 or shape[2] != 2:
+        raise ValueError(f"points: expected [N, K, 2], got shape {shape}")
+    idx = geometry.sample_rows(shape[0], sample, seed)
+    q = geometry.normalize_shapes(np.asarray(points[idx], dtype=np.float64))
     ms = np.nanmedian(q, axis=0)
     spread = np.sqrt(np.nanmean(((q - ms[None]) ** 2).sum(-1), axis=0))
     fig, ax = _axes(ax, (6.5, 6.0))
-    s = _auto_marker_area(ax, p.shape[1]) * 2.0
+    s = _auto_marker_area(ax, shape[1]) * 2.0
     sc = ax.scatter(ms[:, 0], ms[:, 1], c=spread, s=s, cmap=cmap, linewidths=0)
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="spread (RMS distance, normalised units)")
     _shape_axes(ax)
-    ax.set_title(f"mean shape of {p.shape[0]} faces, {p.shape[1]} points")
+    ax.set_title(f"mean shape of {geometry.sample_note(len(idx), shape[0])}, {shape[1]} points")
     return fig
 
 
@@ -680,30 +684,31 @@ def plot_mirror_check(mean_shape, perm, ax=None, error=None) -> Figure:
     return fig
 
 
-def plot_face_placement(points, widths, heights, bins: int = 30) -> Figure:
-    """EDA: where faces sit in their images and how large they are.
+def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = geometry.SHAPE_SAMPLE,
+                        seed: int = 0) -> Figure:
+    """EDA: where faces sit in their images and how large they are (``geometry.face_placement``).
 
     Left: the centre of each face's landmark bounding box as a share of the image width and height (``(0.5, 0.5)``
-    is the image centre; y downward). Right: histogram of the box width over the image width.
+    is the image centre; y downward), a scatter of at most ``sample`` faces (seeded, ``geometry.sample_rows``; the
+    title says so). Right: histogram of the box width over the image width, of every face. The medians are of every
+    face.
 
     Args:
-        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed).
+        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``
+            (visited in blocks).
         widths, heights: ``[N]`` image sizes, pixels.
         bins: histogram bins.
     Returns:
         The ``Figure`` (two panels).
+    Raises:
+        ValueError: shapes that disagree.
     """
-    p = np.asarray(points, dtype=np.float64)
-    w = np.asarray(widths, dtype=np.float64).reshape(-1)
-    h = np.asarray(heights, dtype=np.float64).reshape(-1)
-    if p.ndim != 3 or p.shape[2] != 2 or len(p) != len(w) or len(w) != len(h):
-        raise ValueError(f"points {p.shape} must be [N, K, 2] with N widths and heights ({len(w)}, {len(h)})")
-    lo, hi = np.nanmin(p, axis=1), np.nanmax(p, axis=1)
-    cx, cy = (lo[:, 0] + hi[:, 0]) / 2 / w, (lo[:, 1] + hi[:, 1]) / 2 / h
-    share = (hi[:, 0] - lo[:, 0]) / w
+    place = geometry.face_placement(points, widths, heights)
+    cx, cy, share = place[:, 0], place[:, 1], place[:, 2]
+    shown = geometry.sample_rows(len(place), sample, seed)
     fig = new_figure((11.0, 4.6))
     a0, a1 = fig.subplots(1, 2)
-    a0.scatter(cx, cy, s=6, c="#4477aa", alpha=0.5, linewidths=0)
+    a0.scatter(cx[shown], cy[shown], s=6, c="#4477aa", alpha=0.5, linewidths=0)
     a0.add_patch(Rectangle((0, 0), 1, 1, fill=False, ec="0.5", lw=0.8))
     a0.axvline(0.5, color="0.7", ls="--", lw=0.8)
     a0.axhline(0.5, color="0.7", ls="--", lw=0.8)
@@ -712,8 +717,8 @@ def plot_face_placement(points, widths, heights, bins: int = 30) -> Figure:
     a0.set_aspect("equal")
     a0.set_xlabel("face centre x / image width")
     a0.set_ylabel("face centre y / image height")
-    a0.set_title(f"face centres of {len(p)} images (median {np.nanmedian(cx):.2f}, {np.nanmedian(cy):.2f})",
-                 fontsize=10)
+    a0.set_title(f"face centres of {geometry.sample_note(len(shown), len(place), 'images')}\n"
+                 f"(median of all {np.nanmedian(cx):.2f}, {np.nanmedian(cy):.2f})", fontsize=10)
     v = share[np.isfinite(share)]
     a1.hist(v, bins=bins, color="#4477aa")
     if len(v):

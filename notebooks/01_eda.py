@@ -72,7 +72,7 @@ report.to_frame().head(20)
 
 # %%
 data = engine.load_train_data(params, progress=False)
-points = data.points()
+points = data.point_view()  # original pixels, converted block by block where used: memory stays bounded
 pd.Series({"training images": len(data.names), "test images": report.num_test,
            "points per face": data.table.num_points, "train split": len(data.train_idx),
            "validation split": len(data.val_idx), "split by": data.split,
@@ -112,9 +112,11 @@ fig
 #
 # Every point of the mean normalised shape (centred, RMS radius 1), coloured by its spread over the training
 # images: dark points sit at the same place on every face, bright ones move (contours of the jaw, the mouth).
+# Figures that would not change with more faces are drawn from a seeded sample of at most
+# `geometry.SHAPE_SAMPLE` faces, and say so in their titles; counts and per-image statistics cover every image.
 
 # %%
-fig = viz.plot_mean_shape(points[data.train_idx])
+fig = viz.plot_mean_shape(data.point_view(data.train_idx))
 viz.save_figure(fig, run.figure("01_mean_shape"))
 fig
 
@@ -142,7 +144,8 @@ coverage.round(2)
 #
 # Horizontal flips (augmentation and test-time averaging) need to know which point becomes which when a face is
 # mirrored; the layout is undocumented, so it is estimated from the training shapes
-# (`geometry.estimate_mirror_permutation`). It must be an involution (applying it twice gives the identity), and the
+# (`geometry.estimate_mirror_permutation`, from at most 2,000 training shapes; the mirror error below from a seeded
+# sample of at most `geometry.SHAPE_SAMPLE`). It must be an involution (applying it twice gives the identity), and the
 # mean face mirrored through it should land on itself: red rings on blue dots below, a small mirror error (in units
 # of the face's RMS radius). Points whose mirror lands more than 10 % of that radius from their partner have no
 # partner (`geometry.mirror_unmatched`): training leaves them out of the loss on flipped images and flip TTA keeps
@@ -150,7 +153,8 @@ coverage.round(2)
 
 # %%
 perm = data.flip_perm()
-mirror_err = geometry.mirror_error(points[data.train_idx], perm)
+train_shapes = data.point_view(data.train_idx)[geometry.sample_rows(len(data.train_idx))]  # seeded sample
+mirror_err = geometry.mirror_error(train_shapes, perm)
 pd.Series({"points": len(perm), "mirror pairs": int((perm > np.arange(len(perm))).sum()),
            "midline points": int((perm == np.arange(len(perm))).sum()),
            "involution": bool((perm[perm] == np.arange(len(perm))).all()), "mirror error": mirror_err,
@@ -158,20 +162,22 @@ pd.Series({"points": len(perm), "mirror pairs": int((perm > np.arange(len(perm))
           dtype=object)
 
 # %%
-fig = viz.plot_mirror_check(geometry.mean_shape(points[data.train_idx]), perm, error=mirror_err)
+fig = viz.plot_mirror_check(geometry.mean_shape(train_shapes), perm, error=mirror_err)
 viz.save_figure(fig, run.figure("01_mirror_check"))
 fig
 
 # %% [markdown]
 # ## Labels that look wrong by shape
 #
-# Each labelled shape is aligned to the mean shape (position, scale, rotation) and its residual is the RMS distance
-# of its points to the mean's. Shapes above `median + shape_threshold · 1.4826 · MAD` of all residuals are flagged
+# Each labelled shape is aligned to the reference shape (position, scale, rotation; the reference is the robust
+# mean of a seeded sample, `geometry.shape_reference`) and its residual is the RMS distance of its points to the
+# reference's; every shape gets its residual. Shapes above `median + shape_threshold · 1.4826 · MAD` of all residuals are flagged
 # (a robust cut that the few bad labels do not inflate). A high residual is not always an error (an open mouth,
 # a turned head); the pictures tell.
 
 # %%
-residuals, point_residuals = geometry.shape_residuals(points, per_point=True)
+reference = geometry.shape_reference(points)
+residuals = geometry.shape_residuals(points, reference=reference)
 shape_flags = noise.flag_outliers(residuals, shape_threshold)
 shape_table = pd.DataFrame({"file_name": data.names, "residual": residuals, "flagged": shape_flags})
 print(f"{int(shape_flags.sum())} of {len(shape_flags)} training shapes flagged "
@@ -193,7 +199,8 @@ fig
 
 # %%
 worst = int(np.argmax(residuals))
-fig = viz.show_points(load_train(worst), points[worst], values=point_residuals[worst],
+_, point_residuals = geometry.shape_residuals(points[worst:worst + 1], per_point=True, reference=reference)
+fig = viz.show_points(load_train(worst), points[worst], values=point_residuals[0],
                       title=f"{data.names[worst]}: shape residual {residuals[worst]:.3f}",
                       value_label="distance to the mean shape, shape radii")
 viz.save_figure(fig, run.figure("01_worst_shape"))

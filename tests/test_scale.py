@@ -1,0 +1,158 @@
+"""Bounded memory at any dataset size: the lazy points view, and statistics visited block by block equal the
+in-memory ones (exact figures exactly; sampled figures seeded and reproducible)."""
+
+import numpy as np
+import pytest
+
+from landmarks_lib import cache, engine, files, geometry, io, viz
+from tests.test_cache import _images
+
+
+def _labels(n=37, k=12, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(20, 60, (1, k, 2))
+    return np.round(base + rng.normal(0, 3, (n, k, 2)) + rng.uniform(-10, 10, (n, 1, 2))).astype(np.int16)
+
+
+def test_points_view_converts_only_what_is_indexed():
+    labels = _labels()
+    full = io.labels_to_points(labels)
+    view = io.PointsView(labels)
+    assert len(view) == 37 and view.shape == (37, 12, 2) and view.dtype == np.float32
+    np.testing.assert_array_equal(view[3], full[3])
+    np.testing.assert_array_equal(view[5:9], full[5:9])
+    np.testing.assert_array_equal(view[np.array([7, 2, 30])], full[[7, 2, 30]])
+    np.testing.assert_array_equal(np.asarray(view), full)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in view.chunks(5)]), full)
+    assert [s for s, _ in view.chunks(10)] == [0, 10, 20, 30]
+    sub = io.PointsView(labels, np.array([4, 1, 20]))
+    assert sub.shape == (3, 12, 2)
+    np.testing.assert_array_equal(sub[1:], full[[1, 20]])
+    np.testing.assert_array_equal(sub[np.array([2, 0])], full[[20, 4]])
+    # a view hashes as the array it converts to, whatever the block size
+    assert files.fingerprint(view) == files.fingerprint(full)
+    assert files.fingerprint(sub) == files.fingerprint(full[[4, 1, 20]])
+    assert files.fingerprint(io.PointsView(labels[:36])) != files.fingerprint(view)
+
+
+def _coverage_in_memory(points, widths, heights, crop_size, face_scale):
+    """The per-image reference: every frame from make_frame, all points at once."""
+    p = np.asarray(points, np.float64)
+    w, h = np.asarray(widths, np.float64), np.asarray(heights, np.float64)
+    ok = np.isfinite(p).all(axis=2)
+    x, y = p[..., 0], p[..., 1]
+    out_img = ok & ((x < 0) | (y < 0) | (x > w[:, None]) | (y > h[:, None]))
+    side_face = (np.nanmax(p, axis=1) - np.nanmin(p, axis=1)).max(axis=1)
+    rows = []
+    for mode in geometry.CROP_MODES:
+        f = np.array([geometry.make_frame(mode, w[i], h[i], crop_size, p[i], face_scale).as_array()
+                      for i in range(len(p))])
+        out = ok & ((x < f[:, :1]) | (y < f[:, 1:2]) | (x > f[:, :1] + f[:, 2:3]) | (y > f[:, 1:2] + f[:, 2:3]))
+        share = side_face / f[:, 2]
+        rows.append({"crop_mode": mode, "points_outside_image_pct": 100.0 * out_img.sum() / ok.sum(),
+                     "points_outside_crop_pct": 100.0 * out.sum() / ok.sum(),
+                     "images_cut_pct": 100.0 * out.any(axis=1).mean(),
+                     "face_px_median": float(np.median(share * crop_size)), "face_share_median": float(np.median(share))})
+    return rows
+
+
+def test_crop_coverage_in_blocks_equals_in_memory():
+    labels = _labels(n=41)
+    view = io.PointsView(labels)
+    rng = np.random.default_rng(3)
+    w, h = rng.integers(50, 90, 41), rng.integers(50, 90, 41)
+    expected = _coverage_in_memory(np.asarray(view), w, h, 32, 1.2)
+    for chunk in (1, 6, 1000):
+        assert geometry.crop_coverage(view, w, h, 32, 1.2, chunk=chunk) == expected
+    assert geometry.crop_coverage(np.asarray(view), w, h, 32, 1.2) == expected
+    assert expected[0]["points_outside_image_pct"] > 0 and expected[0]["images_cut_pct"] > 0  # not a vacuous check
+    with pytest.raises(ValueError, match="N widths"):
+        geometry.crop_coverage(view, w[:-1], h[:-1], 32)
+
+
+def test_crop_frames_equal_make_frame():
+    p = io.labels_to_points(_labels(n=9)).astype(np.float64)
+    w, h = np.arange(60, 69), np.arange(80, 71, -1)
+    for mode in geometry.CROP_MODES:
+        expected = np.array([geometry.make_frame(mode, w[i], h[i], 24, p[i], 1.3).as_array() for i in range(9)])
+        np.testing.assert_array_equal(geometry.crop_frames(mode, w, h, 24, p, 1.3), expected)
+    with pytest.raises(ValueError, match="unknown crop_mode"):
+        geometry.crop_frames("zoom", w, h, 24)
+
+
+def test_shape_residuals_in_blocks_equal_in_memory():
+    labels = _labels(n=50, k=20)
+    labels[7] = labels[7][::-1]  # a scrambled shape: the outlier
+    pts = io.labels_to_points(labels).astype(np.float64)
+    # the in-memory algorithm: generalised Procrustes with a median reference over every shape
+    q = geometry.normalize_shapes(pts)
+    m = np.nanmedian(q, axis=0)
+    m -= np.nanmean(m, axis=0)
+    for _ in range(3):
+        m = np.nanmedian(geometry._rotate_onto(q, m), axis=0)
+        m -= np.nanmean(m, axis=0)
+    d = np.sqrt(((geometry._rotate_onto(q, m) - m) ** 2).sum(-1))
+    expected = np.sqrt((d ** 2).mean(axis=1))
+    np.testing.assert_array_equal(geometry.shape_reference(pts), m)
+    view = io.PointsView(labels)
+    for chunk in (1, 7, 10000):
+        np.testing.assert_array_equal(geometry.shape_residuals(view, chunk=chunk), expected)
+    res, per_point = geometry.shape_residuals(view[7:8], per_point=True, reference=m)
+    np.testing.assert_array_equal(per_point[0], d[7])
+    assert int(np.argmax(expected)) == 7
+
+
+def test_sampled_reference_is_seeded_and_reproducible():
+    labels = _labels(n=60, k=10)
+    a = geometry.shape_reference(io.PointsView(labels), sample=25)
+    np.testing.assert_array_equal(a, geometry.shape_reference(io.PointsView(labels), sample=25))
+    assert not np.array_equal(a, geometry.shape_reference(io.PointsView(labels), sample=25, seed=1))
+    idx = geometry.sample_rows(60, 25)
+    assert len(idx) == 25 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, geometry.sample_rows(60, 25))
+    np.testing.assert_array_equal(geometry.sample_rows(20, 25), np.arange(20))
+
+
+def test_face_placement_in_blocks():
+    view = io.PointsView(_labels(n=23))
+    w, h = np.full(23, 100), np.full(23, 80)
+    p = np.asarray(view, np.float64)
+    lo, hi = p.min(axis=1), p.max(axis=1)
+    expected = np.stack([(lo[:, 0] + hi[:, 0]) / 2 / 100, (lo[:, 1] + hi[:, 1]) / 2 / 80, (hi[:, 0] - lo[:, 0]) / 100], 1)
+    np.testing.assert_array_equal(geometry.face_placement(view, w, h, chunk=4), expected)
+
+
+def test_figures_state_their_sample():
+    view = io.PointsView(_labels(n=30))
+    fig = viz.plot_mean_shape(view, sample=12)
+    assert "12 of 30 faces (seeded sample)" in fig.axes[0].get_title()
+    assert "sample" not in viz.plot_mean_shape(view).axes[0].get_title()
+    fig = viz.plot_face_placement(view, np.full(30, 100), np.full(30, 100), sample=10)
+    assert "10 of 30 images (seeded sample)" in fig.axes[0].get_title()
+    assert len(fig.axes[0].collections[0].get_offsets()) == 10
+    assert sum(p.get_height() for p in fig.axes[1].patches) == 30  # the histogram counts every face
+
+
+def test_nanmean_rows_in_blocks():
+    rng = np.random.default_rng(0)
+    pts = rng.normal(0, 10, (40, 6, 2)).astype(np.float32)
+    pts[3, 2] = np.nan
+    rows = np.array([0, 3, 5, 7, 11, 39, 20])
+    expected = np.nanmean(pts[rows], axis=0)
+    np.testing.assert_array_equal(engine._nanmean_rows(pts, rows), expected)  # one block: the very same
+    np.testing.assert_allclose(engine._nanmean_rows(pts, rows, chunk=2), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cache_from_a_points_view_equals_the_array(tmp_path):
+    names = _images(tmp_path / "img", n=70)  # >= 64: the windowed process pool
+    labels = np.random.default_rng(1).integers(5, 30, (70, 4, 2)).astype(np.int16)
+    view = io.PointsView(labels)
+    arr = np.asarray(view)
+    a = cache.get_cache(tmp_path / "img", names, "face", 16, tmp_path / "a", points=arr, num_workers=1,
+                        progress=False)
+    b = cache.get_cache(tmp_path / "img", names, "face", 16, tmp_path / "b", points=view, num_workers=2,
+                        progress=False)
+    assert a.path.rsplit("crops-", 1)[1] == b.path.rsplit("crops-", 1)[1]  # the same key
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
+    np.testing.assert_array_equal(a.frames, b.frames)
