@@ -27,7 +27,8 @@ The work folder ``W`` (default ``$TMPDIR/thousand-landmarks-scale``) holds the r
 output and ``scale_state.json`` (every finished stage's figures). ``--resume`` skips the finished stages and
 continues the interrupted one (the runner's ``--resume``: finished training stages are reused, an interrupted one
 continues from its last checkpoint); without it the work folder is started afresh. The cache folder is removed when
-the benchmark completes; an interrupted benchmark keeps it for ``--resume`` and says where it is. ``--json`` prints
+the benchmark completes (every stage); an interrupted benchmark, or one run in parts with ``--stages``, keeps it
+for ``--resume`` and says where it is. ``--json`` prints
 one object: ``stages`` (name -> ``wall_s``, ``peak_mb``), ``peak_mb_max``, ``training_s``, ``non_training_s``,
 ``cache_gb``, ``submission_rows``, ``budget_min`` and the conditions (``cpu_count``, ``threads`` of the profile).
 """
@@ -219,7 +220,7 @@ def summary(state: dict, work: str, args) -> dict:
            "training_s": training_s, "non_training_s": round(total - training_s, 1),
            "cache_gb": round(max(state.get("cache_gb", 0.0), 0.0), 2), "submission_rows": submission_rows(work),
            "budget_min": args.budget_min, "cpu_count": os.cpu_count(), "threads": profile_threads(args.params),
-           "complete": all(s in stages for s in args.stages)}
+           "complete": all(s in stages for s in STAGES)}
     return out
 
 
@@ -274,8 +275,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        if not interrupted and os.path.isdir(cache_dir) and all(s in state["stages"] for s in args.stages):
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        if not interrupted and os.path.isdir(cache_dir):
+            if all(s in state["stages"] for s in STAGES):
+                shutil.rmtree(cache_dir, ignore_errors=True)
+            else:  # a part of the benchmark (--stages): the rest continues with --resume, on the same cache
+                print(f"[scale] the cache {cache_dir} is kept for the remaining stages (--resume --stages ...)",
+                      file=sys.stderr)
     return emit(summary(state, work, args), args.json)
 
 

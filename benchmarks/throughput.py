@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from landmarks_lib.run import RunFolder  # noqa: E402
+from landmarks_lib.run import RunFolder  # noqa: E402  (first: it sets GOMP_SPINCOUNT before torch loads)
+import torch  # noqa: E402
 from report import emit  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
@@ -45,11 +45,12 @@ CONTEST_ROWS = 394_000
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def load_params(data_dir: str, bench_dir: str) -> tuple[dict, str]:
-    """``params/cpu.yaml`` (defaults where it is missing), pointed at ``data_dir`` and the bench cache folder;
-    ``pretrained=false`` (weights do not change speed)."""
-    profile = REPO / "params" / "cpu.yaml"
-    used = str(profile.relative_to(REPO)) if profile.exists() else "defaults (params/cpu.yaml not found)"
+def load_params(data_dir: str, bench_dir: str, profile=None) -> tuple[dict, str]:
+    """``profile`` (default ``params/cpu.yaml``; defaults where it is missing), pointed at ``data_dir`` and the bench
+    cache folder; ``pretrained=false`` (weights do not change speed)."""
+    profile = Path(profile).resolve() if profile else REPO / "params" / "cpu.yaml"
+    used = (str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile)) if profile.exists() \
+        else f"defaults ({profile} not found)"
     p = P.resolve(profile=str(profile) if profile.exists() else None, data_dir=str(data_dir),
                   overrides=dict(cache_dir=bench_dir, pretrained=False, val_fraction=0.0, max_train_images=0,
                                  time_budget_min=0.0))
@@ -185,7 +186,7 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
     _sync(device)
     t = time.perf_counter()
     for _ in range(n_batches):
-        engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size)
+        engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size, p["amp"])
     _sync(device)
     return n_batches * b / (time.perf_counter() - t)
 
@@ -302,6 +303,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "thousand-standin"),
                     help="contest-format data folder (default: ../shared/datasets/thousand-standin)")
+    ap.add_argument("--params", default=None, help="the profile whose backbone, crop, batch and device are "
+                    "measured (default params/cpu.yaml; params/gpu.yaml on a GPU)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: 1 round, 2 batches, a 20,000-row CSV")
     ap.add_argument("--rounds", type=int, default=None, help="rotations over all measurements (default 3)")
@@ -319,7 +322,7 @@ def main(argv=None) -> int:
 
     bench_dir = os.path.join(P.default_cache_dir(), "bench")
     os.makedirs(bench_dir, exist_ok=True)
-    params, profile = load_params(a.data_dir, bench_dir)
+    params, profile = load_params(a.data_dir, bench_dir, a.params)
     threads = a.threads if a.threads is not None else params["threads"]
     if threads:
         torch.set_num_threads(int(threads))
@@ -389,6 +392,7 @@ def main(argv=None) -> int:
     out.update(cache_build_s=build_s, profile=profile, backbone=params["backbone"], crop_size=ctx["size"],
                crop_mode=params["crop_mode"], batch_size=ctx["batch"], device=str(device),
                torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+               gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                rounds=rounds, data_batches=data_batches,
                model_batches=model_batches, all_img_s={k: [round(v, 1) for v in vs] for k, vs in results.items()},
                loadavg_1min=[round(load_before[0], 2), round(os.getloadavg()[0], 2)], quick=bool(a.quick))

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import checkpoint as checkpoint_mod
 from . import metrics
+from .io import POINT_CHUNK
 from .predict import predict_cache, select_device
 
 
@@ -90,12 +91,26 @@ def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu
     return predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
 
 
-def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128) -> np.ndarray:
-    """Per-image NME (percent) of a model against the training labels (``training_predictions``).
+def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128,
+                    chunk: int = POINT_CHUNK, progress: bool = False) -> np.ndarray:
+    """Per-image NME (percent) of a model against the training labels (``training_predictions``), ``chunk`` images
+    at a time (a multiple of ``predict_cache``'s 1,024-image blocks, so the predictions are those of one pass):
+    memory stays at one block of predictions at any dataset size.
 
     Returns:
-        ``float64 [n]`` NME per image, percent.
+        ``float64 [n]`` NME per image, percent, in ``indices`` order.
     """
-    pred = training_predictions(checkpoint, data, crop_cache, indices, device, batch_size)
+    from tqdm.auto import tqdm
+
+    ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    dev = select_device(str(device))
+    model = checkpoint_mod.network(ck, dev)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
-    return metrics.per_image_nme(pred, data.points(idx))
+    out = np.zeros(len(idx), np.float64)
+    with tqdm(total=len(idx), desc="scoring training labels", disable=not progress, mininterval=2.0) as bar:
+        for s in range(0, len(idx), chunk):
+            part = idx[s:s + chunk]
+            pred = predict_cache(model, ck["meta"], crop_cache, part, dev, batch_size)
+            out[s:s + len(part)] = metrics.per_image_nme(pred, data.points(part))
+            bar.update(len(part))
+    return out

@@ -157,7 +157,8 @@ def predict_images(model, images: ImageSet, device="cpu", settings: Inference = 
         backend: ``"torch"`` or ``"onnx"`` (onnxruntime, ``export.onnx_network``).
         with_faces: also return each image's face crop, confidence and number of faces found.
     Returns:
-        ``float64 [N, K, 2]`` original pixels; with ``with_faces``, ``(points, faces)`` with ``faces`` a dict of
+        ``float32 [N, K, 2]`` original pixels (the ``Predictor``'s values, held once); with ``with_faces``,
+        ``(points, faces)`` with ``faces`` a dict of
         ``boxes float32 [N, 4]`` (``x0, y0, x1, y1``), ``confidence float32 [N]`` and ``faces int32 [N]``
         (``predictor.Prediction``).
     Raises:
@@ -171,15 +172,17 @@ def predict_images(model, images: ImageSet, device="cpu", settings: Inference = 
     from .predictor import Predictor
 
     pr = Predictor(model, device, settings, backend=backend)
-    out, boxes, conf, faces = [], [], [], []
+    points = np.zeros((len(images.names), pr.num_points, 2), np.float32)  # filled in place: one copy in memory
+    boxes, conf, faces = [], [], []
+    done = 0
     with tqdm(total=len(images.names), desc="predicting", disable=not images.progress, mininterval=2.0) as bar:
         for res in pr.predict_iter(images.paths(), chunk):
             if res.errors:
                 raise ImageError(next(iter(res.errors.values())))
-            out.append(res.points.astype(np.float64))
+            points[done:done + len(res)] = res.points
+            done += len(res)
             boxes.append(res.boxes), conf.append(res.confidence), faces.append(res.faces)
             bar.update(len(res))
-    points = np.concatenate(out) if out else np.zeros((0, pr.num_points, 2))
     if not with_faces:
         return points
     cat = (lambda a, shape, dt: np.concatenate(a) if a else np.zeros(shape, dt))  # noqa: E731

@@ -50,13 +50,13 @@ def make_submission(test_points: TestPoints, predictions, decimals: int = 2) -> 
     """
     if int(decimals) < 0:
         raise ValueError(f"decimals must be >= 0, got {decimals}")
-    p = np.asarray(predictions, dtype=np.float64)
+    p = np.asarray(predictions)  # selected first, then float64: no float64 copy of every point
     n, m = test_points.indices.shape
     if p.ndim != 3 or p.shape[0] != n or p.shape[2] != 2:
         raise SubmissionError(f"predictions have shape {p.shape}, expected [{n}, K, 2] for {n} test images")
     if test_points.indices.size and (test_points.indices.min() < 0 or test_points.indices.max() >= p.shape[1]):
         raise SubmissionError(f"a point index is outside [0, {p.shape[1]})")
-    sel = np.take_along_axis(p, test_points.indices[:, :, None].repeat(2, axis=2), axis=1)
+    sel = np.take_along_axis(p, test_points.indices[:, :, None].repeat(2, axis=2), axis=1).astype(np.float64)
     if not np.isfinite(sel).all():
         r = int(np.flatnonzero(~np.isfinite(sel).all(axis=(1, 2)))[0])
         raise SubmissionError(f"prediction for {test_points.names[r]} (row {r + 1}) has NaN or infinite values")

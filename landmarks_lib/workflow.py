@@ -139,7 +139,7 @@ def find_noisy_labels(params: dict, data: engine.TrainData, stage_checkpoint, pr
         a table ``file_name, split, nme, flagged, weight`` (``weight`` by ``noise_action``), one row per image.
     """
     c = engine.stage_cache(engine.stage_recipe(params, "train"), data, params, progress)
-    err = noise.training_errors(stage_checkpoint, data, c, None, params["device"])
+    err = noise.training_errors(stage_checkpoint, data, c, None, params["device"], progress=progress)
     tr = data.train_idx
     flags = np.zeros(len(err), bool)
     flags[tr] = noise.flag_outliers(err[tr], params["noise_threshold"], reference=err[data.val_idx])
@@ -259,7 +259,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
     original pixels, with the run's inference settings.
 
     Returns:
-        ``(pred float64 [n_val, K, 2] original pixels, metrics dict)``; metrics has ``val_mse``, ``val_nme``,
+        ``(pred float32 [n_val, K, 2] original pixels, metrics dict)``; metrics has ``val_mse``, ``val_nme``,
         ``val_auc``, ``val_failure_rate`` (NME threshold 10 %), ``n_val`` and, with ``exclude_flagged``,
         ``val_mse_clean`` / ``val_nme_clean`` / ``n_val_flagged``: the same without the validation images whose
         error the robust rule of ``noise.flag_outliers`` flags (``noise_threshold``), i.e. likely wrong labels.
@@ -311,7 +311,7 @@ def predict_test(params: dict, data_dir, models, progress: bool = True, with_fac
     """Predict every test image listed in ``test/test_points.csv`` (all points, original pixels).
 
     Returns:
-        ``(TestPoints, pred float64 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones (the
+        ``(TestPoints, pred float32 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones (the
         ``TestPoints`` then hold only those rows, and ``write_results`` writes ``submission_partial.csv``); with
         ``with_faces`` a third item, the face crops and confidences (``predict.predict_images``).
     """
@@ -398,7 +398,8 @@ def test_images(params: dict, n: int | None = None):
 
 
 def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tuple[np.ndarray, dict]:
-    """The no-model baseline on the validation split: the mean training shape in whole-image (letterbox) units,
+    """The no-model baseline on the validation split: the mean training shape in whole-image (letterbox) units (of
+    at most ``geometry.SHAPE_SAMPLE`` training images, a seeded sample),
     placed on each validation image by its own letterbox frame (``geometry.letterbox_frame``). A model that has
     learnt anything is far below it.
 
@@ -406,12 +407,15 @@ def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tupl
         ``(pred float64 [n_val, K, 2] original pixels, {"val_mse", "val_nme", "val_auc", "val_failure_rate",
         "n_val"})``.
     """
-    from .geometry import frames_to_crop, frames_to_original, letterbox_frame
+    from .geometry import frames_to_crop, frames_to_original, letterbox_frame, sample_rows
     from .images import image_size
 
-    frames = np.stack([letterbox_frame(*image_size(os.path.join(data.image_dir, n)), 1).as_array()
-                       for n in data.names])
-    unit = frames_to_crop(data.points(), frames)
-    mean = np.nanmean(unit[data.train_idx], axis=0)
-    pred = frames_to_original(np.repeat(mean[None], len(data.val_idx), axis=0), frames[data.val_idx])
+    def frames(idx):
+        return np.stack([letterbox_frame(*image_size(os.path.join(data.image_dir, data.names[i])), 1).as_array()
+                         for i in idx]).reshape(-1, 4)
+
+    # The mean of at most SHAPE_SAMPLE training shapes (seeded): more would not move it.
+    tr = data.train_idx[sample_rows(len(data.train_idx))]
+    mean = np.nanmean(frames_to_crop(data.points(tr), frames(tr)), axis=0)
+    pred = frames_to_original(np.repeat(mean[None], len(data.val_idx), axis=0), frames(data.val_idx))
     return pred, _val_metrics(metrics.summary(pred, data.points(data.val_idx), threshold))

@@ -55,7 +55,7 @@ val_truth = data.points(data.val_idx)
 val_pred = run.read_predictions("val")
 val_nme = metrics.per_image_nme(val_pred, val_truth)
 load_val = workflow.image_loader(data.image_dir, val_names)
-mean_shape = geometry.mean_shape(data.points(data.train_idx))
+mean_shape = geometry.mean_shape(data.point_view(data.train_idx)[geometry.sample_rows(len(data.train_idx))])
 run_metrics = run.read_metrics()
 pd.Series(run_metrics, name="value").to_frame()
 

@@ -156,3 +156,64 @@ def test_cache_from_a_points_view_equals_the_array(tmp_path):
     np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
     np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
     np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_package_sets_the_openmp_spin_count_unless_the_user_did():
+    import os
+    import subprocess
+    import sys
+    code = "import os, landmarks_lib; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1000"
+    for var, value in (("GOMP_SPINCOUNT", "5"), ("OMP_WAIT_POLICY", "PASSIVE")):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, var: value}, capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == ("5" if var == "GOMP_SPINCOUNT" else "None")
+
+
+def _scale_module():
+    import importlib.util
+    import os
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("scale_bench", os.path.join(root, "benchmarks", "scale.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scale_benchmark_measures_the_anonymous_memory_of_a_process_tree(tmp_path):
+    import os
+    import sys
+    scale = _scale_module()
+    # a parent holding 150 MB that forks a child writing 100 MB of its own: 250 MB of anonymous memory in the tree,
+    # plus a 300 MB file mapped and read (page cache, not counted)
+    code = ("import mmap, os, time\n"
+            "a = bytearray(150 * 2**20)\n"
+            "f = open(os.environ['MAPPED'], 'rb'); m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); m.read()\n"
+            "if os.fork() == 0:\n"
+            "    b = bytearray(100 * 2**20); time.sleep(2.5); os._exit(0)\n"
+            "time.sleep(2.5); os.wait()\n")
+    mapped = tmp_path / "mapped.bin"
+    with open(mapped, "wb") as f:
+        f.truncate(300 * 2**20)
+    res = scale.run_measured([sys.executable, "-c", code], str(tmp_path / "log"), {**os.environ, "MAPPED": str(mapped)})
+    assert res["rc"] == 0 and res["wall_s"] >= 2.5
+    assert 240 <= res["peak_mb"] <= 400, res
+
+
+def test_scale_benchmark_touches_only_its_own_work_folder(tmp_path):
+    scale = _scale_module()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not made by this benchmark"):
+        scale.prepare_work(str(theirs), resume=False)
+    assert (theirs / "keep.txt").exists()
+    ours = tmp_path / "ours"
+    assert scale.prepare_work(str(ours), resume=False) == {"stages": {}}
+    scale.save_state(str(ours), {"stages": {"validate": {"wall_s": 1.0, "peak_mb": 2.0, "rc": 0}}})
+    assert scale.prepare_work(str(ours), resume=True)["stages"]["validate"]["peak_mb"] == 2.0
+    assert scale.prepare_work(str(ours), resume=False) == {"stages": {}}  # a fresh start clears our own folder
