@@ -16,7 +16,8 @@ own process, in this order:
 
 Per stage it reports ``wall_s`` and ``peak_mb``: the largest sum, over the stage's whole process tree (the notebook
 kernel, loader and cache workers included), of ``Pss_Anon + Pss_Shmem`` from ``/proc/PID/smaps_rollup``, sampled
-every 0.5 s. Proportional set sizes count shared pages once across forked workers, and memory-mapped file pages
+every 0.5 s (or 10x as long as one sample takes, when that is longer: reading ``smaps_rollup`` of a process with
+tens of GB mapped costs tens of ms, and the sampler must not slow what it measures). Proportional set sizes count shared pages once across forked workers, and memory-mapped file pages
 (the crop caches, the parsed labels) are not anonymous, so they do not count: they are the page cache's to drop.
 ``train:<stage>`` rows give each training stage's time inside its epoch loops (``time_s`` of ``history.csv``);
 ``training_s`` is their sum, ``non_training_s`` everything else (the stages' wall times minus ``training_s``),
@@ -53,6 +54,7 @@ from report import emit  # noqa: E402
 NOTEBOOKS = ("01_eda", "02_train", "03_finetune", "04_visualize")
 STAGES = ("validate",) + NOTEBOOKS + ("predict",)
 SAMPLE_S = 0.5
+MAX_SHARE = 0.1  # the sampler's largest share of one core
 MARKER = ".thousand-landmarks-scale"  # the work folder is ours: --resume and a fresh start touch nothing else
 
 
@@ -101,9 +103,13 @@ def run_measured(cmd: list, log_path: str, env: dict) -> dict:
         done = threading.Event()
 
         def sample():
+            # Reading smaps_rollup walks every mapping of a process: for a kernel with 20 GB of memory-mapped
+            # caches one read takes tens of ms. The interval stretches to MAX_SHARE x the read's own time, so the
+            # sampler never takes more than a tenth of a core from the stage it measures.
             while not done.is_set():
+                t = time.perf_counter()
                 peak[0] = max(peak[0], tree_pss_mb(proc.pid))
-                done.wait(SAMPLE_S)
+                done.wait(max(SAMPLE_S, (time.perf_counter() - t) / MAX_SHARE))
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()

@@ -6,7 +6,9 @@ A cache folder ``<cache_dir>/crops-<key>/`` holds
   (``Sc = size + 2 * round(margin * size)``), so augmentation can rotate and shift without black borders;
 - ``frames.npy``: ``float64 [N, 4]``, each image's (unexpanded) crop frame ``(x0, y0, side, size)``
   (``geometry.CropFrame``), the exact map back to original pixels;
-- ``points.npy`` (when labels were given): ``float32 [N, K, 2]`` landmarks in crop pixels of that frame;
+- no landmarks: ``CropCache.points`` (when labels were given) computes them in crop pixels of each frame where
+  indexed (``CropPoints``), from the labels the caller holds (memory-mapped ``int16``), so a cache costs its crops
+  alone (3 GB less per cache at contest size than storing ``float32`` points);
 - ``meta.json``: names, key inputs, shapes; written last, so a folder without it is incomplete and rebuilt.
 
 The key is a SHA-1 of the cache format, the image folder, file names with their sizes and modification times, the
@@ -29,10 +31,9 @@ import numpy as np
 
 from . import geometry
 from .files import fingerprint
-from .io import point_blocks
 from .images import load_image
 
-FORMAT = "crops-v2"
+FORMAT = "crops-v3"
 
 
 @dataclass
@@ -44,12 +45,45 @@ class CropCache:
     names: list
     images: np.ndarray
     frames: np.ndarray
-    points: np.ndarray | None
+    points: "CropPoints | None"
     size: int
     pad: int
 
     def __len__(self):
         return len(self.names)
+
+
+class CropPoints:
+    """``float32 [N, K, 2]`` landmarks in crop pixels of each cached frame (``geometry.frames_to_crop`` in float64,
+    then float32), computed where indexed from the original-pixel ``points`` (an array or an ``io.PointsView``) and
+    the cache's ``frames``: ``view[i]``, ``view[a:b]``, ``view[index_array]``; ``np.asarray(view)`` converts all."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, points, frames: np.ndarray):
+        if len(points) != len(frames):
+            raise ValueError(f"{len(points)} faces of points for {len(frames)} cached frames")
+        self.points, self.frames = points, frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self),) + tuple(self.points.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        if not isinstance(key, slice):
+            key = np.asarray(key)
+        p = np.asarray(self.points[key], dtype=np.float64)
+        return geometry.frames_to_crop(p, self.frames[key]).astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
 
 
 def cache_key(image_dir, names, crop_mode, size, margin, face_scale, points=None, frames=None) -> str:
@@ -92,15 +126,14 @@ def _windowed_map(pool, jobs, window: int = 4096, chunksize: int = 32):
         yield from pool.map(_crop_one, part, chunksize=chunksize)
 
 
-def _open(path) -> CropCache:
+def _open(path, points=None) -> CropCache:
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     images = np.load(os.path.join(path, "images.npy"), mmap_mode="r")
     frames = np.load(os.path.join(path, "frames.npy"))
-    pts_path = os.path.join(path, "points.npy")
-    points = np.load(pts_path, mmap_mode="r") if os.path.exists(pts_path) else None
     size = int(meta["size"])
-    return CropCache(path, meta["names"], images, frames, points, size, (images.shape[1] - size) // 2)
+    crop_points = None if points is None else CropPoints(points, frames)
+    return CropCache(path, meta["names"], images, frames, crop_points, size, (images.shape[1] - size) // 2)
 
 
 def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: float = 0.0,
@@ -115,8 +148,8 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         size: crop side in pixels.
         cache_dir: parent folder of caches (created).
         margin: extra border kept around each crop, as a share of the crop.
-        points: optional ``[N, K, 2]`` landmarks in original pixels: stored in crop pixels, and used to place
-            ``face`` crops.
+        points: optional ``[N, K, 2]`` landmarks in original pixels (an array or an ``io.PointsView``): they place
+            ``face`` crops, and ``CropCache.points`` gives them in crop pixels (``CropPoints``, not stored).
         frames: optional ``float64 [N, 4]`` frames to use instead of ``crop_mode`` (e.g. face boxes placed by a
             localizer's predictions).
         num_workers: processes decoding images (0 = ``min(4, cores)``; 1 = in this process).
@@ -131,15 +164,15 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     names = list(names)
     key = cache_key(image_dir, names, crop_mode, size, margin, face_scale, points, frames)
     path = os.path.join(cache_dir, f"crops-{key}")
+    if points is not None and not hasattr(points, "shape"):
+        points = np.asarray(points, dtype=np.float64)
     if os.path.exists(os.path.join(path, "meta.json")):
-        return _open(path)
+        return _open(path, points)
     os.makedirs(cache_dir, exist_ok=True)
     remove_orphans(cache_dir)
     tmp = tempfile.mkdtemp(prefix=f".crops-{key}.{os.getpid()}.", dir=cache_dir)
     try:
         n = len(names)
-        if points is not None and not hasattr(points, "shape"):
-            points = np.asarray(points, dtype=np.float64)
         sc = int(size) + 2 * int(round(margin * size))
         images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
                                            shape=(n, sc, sc, 3))
@@ -150,7 +183,7 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
                  None if points is None else np.asarray(points[i], dtype=np.float64),
                  None if frames is None else np.asarray(frames[i])) for i in range(n))
         workers = num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
-        nbytes = n * sc * sc * 3 + (0 if points is None else n * int(np.prod(points.shape[1:])) * 4)
+        nbytes = n * sc * sc * 3
         bar = _progress(n, f"{desc} ({nbytes / 1e9:.2f} GB on disk)", progress)
         if workers == 1 or n < 64:
             results = map(_crop_one, jobs)
@@ -170,13 +203,6 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         images.flush()
         del images
         np.save(os.path.join(tmp, "frames.npy"), out_frames)
-        if points is not None:
-            crop_pts = np.lib.format.open_memmap(os.path.join(tmp, "points.npy"), mode="w+", dtype=np.float32,
-                                                 shape=(n,) + tuple(points.shape[1:]))
-            for s, block in point_blocks(points):
-                crop_pts[s:s + len(block)] = geometry.frames_to_crop(block, out_frames[s:s + len(block)])
-            crop_pts.flush()
-            del crop_pts
         meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
                 "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
                 "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}
@@ -190,7 +216,7 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _open(path)
+    return _open(path, points)
 
 
 def _alive(pid: int) -> bool:

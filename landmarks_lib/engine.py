@@ -215,6 +215,23 @@ def stage_recipe(params: dict, stage: str) -> dict:
     return r
 
 
+def stage_data(params: dict, data: TrainData, stage: str) -> TrainData:
+    """The images a stage trains and validates on: ``data`` itself, except for the localizer under
+    ``localizer_max_images`` (a seeded sample of that many rows, ``[seed, 17]``, sorted, each row on its side of
+    ``data``'s split; the mirror permutation stays the one of ``data``)."""
+    cap = int(params.get("localizer_max_images") or 0) if stage == "localizer" else 0
+    if not cap or cap >= len(data.names):
+        return data
+    keep = np.sort(np.random.default_rng([int(params["seed"]), 17]).choice(len(data.names), cap, replace=False))
+    pos = -np.ones(len(data.names), np.int64)
+    pos[keep] = np.arange(len(keep))
+    tr, va = pos[data.train_idx], pos[data.val_idx]
+    lines = None if data.table.lines is None else np.asarray(data.table.lines)[keep]
+    table = LandmarksTable([data.names[i] for i in keep], np.asarray(data.table.points[keep]), [], lines)
+    return TrainData(data.data_dir, data.image_dir, table, tr[tr >= 0], va[va >= 0], data.split,
+                     data.flip_perm(), data.flip_unmatched())
+
+
 def stage_key(params: dict, stage: str) -> str:
     """The fingerprint of ``stage_params`` (``data_dir`` left out: the data's content counts, through
     ``TrainData.data_key``, not where it lies), so only a change in the scopes a stage reads changes its key."""
@@ -507,6 +524,7 @@ def build(params: dict, data: TrainData, run, stage: str, init_checkpoint=None, 
     """Build a stage's model, crop cache, loader, optimizer and scheduler from ``stage_recipe`` and the runtime
     parameters (device, threads, workers, channels-last)."""
     dist = dist or Context(device=select_device(params["device"]))
+    data = stage_data(params, data, stage)
     recipe, runtime = stage_recipe(params, stage), scoped(params, "runtime")
     if recipe["head"] == "softargmax" and not recipe["normalize_targets"]:
         raise ValueError("head 'softargmax' predicts normalised crop coordinates: set normalize_targets true")
@@ -707,6 +725,7 @@ def finished_result(params: dict, data: TrainData, run, stage: str, sample_weigh
     Raises:
         StageChanged: a finished stage with other keys and not ``retrain``.
     """
+    data = stage_data(params, data, stage)
     best = run.checkpoint(stage, "best")
     if not os.path.exists(best) or os.path.exists(run.checkpoint(stage, "last")):
         return None

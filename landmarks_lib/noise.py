@@ -75,7 +75,7 @@ def sample_weights(errors, flags, action: str) -> np.ndarray:
     raise ValueError(f"noise_action must be keep, drop or downweight, got {action!r}")
 
 
-def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128):
+def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16):
     """A model's predictions on training images from their cached crops (no augmentation, no TTA).
 
     Args:
@@ -91,11 +91,12 @@ def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu
     return predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
 
 
-def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 128,
+def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16,
                     chunk: int = POINT_CHUNK, progress: bool = False) -> np.ndarray:
     """Per-image NME (percent) of a model against the training labels (``training_predictions``), ``chunk`` images
     at a time (a multiple of ``predict_cache``'s 1,024-image blocks, so the predictions are those of one pass):
-    memory stays at one block of predictions at any dataset size.
+    memory stays at one block of predictions at any dataset size. ``batch_size`` 16, the ``Predictor``'s micro-batch:
+    MobileNetV2 at crop 112 ran at 290 images/s on 2 cores at 16 against 206 at 128 (its activations stay in cache).
 
     Returns:
         ``float64 [n]`` NME per image, percent, in ``indices`` order.

@@ -93,6 +93,10 @@ _SPEC = [
                                                "(a multiple of 16)", low=16, high=1024,
        check="localizer_size"),
     _p("localizer_epochs", 16, "localizer", "epochs of the localizer stage (crop_mode 'face' only)", low=0),
+    _p("localizer_max_images", 0, "localizer", "the localizer stage trains and validates on a seeded sample of at "
+                                               "most this many images, each on its side of the split (0 = all): one "
+                                               "face box per image needs far fewer than 971 points, and its "
+                                               "letterbox cache costs crop_size^2 x 3 bytes per image", low=0),
     _p("localizer_batch_size", 32, "localizer", "images per optimisation step of the localizer", low=1),
     _p("localizer_lr", 1e-3, "localizer", "learning rate of the localizer stage", low=0.0),
     _p("localizer_warmup_epochs", 0.5, "localizer", "linear warm-up of the localizer's learning rate, in epochs",

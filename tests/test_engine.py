@@ -13,6 +13,7 @@ import torch
 
 from landmarks_lib import engine, params as P, predict, synthetic, workflow
 from landmarks_lib.io import read_test_points
+from landmarks_lib.run import RunFolder
 
 TINY = dict(backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, localizer_crop_size=32,
             epochs=2, localizer_epochs=1, finetune_epochs=0, batch_size=8, localizer_batch_size=8, threads=1,
@@ -350,3 +351,23 @@ def test_train_data_points_are_continuous_labels_plus_half(tmp_path):
     pts = data.points([1, 4])
     assert pts.dtype == np.float32
     np.testing.assert_array_equal(pts, data.table.points[[1, 4]].astype(np.float32) + 0.5)
+
+
+def test_localizer_max_images_trains_the_localizer_on_a_seeded_sample(tiny_data, tmp_path):
+    p = _params(tiny_data, tmp_path / "run", tmp_path / "c", crop_mode="face", localizer_max_images=12)
+    data = engine.load_train_data(p, progress=False)
+    sub = engine.stage_data(p, data, "localizer")
+    assert len(sub.names) == 12 and set(sub.names) <= set(data.names)
+    assert sub.names == engine.stage_data(p, data, "localizer").names  # seeded
+    train_names = {data.names[i] for i in data.train_idx}
+    assert {sub.names[i] for i in sub.train_idx} == set(sub.names) & train_names  # each row keeps its side
+    assert len(sub.train_idx) + len(sub.val_idx) == 12 and len(sub.val_idx) > 0
+    np.testing.assert_array_equal(sub.table.points[3], data.table.points[data.names.index(sub.names[3])])
+    np.testing.assert_array_equal(sub.flip_perm(), data.flip_perm())
+    assert engine.stage_data(p, data, "train") is data
+    assert engine.stage_data(dict(p, localizer_max_images=0), data, "localizer") is data
+    run = RunFolder(str(tmp_path / "run")).create("tests")
+    st = engine.build(p, data, run, "localizer", progress=False)
+    assert len(st.cache) == 12 and st.cache.names == sub.names
+    res = engine.fit(p, data, run, "localizer", progress=False)
+    assert engine.finished_result(p, data, run, "localizer")["best"] == res["best"]

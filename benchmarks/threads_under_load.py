@@ -1,0 +1,107 @@
+"""How the training step degrades on a shared CPU, per OpenMP spin setting, side by side.
+
+``python benchmarks/threads_under_load.py [--spins unset,1000,300,0] [--series 4] [--rounds 2] [--batches 12]
+[--json]``
+
+For each setting (``unset``: libgomp's default; a number: ``GOMP_SPINCOUNT``; ``0`` is what
+``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of ``params/cpu.yaml`` (its backbone, crop,
+batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``) and times ``engine.train_step`` on random
+tensors ``--rounds`` times alone and ``--rounds`` times while a busy-loop process holds one core; the settings run
+in ``--series`` alternating series (the order reversed every other series). Reports per setting the medians of
+``alone_img_s``, ``loaded_img_s`` and ``ratio`` (loaded / alone, per round). ``landmarks_lib`` sets
+``GOMP_SPINCOUNT=1000`` on import when neither variable is set; here every process gets its setting explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from report import emit  # noqa: E402
+
+CHILD = r"""
+import json, subprocess, sys, time
+sys.path.insert(0, REPO)
+import landmarks_lib  # noqa: F401  (before torch, as the notebooks and CLIs import it)
+import torch
+from landmarks_lib import engine, models, params as P
+p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False})
+engine.apply_threads(p)
+size, b, k = int(p["crop_size"]), int(p["batch_size"]), 971
+torch.manual_seed(0)
+model = models.build_model(p["backbone"], k, pretrained=False, head=p["head"], crop_size=size,
+                           dropout=p["dropout"]).train()
+if p["channels_last"]:
+    model = model.to(memory_format=torch.channels_last)
+opt = engine.make_optimizer(p, model, p["lr"])
+sched, per_step = engine.make_scheduler(p, opt, p["lr"], 1, 10000)
+x = torch.randn(b, 3, size, size)
+if p["channels_last"]:
+    x = x.contiguous(memory_format=torch.channels_last)
+target, w = torch.rand(b, k, 2) * size, torch.ones(b)
+def rate(n):
+    t = time.perf_counter()
+    for _ in range(n):
+        engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size)
+    return n * b / (time.perf_counter() - t)
+rate(3)
+out = {"alone": [], "loaded": [], "threads": torch.get_num_threads()}
+for _ in range(ROUNDS):
+    out["alone"].append(rate(BATCHES))
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        out["loaded"].append(rate(BATCHES))
+    finally:
+        hog.kill()
+        hog.wait()
+print(json.dumps(out))
+"""
+
+
+def measure(spin: str, rounds: int, batches: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    # "unset": libgomp's own default; landmarks_lib would set 1000, so a value it leaves alone is passed instead
+    env["GOMP_SPINCOUNT"] = "300000" if spin == "unset" else spin
+    code = CHILD.replace("REPO", repr(REPO)).replace("ROUNDS", str(rounds)).replace("BATCHES", str(batches))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spins", default="unset,1000,300,0")
+    ap.add_argument("--series", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    spins = [s.strip() for s in a.spins.split(",") if s.strip()]
+    got = {s: {"alone": [], "loaded": [], "ratio": []} for s in spins}
+    threads = None
+    for series in range(a.series):
+        for s in (spins if series % 2 == 0 else spins[::-1]):
+            r = measure(s, a.rounds, a.batches)
+            threads = r["threads"]
+            got[s]["alone"] += r["alone"]
+            got[s]["loaded"] += r["loaded"]
+            got[s]["ratio"] += [lo / al for al, lo in zip(r["alone"], r["loaded"])]
+            print(f"series {series + 1}/{a.series} GOMP_SPINCOUNT={s}: alone {statistics.median(r['alone']):.1f}, "
+                  f"loaded {statistics.median(r['loaded']):.1f} img/s", file=sys.stderr, flush=True)
+    out = {s: {"alone_img_s": round(statistics.median(v["alone"]), 1),
+               "loaded_img_s": round(statistics.median(v["loaded"]), 1),
+               "ratio": round(statistics.median(v["ratio"]), 3)} for s, v in got.items()}
+    out["conditions"] = {"torch_threads": threads, "cpu_count": os.cpu_count(), "series": a.series,
+                         "rounds": a.rounds, "batches": a.batches, "loadavg_1min": os.getloadavg()[0]}
+    return emit(out, a.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
