@@ -8,8 +8,8 @@ For each setting (``unset``: libgomp's default; a number: ``GOMP_SPINCOUNT``; ``
 batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``) and times ``engine.train_step`` on random
 tensors ``--rounds`` times alone and ``--rounds`` times while a busy-loop process holds one core; the settings run
 in ``--series`` alternating series (the order reversed every other series). Reports per setting the medians of
-``alone_img_s``, ``loaded_img_s`` and ``ratio`` (loaded / alone, per round). ``landmarks_lib`` sets
-``GOMP_SPINCOUNT=1000`` on import when neither variable is set; here every process gets its setting explicitly.
+``alone_img_s``, ``loaded_img_s`` and ``ratio`` (loaded / alone, per round); every process gets its setting
+explicitly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from report import emit  # noqa: E402
 CHILD = r"""
 import json, subprocess, sys, time
 sys.path.insert(0, REPO)
-import landmarks_lib  # noqa: F401  (before torch, as the notebooks and CLIs import it)
 import torch
 from landmarks_lib import engine, models, params as P
 p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False})
@@ -68,8 +67,8 @@ print(json.dumps(out))
 
 def measure(spin: str, rounds: int, batches: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    # "unset": libgomp's own default; landmarks_lib would set 1000, so a value it leaves alone is passed instead
-    env["GOMP_SPINCOUNT"] = "300000" if spin == "unset" else spin
+    if spin != "unset":  # "unset": libgomp's own default (300,000 spins)
+        env["GOMP_SPINCOUNT"] = spin
     code = CHILD.replace("REPO", repr(REPO)).replace("ROUNDS", str(rounds)).replace("BATCHES", str(batches))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from landmarks_lib.run import RunFolder  # noqa: E402  (first: it sets GOMP_SPINCOUNT before torch loads)
+from landmarks_lib.run import RunFolder  # noqa: E402
 import torch  # noqa: E402
 from report import emit  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402

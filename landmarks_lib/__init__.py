@@ -17,19 +17,7 @@ affine maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``,
 ``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline`` (ARCHITECTURE.md maps them).
 """
 
-import os as _os
-
 __version__ = "0.1.0"
-
-#: How long torch's idle CPU threads spin before they sleep: ``GOMP_SPINCOUNT`` of GNU OpenMP, the runtime of torch's
-#: Linux wheels, whose default (300,000 spins, with no ``OMP_WAIT_POLICY``) makes each thread of a parallel op wait
-#: busily for its partner: when another process holds a core, a 2-thread training step ran at 0.29x its unloaded
-#: speed. At 1,000 spins it ran at 0.49x loaded and 0.96x unloaded; at 0 (``OMP_WAIT_POLICY=PASSIVE``) 0.70x loaded
-#: but 0.75x unloaded (README, "CPU threads under load"). Set when this package is imported before torch and neither
-#: variable is set (your own value wins); the spin count changes no result, only how threads wait.
-OMP_SPINCOUNT = "1000"
-if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ["GOMP_SPINCOUNT"] = OMP_SPINCOUNT
 
 
 def __getattr__(name):

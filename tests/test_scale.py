@@ -158,20 +158,6 @@ def test_cache_from_a_points_view_equals_the_array(tmp_path):
     np.testing.assert_array_equal(a.frames, b.frames)
 
 
-def test_package_sets_the_openmp_spin_count_unless_the_user_did():
-    import os
-    import subprocess
-    import sys
-    code = "import os, landmarks_lib; print(os.environ.get('GOMP_SPINCOUNT'))"
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1000"
-    for var, value in (("GOMP_SPINCOUNT", "5"), ("OMP_WAIT_POLICY", "PASSIVE")):
-        out = subprocess.run([sys.executable, "-c", code], env={**env, var: value}, capture_output=True, text=True,
-                             check=True)
-        assert out.stdout.strip() == ("5" if var == "GOMP_SPINCOUNT" else "None")
-
-
 def _scale_module():
     import importlib.util
     import os
