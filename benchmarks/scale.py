@@ -160,11 +160,10 @@ def stage_command(stage: str, args, work: str, resume: bool) -> list:
 
 
 def fastest_backend() -> str:
-    try:
-        import onnxruntime  # noqa: F401
-    except Exception:  # noqa: BLE001  (not installed or broken: torch)
-        return "torch"
-    return "onnx"
+    """``onnx`` where onnxruntime imports (``inference.default_backends``), else ``torch``."""
+    from inference import default_backends
+
+    return "onnx" if "onnx" in default_backends().split(",") else "torch"
 
 
 def training_rows(work: str) -> dict:

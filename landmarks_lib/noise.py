@@ -104,14 +104,12 @@ def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", ba
     from tqdm.auto import tqdm
 
     ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    dev = select_device(str(device))
-    model = checkpoint_mod.network(ck, dev)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
     out = np.zeros(len(idx), np.float64)
     with tqdm(total=len(idx), desc="scoring training labels", disable=not progress, mininterval=2.0) as bar:
         for s in range(0, len(idx), chunk):
             part = idx[s:s + chunk]
-            pred = predict_cache(model, ck["meta"], crop_cache, part, dev, batch_size)
+            pred = training_predictions(ck, data, crop_cache, part, device, batch_size)
             out[s:s + len(part)] = metrics.per_image_nme(pred, data.points(part))
             bar.update(len(part))
     return out

@@ -48,7 +48,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .images import ImageError, load_image, size_problem
-from .io import RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks, read_test_points
+from .io import POINT_CHUNK, RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks, read_test_points
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -447,7 +447,6 @@ def _image_findings(jobs, probes, add) -> pd.DataFrame:
     return pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
 
 
-POINT_CHUNK = 8192  # images per block of the points check: about 130 MB of float64 points for 971 points each
 
 
 def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHUNK) -> None:
