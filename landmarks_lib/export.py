@@ -5,7 +5,8 @@
   (same shape, ``float32`` torch tensor on the input's device) out. The part's network is exported to ONNX in memory
   (``torch.onnx.export``, the TorchScript exporter: about a second for a MobileNetV2; the ``torch.export``-based one,
   which needs ``onnxscript``, only if that fails) and run by an ``onnxruntime.InferenceSession``. ``part`` may also
-  name a ready ``.onnx`` file (an export folder's), then no torch weights are needed.
+  name a ready ``.onnx`` file (an export folder's), then no torch weights are needed. The session and the export
+  folder's reader live in ``runtime`` (no torch), re-exported here.
 - ``export(model, out_dir)``: writes ``face.onnx``, ``localizer.onnx`` (when the model has a localizer) and
   ``model.json`` (format ``thousand-landmarks-onnx/1``: each part's ``meta``, the inference settings, the source
   model's path), atomically file by file, ``model.json`` last. ``read_export(out_dir)`` turns a folder back into a
@@ -32,25 +33,17 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .files import atomic_open, atomic_write_json, read_json
+from .files import atomic_open, atomic_write_json
+from .runtime import (EXPORT_FORMAT, INSTALL, MODEL_JSON, PARTS, OnnxNetwork, is_export, onnx_file_network,  # noqa: F401
+                      ort, read_export)
 
-FORMAT = "thousand-landmarks-onnx/1"
+FORMAT = EXPORT_FORMAT
 OPSET = 17
-PARTS = ("localizer", "face")
-MODEL_JSON = "model.json"
-INSTALL = "pip install onnx onnxruntime (the versions pinned in pyproject.toml)"
+_ort = ort
 
 
 class ExportError(ValueError):
     """An output folder that must not be written, or a folder that is not an export of this format."""
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise RuntimeError(f"the onnx backend needs onnxruntime, which is not installed: {INSTALL}") from e
-    return onnxruntime
 
 
 def to_onnx(net: torch.nn.Module, crop_size: int) -> bytes:
@@ -90,43 +83,6 @@ def to_onnx(net: torch.nn.Module, crop_size: int) -> bytes:
     return buf.getvalue()
 
 
-class OnnxNetwork:
-    """An ONNX model run by onnxruntime, called like an eval-mode torch module (see ``onnx_network``).
-
-    The session uses ``torch.get_num_threads()`` intra-op threads (one inter-op thread); when torch's thread count
-    changes, the next call rebuilds the session with the new count, so thread limits always agree with torch's.
-
-    Attributes:
-        model: the serialised ONNX model (``bytes``).
-        providers: the onnxruntime execution providers, in order of preference.
-    """
-
-    def __init__(self, model: bytes, providers: list):
-        self.model, self.providers = model, list(providers)
-        self._session, self._threads = None, None
-
-    def session(self):
-        """The ``onnxruntime.InferenceSession``, built for torch's current thread count."""
-        threads = torch.get_num_threads()
-        if self._session is None or threads != self._threads:
-            ort = _ort()
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            so.log_severity_level = 3
-            self._session = ort.InferenceSession(self.model, so, providers=self.providers)
-            self._threads = threads
-        return self._session
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``float32 [N, 3, S, S]`` -> the network's ``float32`` output, on ``x``'s device."""
-        a = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        y = self.session().run(["output"], {"image": a})[0]
-        return torch.from_numpy(np.asarray(y, np.float32)).to(x.device)
-
-    def eval(self) -> "OnnxNetwork":
-        return self
-
-
 def onnx_network(part, device="cpu") -> OnnxNetwork:
     """An onnxruntime network that behaves like ``checkpoint.network(part, device)`` at inference.
 
@@ -137,27 +93,18 @@ def onnx_network(part, device="cpu") -> OnnxNetwork:
         device: where outputs are expected (``torch.device`` or name); on ``cuda`` with onnxruntime's CUDA provider
             available it runs there (CPU provider as fallback), otherwise on the CPU.
     Returns:
-        ``OnnxNetwork``: ``float32 [N, 3, S, S]`` torch tensor -> ``float32`` torch tensor of the network's output
-        (``[N, K, 2]`` target units for the landmark regressors), on the input's device.
+        ``runtime.OnnxNetwork``: ``float32 [N, 3, S, S]`` torch tensor -> ``float32`` torch tensor of the network's
+        output (``[N, K, 2]`` target units for the landmark regressors), on the input's device; a numpy array in
+        gives a numpy array out.
     Raises:
         RuntimeError: onnx / onnxruntime not installed (the message says what to install), export failed.
         FileNotFoundError: a named ONNX file that does not exist.
     """
-    ort = _ort()
+    ort()  # onnxruntime first: its message says what to install
     src = part.get("onnx") if isinstance(part, dict) else part
     if src is None:
-        model = to_onnx(checkpoint.network(part, "cpu"), part["meta"]["crop_size"])
-    elif isinstance(src, (bytes, bytearray)):
-        model = bytes(src)
-    else:
-        if not os.path.exists(src):
-            raise FileNotFoundError(f"{src}: ONNX file is missing")
-        with open(src, "rb") as f:
-            model = f.read()
-    providers = ["CPUExecutionProvider"]
-    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return OnnxNetwork(model, providers)
+        src = to_onnx(checkpoint.network(part, "cpu"), part["meta"]["crop_size"])
+    return onnx_file_network(src, "cuda" if torch.device(device).type == "cuda" else "cpu")
 
 
 def _plain(v):
@@ -180,11 +127,6 @@ def _plain(v):
 
 
 _SKIP = object()
-
-
-def is_export(path) -> bool:
-    """Whether ``path`` is a folder holding ``model.json`` (an export folder)."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MODEL_JSON))
 
 
 def export(model_path_or_run_dir, out_dir) -> dict:
@@ -236,34 +178,6 @@ def export(model_path_or_run_dir, out_dir) -> dict:
         if parts[name] is None and os.path.exists(stale):
             os.remove(stale)
     return doc
-
-
-def read_export(path) -> dict:
-    """A model dict (as ``checkpoint.load_model`` returns, with ``state_dict`` None and ``onnx`` the part's file)
-    from an export folder, for ``predictor.Predictor(..., backend="onnx")``.
-
-    Raises:
-        FileNotFoundError: no ``model.json``, or a part's ONNX file is missing.
-        checkpoint.CheckpointError: ``model.json`` of another format.
-    """
-    path = os.fspath(path)
-    doc = read_json(os.path.join(path, MODEL_JSON))
-    if doc is None:
-        raise FileNotFoundError(f"{os.path.join(path, MODEL_JSON)}: not an export folder (no {MODEL_JSON})")
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        fmt = doc.get("format") if isinstance(doc, dict) else None
-        raise checkpoint.CheckpointError(f"{path}: not a {FORMAT} export (format {fmt!r})")
-    model = {"kind": "model", "format": FORMAT, "inference": doc["inference"], "val_mse": doc.get("val_mse"),
-             "source": doc.get("source")}
-    for name in PARTS:
-        p = doc["parts"].get(name)
-        if p is not None:
-            f = os.path.join(path, p["file"])
-            if not os.path.exists(f):
-                raise FileNotFoundError(f"{f}: ONNX file of the export is missing")
-            p = {"meta": p["meta"], "state_dict": None, "onnx": f}
-        model[name] = p
-    return model
 
 
 def build_parser() -> argparse.ArgumentParser:

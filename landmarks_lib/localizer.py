@@ -30,13 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import augment, geometry
+from .runtime import HEAD, MIN_SCORE, RELATIVE_SCORE, STRIDE, choose  # noqa: F401  (torch-free; re-exported)
 
-STRIDE = 16
-HEAD = "facebox"
 CHANNELS = 4  # heatmap logit, x offset, y offset, log(extent / S)
 PRIOR = 0.1  # the heatmap's initial probability (CenterNet's bias init)
-MIN_SCORE = 0.1  # a local maximum below this is not a face (unless it is the image's best)
-RELATIVE_SCORE = 0.5  # ``choose`` considers the detections scoring at least this share of the best one
 REFRAME = 0.8  # share of training samples re-framed (the rest keep their letterbox framing)
 SECOND_FACE = 0.3  # share of re-framed samples with a second face pasted in
 ASPECT = (0.4, 2.5)  # frame width / height
@@ -171,26 +168,6 @@ class FaceBoxCodec:
         ext = torch.exp(at[:, 2]) * self.size
         boxes = torch.stack([cx, cy, ext], -1).double().cpu().numpy()
         return boxes, score.double().cpu().numpy()
-
-
-def choose(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The face the contest's labels mark in each image: the largest among the detections scoring at least
-    ``RELATIVE_SCORE`` of the best (and ``MIN_SCORE``); the best one when none passes. One detection is chosen; two
-    faces are never averaged. (The labelled face is the dominant one; a pasted or background face often scores as
-    high or higher, so the score alone is not the rule: on the stand-in's robustness set the highest score picked
-    the wrong face in 38 of 480 images, the largest confident one in none.)
-
-    Args:
-        boxes: ``float [B, T, 3]``; scores: ``float [B, T]`` (``FaceBoxCodec.decode``).
-    Returns:
-        ``(box float64 [B, 3], score float64 [B], faces int64 [B]`` the number of detections that passed).
-    """
-    best = scores.max(axis=1, keepdims=True)
-    ok = (scores >= np.maximum(RELATIVE_SCORE * best, MIN_SCORE))
-    size = np.where(ok, boxes[..., 2], -np.inf)
-    pick = np.where(ok.any(axis=1), size.argmax(axis=1), scores.argmax(axis=1))
-    r = np.arange(len(boxes))
-    return boxes[r, pick].astype(np.float64), scores[r, pick].astype(np.float64), ok.sum(1)
 
 
 def sample_frame(rng: np.random.Generator, cx: float, cy: float, extent: float, whole_pixels: bool = False):

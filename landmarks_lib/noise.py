@@ -75,41 +75,61 @@ def sample_weights(errors, flags, action: str) -> np.ndarray:
     raise ValueError(f"noise_action must be keep, drop or downweight, got {action!r}")
 
 
-def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16):
+def scoring_network(checkpoint, device="cpu", backend: str = "torch"):
+    """``(network, meta)`` of a stage checkpoint (path or loaded) for ``training_predictions``: the torch module, or
+    with ``backend="onnx"`` the onnxruntime network (``export.onnx_network``, exported in memory once).
+
+    Raises:
+        ValueError: another ``backend``; RuntimeError: ``"onnx"`` without onnxruntime installed.
+    """
+    ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if backend == "onnx":
+        from .export import onnx_network
+
+        return onnx_network(ck, "cpu"), ck["meta"]
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    return checkpoint_mod.network(ck, select_device(str(device))), ck["meta"]
+
+
+def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16,
+                         backend: str = "torch", network=None):
     """A model's predictions on training images from their cached crops (no augmentation, no TTA).
 
     Args:
         checkpoint: path or loaded checkpoint whose geometry matches ``crop_cache`` (``engine.stage_cache``).
         data: ``engine.TrainData``. indices: positions (default all).
+        backend: ``"torch"`` or ``"onnx"`` (``scoring_network``; the points agree within 2e-3 px).
+        network: ``scoring_network``'s pair, built once by a caller that predicts in blocks.
     Returns:
         ``float64 [n, K, 2]`` original pixels, in ``indices`` order.
     """
-    ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    dev = select_device(str(device))
-    model = checkpoint_mod.network(ck, dev)
+    net, meta = network or scoring_network(checkpoint, device, backend)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
-    return predict_cache(model, ck["meta"], crop_cache, idx, dev, batch_size)
+    return predict_cache(net, meta, crop_cache, idx, select_device(str(device)), batch_size)
 
 
 def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16,
-                    chunk: int = POINT_CHUNK, progress: bool = False) -> np.ndarray:
+                    chunk: int = POINT_CHUNK, progress: bool = False, backend: str = "torch") -> np.ndarray:
     """Per-image NME (percent) of a model against the training labels (``training_predictions``), ``chunk`` images
     at a time (a multiple of ``predict_cache``'s 1,024-image blocks, so the predictions are those of one pass):
     memory stays at one block of predictions at any dataset size. ``batch_size`` 16, the ``Predictor``'s micro-batch:
-    MobileNetV2 at crop 112 ran at 290 images/s on 2 cores at 16 against 206 at 128 (its activations stay in cache).
+    MobileNetV2 at crop 112 ran at 290 images/s on 2 cores at 16 against 206 at 128 with torch (its activations stay
+    in cache); ``backend="onnx"`` (onnxruntime) ran 1.65x torch's images/s on 2 cores (``benchmarks/throughput.py``:
+    ``ratio_infer_onnx_torch``).
 
     Returns:
         ``float64 [n]`` NME per image, percent, in ``indices`` order.
     """
     from tqdm.auto import tqdm
 
-    ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    network = scoring_network(checkpoint, device, backend)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)
     out = np.zeros(len(idx), np.float64)
     with tqdm(total=len(idx), desc="scoring training labels", disable=not progress, mininterval=2.0) as bar:
         for s in range(0, len(idx), chunk):
             part = idx[s:s + chunk]
-            pred = training_predictions(ck, data, crop_cache, part, device, batch_size)
+            pred = training_predictions(None, data, crop_cache, part, device, batch_size, network=network)
             out[s:s + len(part)] = metrics.per_image_nme(pred, data.points(part))
             bar.update(len(part))
     return out

@@ -167,6 +167,10 @@ _SPEC = [
     _p("cache_dir", "", "runtime", "folder of preprocessed caches; empty = $LANDMARKS_CACHE or "
                                    "~/.cache/thousand-landmarks"),
     _p("device", "auto", "runtime", "auto, cpu, cuda, cuda:N or mps", check="device"),
+    _p("inference_backend", "auto", "runtime", "networks at evaluation, noise finding and test prediction: torch, onnx "
+                                               "(onnxruntime) or auto (onnx on the CPU when onnxruntime is "
+                                               "installed, else torch); the points agree within 2e-3 px",
+       choices=("auto", "torch", "onnx")),
     _p("num_workers", -1, "runtime", "DataLoader workers (-1 = chosen for the device)", low=-1),
     _p("threads", 1, "runtime", "torch CPU threads (0 = all cores; 1 degrades least on a shared CPU)", low=0),
     _p("amp", True, "runtime", "bf16 autocast on CUDA (ignored on CPU)"),

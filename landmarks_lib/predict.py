@@ -12,11 +12,12 @@ The steps themselves (crops in memory, fixed micro-batches, ensembles) are ``pre
 on cached crops.
 
 ``python -m landmarks_lib.predict --checkpoint RUN_DIR_OR_MODEL [...] --images DIR --out FILE.csv
-[--inference accurate|fast] [--backend torch|onnx] [--device D] [--batch-size N] [--draw DIR]`` writes all points
-of every image of a folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals) and ``FILE.faces.csv``
-(face box and confidence per image); the default inference is the one stored with the model. ``--backend onnx``
-runs the networks through onnxruntime (``export.onnx_network``); ``--checkpoint`` may then also be an export folder
-(``python -m landmarks_lib.export``).
+[--inference accurate|fast] [--backend auto|torch|onnx] [--device D] [--batch-size N] [--draw DIR]`` writes all
+points of every image of a folder in ``landmarks.csv`` layout (tab-separated, labels, 2 decimals) and
+``FILE.faces.csv`` (face box and confidence per image); the default inference is the one stored with the model.
+``--backend onnx`` runs the networks through onnxruntime (``runtime``: numpy around the networks); ``--checkpoint``
+may then also be an export folder (``python -m landmarks_lib.export``), and a process predicting from export folders
+never imports torch. ``auto`` (the default) is onnx on the CPU when onnxruntime is installed, else torch.
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from . import checkpoint, geometry, models
+from . import checkpoint, geometry
 from .params import parse_scales  # noqa: F401  (re-exported: predict.parse_scales)
-from .data import network_input
+from .runtime import OnnxNetwork
+from .runtime import predict_crops as runtime_predict_crops
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto") -> "torch.device":
     """``auto`` -> CUDA if available, else MPS if available, else CPU; or the named device.
 
     Raises:
         RuntimeError: a named accelerator that is not available.
     """
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -56,7 +59,6 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
-@torch.no_grad()
 def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_flip: bool = False,
                   amp: bool = False) -> np.ndarray:
     """Predict on ready crops.
@@ -70,6 +72,11 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
     Returns:
         ``float32 [N, K, 2]`` crop pixels.
     """
+    import torch
+
+    from . import models
+    from .data import network_input
+
     size = int(meta["crop_size"])
     if tta_flip and meta.get("flip_perm") is None:
         raise ValueError("tta_flip needs a checkpoint with a mirror permutation (trained with flip estimation)")
@@ -77,24 +84,27 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
     unmatched = torch.as_tensor(meta.get("flip_unmatched") or [], dtype=torch.long) if tta_flip else None
     out = np.zeros((len(crops), int(meta["num_points"]), 2), np.float32)
     use_amp = amp and torch.device(device).type == "cuda"
-    for s in range(0, len(crops), batch_size):
-        x = network_input(crops[s: s + batch_size], meta["input_mean"], meta["input_std"], torch.device(device))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            y = models.to_crop_pixels(model(x).float(), size, meta["normalize_targets"])
-            if tta_flip:
-                yf = models.to_crop_pixels(model(torch.flip(x, dims=[3])).float(), size, meta["normalize_targets"])
-                yf[..., 0] = size - yf[..., 0]
-                yf = yf[:, perm.to(yf.device)]
-                if unmatched is not None:  # no mirror partner: the flipped pass knows nothing about them
-                    yf[:, unmatched.to(yf.device)] = y[:, unmatched.to(yf.device)]
-                y = (y + yf) / 2
-        out[s: s + len(x)] = y.float().cpu().numpy()
+    with torch.no_grad():
+        for s in range(0, len(crops), batch_size):
+            x = network_input(crops[s: s + batch_size], meta["input_mean"], meta["input_std"], torch.device(device))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                y = models.to_crop_pixels(model(x).float(), size, meta["normalize_targets"])
+                if tta_flip:
+                    yf = models.to_crop_pixels(model(torch.flip(x, dims=[3])).float(), size,
+                                               meta["normalize_targets"])
+                    yf[..., 0] = size - yf[..., 0]
+                    yf = yf[:, perm.to(yf.device)]
+                    if unmatched is not None:  # no mirror partner: the flipped pass knows nothing about them
+                        yf[:, unmatched.to(yf.device)] = y[:, unmatched.to(yf.device)]
+                    y = (y + yf) / 2
+            out[s: s + len(x)] = y.float().cpu().numpy()
     return out
 
 
 def predict_cache(model, meta, crop_cache, indices=None, device="cpu", batch_size: int = 128,
                   tta_flip: bool = False, amp: bool = False) -> np.ndarray:
-    """Predict the images of a ``cache.CropCache`` (crops sliced from its border) and map to original pixels.
+    """Predict the images of a ``cache.CropCache`` (crops sliced from its border) and map to original pixels;
+    ``model`` a torch module or a ``runtime.OnnxNetwork``.
 
     Returns:
         ``float64 [n, K, 2]`` original pixels for ``indices`` (default all), in that order.
@@ -106,7 +116,10 @@ def predict_cache(model, meta, crop_cache, indices=None, device="cpu", batch_siz
         sel = np.sort(idx[b: b + 1024])
         order = np.argsort(np.argsort(idx[b: b + 1024]))
         crops = crop_cache.images[sel, p: p + s, p: p + s]
-        pred = predict_crops(model, meta, crops, device, batch_size, tta_flip, amp)
+        if isinstance(model, OnnxNetwork):  # onnxruntime: numpy around the network (runtime.predict_crops)
+            pred = runtime_predict_crops(model, meta, crops, batch_size, tta_flip)
+        else:
+            pred = predict_crops(model, meta, crops, device, batch_size, tta_flip, amp)
         out.append(geometry.frames_to_original(pred, crop_cache.frames[sel])[order])
     if not out:
         return np.zeros((0, int(meta["num_points"]), 2))
@@ -195,41 +208,74 @@ def list_images(image_dir) -> list:
     return sorted(n for n in os.listdir(image_dir) if n.lower().endswith(IMAGE_EXTENSIONS))
 
 
+class PointsWriter:
+    """Rows of ``landmarks.csv`` layout written as they come (``write_points_csv`` for a whole array at once): labels
+    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``), tab-separated, 2 decimals, an empty field for NaN; each row
+    formatted by one ``%`` template (the text pandas' ``to_csv(float_format="%.2f")`` writes, about 10x faster).
+
+    Args:
+        f: a text file open for writing (``newline=""``). num_points: ``K``; the header is written at once.
+    """
+
+    def __init__(self, f, num_points: int):
+        self.f, self.k = f, int(num_points)
+        self.row = "\t".join(["%s"] + ["%.2f"] * (2 * self.k)) + "\n"
+        f.write("\t".join(["file_name"] + [f"Point_{i}_{a}" for i in range(self.k) for a in "XY"]) + "\n")
+
+    def write(self, names, points) -> None:
+        """Rows of ``names`` and their ``[n, K, 2]`` continuous original-pixel points."""
+        from .io import points_to_labels
+
+        flat = np.asarray(points_to_labels(np.asarray(points).reshape(-1, self.k, 2)), np.float64)
+        for name, v in zip(names, flat.reshape(len(flat), -1)):
+            if np.isfinite(v).all():
+                self.f.write(self.row % (name, *v.tolist()))
+            else:
+                self.f.write("\t".join([str(name)] + ["" if not np.isfinite(x) else "%.2f" % x for x in v]) + "\n")
+
+
+class FacesWriter:
+    """Rows of ``file_name, x0, y0, x1, y1, confidence[, faces]`` written as they come (``write_faces_csv``):
+    comma-separated, 3 decimals, an empty field for NaN, names quoted where CSV needs it (the text pandas'
+    ``to_csv(float_format="%.3f")`` writes, without importing pandas).
+
+    Args:
+        f: a text file open for writing (``newline=""``). with_faces: also the ``faces`` column.
+    """
+
+    def __init__(self, f, with_faces: bool = True):
+        import csv
+
+        self.w, self.with_faces = csv.writer(f, lineterminator="\n"), bool(with_faces)
+        self.w.writerow(["file_name", "x0", "y0", "x1", "y1", "confidence"] + (["faces"] if with_faces else []))
+
+    def write(self, names, boxes, confidence, faces=None) -> None:
+        """Rows of ``names``: ``boxes [n, 4]`` original pixels (continuous convention), ``confidence [n]``,
+        ``faces [n]`` (the number of faces the localizer found; needed with ``with_faces``)."""
+        b = np.asarray(boxes, np.float64).reshape(-1, 4)
+        cols = [b[:, 0], b[:, 1], b[:, 2], b[:, 3], np.round(np.asarray(confidence, np.float64), 3)]
+        extra = [np.asarray(faces, np.int64).tolist()] if self.with_faces else []
+        for i, name in enumerate(names):
+            self.w.writerow([name] + ["" if np.isnan(c[i]) else "%.3f" % c[i] for c in cols] + [e[i] for e in extra])
+
+
 def write_points_csv(path, names, points) -> None:
     """Write ``[N, K, 2]`` continuous original-pixel points as labels in ``landmarks.csv`` layout and convention
-    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``; tab-separated, 2 decimals, an empty field for NaN),
-    atomically. Rows are formatted by one ``%`` template each (the text pandas' ``to_csv(float_format="%.2f")``
-    writes, about 10x faster)."""
+    (``PointsWriter``), atomically."""
     from .files import atomic_open
-    from .io import points_to_labels
 
-    pts = points_to_labels(points)
-    k = pts.shape[1]
-    flat = np.asarray(pts, np.float64).reshape(len(pts), -1)
-    row = "\t".join(["%s"] + ["%.2f"] * (2 * k)) + "\n"
+    points = np.asarray(points)
     with atomic_open(path, "w", newline="") as f:
-        f.write("\t".join(["file_name"] + [f"Point_{i}_{a}" for i in range(k) for a in "XY"]) + "\n")
-        for name, v in zip(names, flat):
-            if np.isfinite(v).all():
-                f.write(row % (name, *v.tolist()))
-            else:
-                f.write("\t".join([str(name)] + ["" if not np.isfinite(x) else "%.2f" % x for x in v]) + "\n")
+        PointsWriter(f, points.shape[1]).write(names, points)
 
 
 def write_faces_csv(path, names, boxes, confidence, faces=None) -> None:
     """Write ``file_name, x0, y0, x1, y1, confidence[, faces]`` per image (the final face crop, original pixels in
-    the continuous convention; the number of faces the localizer found), comma-separated, 3 decimals, atomically."""
-    import pandas as pd
-
+    the continuous convention; the number of faces the localizer found; ``FacesWriter``), atomically."""
     from .files import atomic_open
 
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    df = pd.DataFrame({"file_name": list(names), "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3],
-                       "confidence": np.round(np.asarray(confidence, np.float64), 3)})
-    if faces is not None:
-        df["faces"] = np.asarray(faces, np.int64)
     with atomic_open(path, "w", newline="") as f:
-        df.to_csv(f, index=False, float_format="%.3f")
+        FacesWriter(f, faces is not None).write(names, boxes, confidence, faces)
 
 
 def _draw(draw_dir, path, points) -> None:
@@ -245,6 +291,20 @@ def _draw(draw_dir, path, points) -> None:
         Image.fromarray(out).save(f, format="PNG")
 
 
+def _auto_backend(checkpoints, device: str) -> str:
+    """The CLI's ``--backend auto``: torch without onnxruntime; onnx for export folders alone (they hold no torch
+    weights); else onnx when the device (``select_device``) is the CPU, torch on an accelerator."""
+    from . import runtime
+
+    try:
+        runtime.ort()
+    except RuntimeError:
+        return "torch"
+    if all(runtime.is_export(c) for c in checkpoints):
+        return "onnx"
+    return "onnx" if select_device(device).type == "cpu" else "torch"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.predict",
                                  description="Predict all landmarks of every image in a folder (original pixels).",
@@ -257,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output CSV (landmarks.csv layout, tab-separated)")
     ap.add_argument("--inference", choices=("accurate", "fast"), default="accurate",
                     help="accurate: the model's own validated settings (default); fast: one pass each, no TTA")
-    ap.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                    help="torch (default) or onnx: the networks run by onnxruntime (exported in memory)")
+    ap.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                    help="torch, onnx (the networks run by onnxruntime; a run folder's are exported in memory) or "
+                         "auto (default: onnx on the CPU when onnxruntime is installed, else torch)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=256, help="images read and predicted at a time")
     ap.add_argument("--draw", metavar="DIR", help="also write each image with its points drawn into DIR")
@@ -267,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """The predict CLI: one line on stderr per unreadable image (its row is left out; exit 1), one line for a
-    usage error (exit 2), no tracebacks for either."""
+    usage error (exit 2), no tracebacks for either. Rows are written as they are predicted (memory stays at one
+    ``--batch-size`` of points), into temporary files renamed over ``--out`` and its ``.faces.csv`` at the end."""
+    from .files import atomic_open
     from .predictor import Predictor
 
     a = build_parser().parse_args(argv)
@@ -279,35 +342,34 @@ def main(argv=None) -> int:
         print(f"error: no images in {a.images}", file=sys.stderr)
         return 2
     try:
-        pr = Predictor.load(a.checkpoint, a.device, backend=a.backend, inference=a.inference)
+        backend = a.backend if a.backend != "auto" else _auto_backend(a.checkpoint, a.device)
+        pr = Predictor.load(a.checkpoint, a.device, backend=backend, inference=a.inference)
     except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ok, pts, boxes, conf, faces = [], [], [], [], []
+    ok = 0
     try:
         paths = [os.path.join(a.images, n) for n in names]
-        for start, res in zip(range(0, len(names), a.batch_size), pr.predict_iter(paths, a.batch_size)):
-            for j, n in enumerate(names[start: start + a.batch_size]):
-                if j in res.errors:
+        faces_path = os.path.splitext(a.out)[0] + ".faces.csv"
+        with atomic_open(a.out, "w", newline="") as f, atomic_open(faces_path, "w", newline="") as g:
+            points_out, faces_out = PointsWriter(f, pr.num_points), FacesWriter(g)
+            for start, res in zip(range(0, len(names), a.batch_size), pr.predict_iter(paths, a.batch_size)):
+                for j in sorted(res.errors):
                     print(f"error: {res.errors[j]}", file=sys.stderr)
-                    continue
-                ok.append(n)
-                pts.append(res.points[j])
-                boxes.append(res.boxes[j])
-                conf.append(res.confidence[j])
-                faces.append(res.faces[j])
+                good = [j for j in range(len(res)) if j not in res.errors]
+                got = [names[start + j] for j in good]
+                points_out.write(got, res.points[good])
+                faces_out.write(got, res.boxes[good], res.confidence[good], res.faces[good])
+                ok += len(good)
                 if a.draw:
-                    _draw(a.draw, os.path.join(a.images, n), res.points[j])
-        k = pr.num_points
-        write_points_csv(a.out, ok, np.asarray(pts).reshape(-1, k, 2))
-        write_faces_csv(os.path.splitext(a.out)[0] + ".faces.csv", ok, np.asarray(boxes), np.asarray(conf),
-                        np.asarray(faces))
+                    for j, n in zip(good, got):
+                        _draw(a.draw, os.path.join(a.images, n), res.points[j])
     except (OSError, ValueError) as e:  # a full disk, an unwritable output: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {len(ok)} rows x {pr.num_points} points to {a.out}"
-          + (f"; {len(names) - len(ok)} unreadable image(s) left out" if len(ok) < len(names) else ""))
-    return 0 if len(ok) == len(names) else 1
+    print(f"wrote {ok} rows x {pr.num_points} points to {a.out}"
+          + (f"; {len(names) - ok} unreadable image(s) left out" if ok < len(names) else ""))
+    return 0 if ok == len(names) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ a confidence per image) and ``predict_iter`` streams a large folder chunk by chu
 pass runs on a fixed micro-batch (padded), so a result does not depend on the batch size or on the other images of
 a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
 
-Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``localizer.choose``
+Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``runtime.choose``
 picks one; its box, scaled by the face model's ``face_scale``, is the first face crop, and each refinement re-places
 the crop around the predicted points. (A model with the older landmark-regression localizer is placed by that
 model's points.)
@@ -16,23 +16,25 @@ Inference settings: ``"accurate"`` is the model's own (flip TTA, refinements, sc
 one localizer pass and one face pass, no TTA. The pipeline's evaluation and test prediction, the notebooks and the
 predict CLI all use this class (``predict.predict_images`` wraps it).
 
-Backends: ``"torch"`` runs the torch networks; ``"onnx"`` runs each network through onnxruntime
-(``export.onnx_network``: exported to ONNX in memory at construction, about a second per network), and
-``Predictor.load`` then also accepts an export folder (``export.export``: ``model.json`` + ``.onnx`` files, no torch
-weights needed). Everything around the networks (crops, TTA, mapping to pixels) is the same code for both.
+Backends: ``"torch"`` runs the torch networks; ``"onnx"`` runs each network through onnxruntime, with the input
+normalisation, flip TTA and face-box decoding in numpy (``runtime``, the same values as the torch functions within
+2e-3 px). A torch checkpoint is exported to ONNX in memory at construction (``export.onnx_network``, about a second
+per network); ``Predictor.load`` also accepts an export folder (``export.export``: ``model.json`` + ``.onnx`` files,
+no torch weights needed), and a process predicting from one never imports torch. The crops and the mapping to
+original pixels are the same code for both.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from . import checkpoint, geometry, localizer
+from . import checkpoint, geometry, runtime
 from .images import ImageError, load_image
-from .predict import Inference, predict_crops, select_device
+from .predict import Inference
 
 FAST = {"tta_flip": False, "refine_steps": 0, "tta_scales": "1.0"}
 BACKENDS = ("torch", "onnx")
@@ -51,8 +53,8 @@ class Prediction:
             final points agree with the box that placed their crop, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the
             RMS difference of the two boxes' centre and extent over the extent (0 for an unreadable image).
         errors: ``{index: message}`` for images that could not be read.
-        faces: ``int32 [N]`` faces the localizer found (scores of at least ``localizer.MIN_SCORE`` and half the
-            best; the prediction is for one of them, ``localizer.choose``); 1 for crop modes without a face-box
+        faces: ``int32 [N]`` faces the localizer found (scores of at least ``runtime.MIN_SCORE`` and half the
+            best; the prediction is for one of them, ``runtime.choose``); 1 for crop modes without a face-box
             localizer, 0 for an unreadable image.
     """
 
@@ -77,7 +79,8 @@ class Predictor:
 
     Args:
         models: one or more model dicts (``checkpoint.load_model``); an ensemble averages points in original pixels.
-        device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU).
+        device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU; with ``backend="onnx"`` and
+            torch not imported, onnxruntime's CUDA provider when it has one, else the CPU: ``runtime.onnx_device``).
         settings: ``predict.Inference``; default the first model's stored settings.
         micro_batch: images per network pass (the last pass of a chunk is padded to it).
         backend: ``"torch"`` (``checkpoint.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
@@ -91,10 +94,26 @@ class Predictor:
                  backend: str = "torch"):
         _check_backend(backend)
         self.models = list(models) if isinstance(models, (list, tuple)) else [models]
-        self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.settings = settings or Inference.from_settings(self.models[0]["inference"])
         self.micro_batch = int(micro_batch)
         self.backend = backend
+        onnx_only = backend == "onnx" and all(m[p] is None or m[p].get("onnx") is not None
+                                              for m in self.models for p in ("localizer", "face"))
+        if onnx_only:  # export folders alone: torch is not imported for them
+            if isinstance(device, str) and "torch" in sys.modules:
+                from .predict import select_device
+
+                device = select_device(device)
+            self.device = runtime.onnx_device(device) if isinstance(device, str) else device
+            where = getattr(self.device, "type", str(self.device))
+            self._nets = [{part: None if m.get(part) is None else runtime.onnx_file_network(m[part]["onnx"], where)
+                           for part in ("localizer", "face")} for m in self.models]
+            return
+        import torch
+
+        from .predict import select_device
+
+        self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         if backend == "onnx":
             from .export import onnx_network as build
         else:
@@ -115,17 +134,15 @@ class Predictor:
             ValueError: another ``backend`` or ``inference``.
             RuntimeError: ``"onnx"`` without onnx / onnxruntime installed.
         """
-        from . import export
-
         _check_backend(backend)
         if inference not in ("accurate", "fast"):
             raise ValueError(f"inference must be 'accurate' or 'fast', got {inference!r}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         models = []
         for p in paths:
-            if export.is_export(p) and backend != "onnx":
+            if runtime.is_export(p) and backend != "onnx":
                 raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
-            models.append(export.read_export(p) if export.is_export(p) else checkpoint.load_model(p))
+            models.append(runtime.read_export(p) if runtime.is_export(p) else checkpoint.load_model(p))
         stored = FAST if inference == "fast" else models[0]["inference"]
         return cls(models, device, Inference.from_settings(stored), micro_batch, backend)
 
@@ -151,16 +168,26 @@ class Predictor:
         """``float64 [n, K, 2]`` original pixels: ``net`` on the crops of ``frames`` (``float64 [n, 4]``), run in
         padded micro-batches."""
         crops = self._crops(images, frames, int(meta["crop_size"]))
-        pred = predict_crops(net, meta, crops, self.device, self.micro_batch,
-                             tta and meta.get("flip_perm") is not None, self.settings.amp)[:len(images)]
-        return geometry.frames_to_original(pred, frames)
+        tta = tta and meta.get("flip_perm") is not None
+        if self.backend == "onnx":
+            pred = runtime.predict_crops(net, meta, crops, self.micro_batch, tta)
+        else:
+            from .predict import predict_crops
+
+            pred = predict_crops(net, meta, crops, self.device, self.micro_batch, tta, self.settings.amp)
+        return geometry.frames_to_original(pred[:len(images)], frames)
 
     def _locate(self, net, lm, images, tta_flip: bool = False):
         """A ``facebox`` localizer on the letterboxed images: ``(boxes float64 [n, 3]`` original pixels,
-        ``scores float64 [n]``, ``faces int64 [n]``); see ``localizer.choose``."""
+        ``scores float64 [n]``, ``faces int64 [n]``); see ``runtime.choose``."""
         n, lframes = len(images), self._letterbox_frames(images, int(lm["crop_size"]))
         crops = self._crops(images, lframes, int(lm["crop_size"]))
-        boxes, scores, faces = localizer.detect_crops(net, lm, crops, self.device, self.micro_batch, tta_flip)
+        if self.backend == "onnx":
+            boxes, scores, faces = runtime.detect_crops(net, lm, crops, self.micro_batch, tta_flip)
+        else:
+            from .localizer import detect_crops
+
+            boxes, scores, faces = detect_crops(net, lm, crops, self.device, self.micro_batch, tta_flip)
         return geometry.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
 
     def _one_model(self, nets, model, images):
@@ -177,7 +204,7 @@ class Predictor:
             raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
         lm = model["localizer"]["meta"]
         scores = faces = None
-        if lm.get("head") == localizer.HEAD:
+        if lm.get("head") == runtime.HEAD:
             place, scores, faces = self._locate(nets["localizer"], lm, images, s.tta_flip)
         else:  # a landmark-regression localizer: its points place the crop
             lframes = self._letterbox_frames(images, int(lm["crop_size"]))

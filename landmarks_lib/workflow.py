@@ -139,7 +139,8 @@ def find_noisy_labels(params: dict, data: engine.TrainData, stage_checkpoint, pr
         a table ``file_name, split, nme, flagged, weight`` (``weight`` by ``noise_action``), one row per image.
     """
     c = engine.stage_cache(engine.stage_recipe(params, "train"), data, params, progress)
-    err = noise.training_errors(stage_checkpoint, data, c, None, params["device"], progress=progress)
+    err = noise.training_errors(stage_checkpoint, data, c, None, params["device"], progress=progress,
+                                backend=inference_backend(params))
     tr = data.train_idx
     flags = np.zeros(len(err), bool)
     flags[tr] = noise.flag_outliers(err[tr], params["noise_threshold"], reference=err[data.val_idx])
@@ -253,6 +254,31 @@ def inference_settings(params: dict) -> Inference:
     return Inference.from_settings(scoped(params, "inference"), amp=params["amp"])
 
 
+def inference_backend(params: dict, device=None) -> str:
+    """The ``inference_backend`` parameter resolved: ``auto`` is ``"onnx"`` when the device (``select_device`` of
+    ``params["device"]`` unless given) is the CPU and onnxruntime imports, else ``"torch"``.
+
+    Raises:
+        RuntimeError: ``onnx`` named but onnxruntime is not installed (the message says what to install).
+    """
+    from . import runtime
+
+    choice = params["inference_backend"]
+    if choice == "onnx":
+        runtime.ort()
+        return "onnx"
+    if choice == "torch":
+        return "torch"
+    dev = select_device(params["device"]) if device is None else device
+    if getattr(dev, "type", str(dev)) != "cpu":
+        return "torch"
+    try:
+        runtime.ort()
+    except RuntimeError:
+        return "torch"
+    return "onnx"
+
+
 def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_flagged: bool = True,
                         progress: bool = True) -> tuple[np.ndarray, dict]:
     """End-to-end validation as on the test set: raw validation images -> (localizer -> face crop ->) model ->
@@ -267,7 +293,8 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
     if len(data.val_idx) == 0:
         return np.zeros((0, data.table.num_points, 2)), {"n_val": 0}
     images = ImageSet(data.image_dir, tuple(data.names[i] for i in data.val_idx), progress=progress)
-    pred = predict_images(models, images, select_device(params["device"]), inference_settings(params))
+    dev = select_device(params["device"])
+    pred = predict_images(models, images, dev, inference_settings(params), backend=inference_backend(params, dev))
     truth = data.points(data.val_idx)
     out = _val_metrics(metrics.summary(pred, truth))
     if exclude_flagged:
@@ -293,7 +320,8 @@ def evaluate_robustness(params: dict, data: engine.TrainData, models, max_images
     rset = robustness.RobustnessSet(data.image_dir, names, data.points(data.val_idx), max_images)
     if not len(rset):
         return {"n_robust": 0}, {}, rset
-    pr = Predictor(models, select_device(params["device"]), inference_settings(params))
+    dev = select_device(params["device"])
+    pr = Predictor(models, dev, inference_settings(params), backend=inference_backend(params, dev))
     m, per = robustness.evaluate(pr, rset, float(models[0]["face"]["meta"]["face_scale"]))
     if progress:
         print(f"robustness set: {m['n_robust']} re-framed validation images, MSE {m['robust_mse']:.2f} px^2, "
@@ -320,8 +348,9 @@ def predict_test(params: dict, data_dir, models, progress: bool = True, with_fac
     if params["max_test_images"]:
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
     images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), progress=progress)
-    out = predict_images(models, images, select_device(params["device"]), inference_settings(params),
-                         with_faces=with_faces)
+    dev = select_device(params["device"])
+    out = predict_images(models, images, dev, inference_settings(params), with_faces=with_faces,
+                         backend=inference_backend(params, dev))
     return (tp, *out) if with_faces else (tp, out)
 
 
@@ -373,7 +402,8 @@ def predict_training_images(params: dict, data: engine.TrainData, checkpoint, in
         ``float64 [n, K, 2]`` original pixels for ``indices`` (default all), in that order.
     """
     c = engine.stage_cache(engine.stage_recipe(params, "train"), data, params, progress=False)
-    return noise.training_predictions(checkpoint, data, c, indices, params["device"])
+    return noise.training_predictions(checkpoint, data, c, indices, params["device"],
+                                      backend=inference_backend(params))
 
 
 def image_loader(image_dir, names):

@@ -167,3 +167,22 @@ def test_bad_backend_and_missing_onnxruntime(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(RuntimeError, match="pip install onnx onnxruntime"):
         Predictor(model, "cpu", backend="onnx")
+
+
+def test_predicting_from_an_export_folder_never_imports_torch(setup, tmp_path):
+    """The deployment path (an export folder, the onnx backend) runs on numpy and onnxruntime alone: the predict CLI
+    in a fresh interpreter writes the same points as the torch backend and leaves torch unimported."""
+    path, _, image_dir, images = setup
+    folder, out = tmp_path / "exported", tmp_path / "pred.csv"
+    export.export(path, folder)
+    code = ("import sys\nfrom landmarks_lib import predict\n"
+            f"rc = predict.main(['--checkpoint', {str(folder)!r}, '--images', {image_dir!r}, '--out', {str(out)!r}, "
+            "'--backend', 'onnx', '--inference', sys.argv[1]])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nraise SystemExit(rc)\n")
+    for inference in ("accurate", "fast"):
+        r = subprocess.run([sys.executable, "-c", code, inference], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        want = Predictor.load(path, "cpu", inference=inference).predict(images).points
+        np.testing.assert_allclose(labels_to_points(read_landmarks(out).points), want, atol=0.006)
+    faces = (tmp_path / "pred.faces.csv").read_text().splitlines()
+    assert faces[0] == "file_name,x0,y0,x1,y1,confidence,faces" and len(faces) == len(images) + 1

@@ -183,6 +183,13 @@ def test_training_errors_find_a_corrupted_label(trained):
     err_bad = noise.training_errors(best, bad, c)
     assert err_bad[0] > err[0] + 100  # percent of the face size
     np.testing.assert_allclose(err_bad[1:], err[1:])
+    # through onnxruntime (the CPU default, inference_backend auto): the same points within 2e-3 px
+    idx = np.arange(min(12, len(data.names)))
+    want = noise.training_predictions(best, data, c, idx)
+    got = noise.training_predictions(best, data, c, idx, backend="onnx")
+    assert np.abs(got - want).max() <= 2e-3
+    np.testing.assert_allclose(noise.training_errors(best, data, c, idx, backend="onnx", chunk=5), err[idx],
+                               atol=1e-3)
 
 
 def test_scale_tta_averages_single_scale_passes(trained):
@@ -266,3 +273,21 @@ def test_onnx_backend_matches_torch_with_a_facebox_localizer(trained):
     a = Predictor([m], "cpu", settings, micro_batch=4).predict(paths)
     b = Predictor([m], "cpu", settings, micro_batch=4, backend="onnx").predict(paths)
     assert np.abs(a.points - b.points).max() <= 2e-3 and np.array_equal(a.faces, b.faces)
+
+
+def test_faces_csv_is_the_text_pandas_writes(tmp_path):
+    import pandas as pd
+
+    from landmarks_lib.predict import write_faces_csv
+
+    names = ["a.jpg", "with,comma.jpg", 'quote".png', "nan.jpg"]
+    boxes = np.array([[1.23456, -2.5, 10.0, 20.0005], [0, 0, 1, 1], [3.3, 4.4, 5.5, 6.6], [np.nan] * 4])
+    conf, faces = np.array([0.12345, 1.0, 0.0, 0.0]), np.array([1, 2, 0, 0])
+    for with_faces in (True, False):
+        path = tmp_path / f"f{with_faces}.csv"
+        write_faces_csv(path, names, boxes, conf, faces if with_faces else None)
+        df = pd.DataFrame({"file_name": names, "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2],
+                           "y1": boxes[:, 3], "confidence": np.round(conf, 3)})
+        if with_faces:
+            df["faces"] = faces
+        assert path.read_text() == df.to_csv(index=False, float_format="%.3f")
