@@ -1,9 +1,11 @@
 """How the training step degrades on a shared CPU, per OpenMP spin setting, side by side.
 
-``python benchmarks/threads_under_load.py [--spins unset,1000,300,0] [--series 4] [--rounds 2] [--batches 12]
+``python benchmarks/threads_under_load.py [--spins auto,unset,1000,300,0] [--series 4] [--rounds 2] [--batches 12]
 [--json]``
 
-For each setting (``unset``: libgomp's default; a number: ``GOMP_SPINCOUNT``; ``0`` is what
+For each setting (``auto``: the project's default, nothing set: ``landmarks_lib.cpuload`` chooses the wait policy by
+the load when torch is imported, so ``auto`` times alone a process started alone and loaded a process started while
+the busy loop already runs; ``unset``: libgomp's default; a number: ``GOMP_SPINCOUNT``; ``0`` is what
 ``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of ``params/cpu.yaml`` (its backbone, crop,
 batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``) and times ``engine.train_step`` on random
 tensors ``--rounds`` times alone and ``--rounds`` times while a busy-loop process holds one core; the settings run
@@ -20,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -27,10 +30,11 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from report import emit  # noqa: E402
 
 CHILD = r"""
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 sys.path.insert(0, REPO)
+import landmarks_lib  # before torch: its first import chooses OpenMP's wait policy (cpuload)
 import torch
-from landmarks_lib import engine, models, params as P
+from landmarks_lib import cpuload, engine, models, params as P
 p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False})
 engine.apply_threads(p)
 size, b, k = int(p["crop_size"]), int(p["batch_size"]), 971
@@ -51,9 +55,15 @@ def rate(n):
         engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size)
     return n * b / (time.perf_counter() - t)
 rate(3)
-out = {"alone": [], "loaded": [], "threads": torch.get_num_threads()}
+out = {"alone": [], "loaded": [], "threads": torch.get_num_threads(), "choice": cpuload.CHOICE,
+       "policy": os.environ.get("OMP_WAIT_POLICY")}
 for _ in range(ROUNDS):
+    if MODE == "loaded":  # the parent started the busy loop before this process
+        out["loaded"].append(rate(BATCHES))
+        continue
     out["alone"].append(rate(BATCHES))
+    if MODE == "alone":
+        continue
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
@@ -65,25 +75,47 @@ print(json.dumps(out))
 """
 
 
-def measure(spin: str, rounds: int, batches: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    if spin != "unset":  # "unset": libgomp's own default (300,000 spins)
-        env["GOMP_SPINCOUNT"] = spin
-    code = CHILD.replace("REPO", repr(REPO)).replace("ROUNDS", str(rounds)).replace("BATCHES", str(batches))
+def _child(env: dict, mode: str, rounds: int, batches: int) -> dict:
+    code = (CHILD.replace("REPO", repr(REPO)).replace("ROUNDS", str(rounds)).replace("BATCHES", str(batches))
+            .replace("MODE", repr(mode)))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def measure(spin: str, rounds: int, batches: int) -> dict:
+    """One setting: ``unset`` (libgomp's default, ``LANDMARKS_WAIT_POLICY=default``), a spin count, or ``auto``
+    (the project's default: nothing set, ``cpuload`` chooses at the first ``import torch``: alone in a process
+    started alone, loaded in a process started while the busy loop already runs)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
+                                                            "LANDMARKS_WAIT_POLICY")}
+    if spin == "auto":
+        alone = _child(env, "alone", rounds, batches)
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.5)
+            loaded = _child(env, "loaded", rounds, batches)
+        finally:
+            hog.kill()
+            hog.wait()
+        return {"alone": alone["alone"], "loaded": loaded["loaded"], "threads": alone["threads"],
+                "choice": {"alone": alone["choice"], "loaded": loaded["choice"]}}
+    if spin == "unset":
+        env["LANDMARKS_WAIT_POLICY"] = "default"
+    else:
+        env["GOMP_SPINCOUNT"] = spin
+    return _child(env, "both", rounds, batches)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spins", default="unset,1000,300,0")
+    ap.add_argument("--spins", default="auto,unset,1000,300,0")
     ap.add_argument("--series", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     spins = [s.strip() for s in a.spins.split(",") if s.strip()]
-    got = {s: {"alone": [], "loaded": [], "ratio": []} for s in spins}
+    got = {s: {"alone": [], "loaded": [], "ratio": [], "choice": None} for s in spins}
     threads = None
     for series in range(a.series):
         for s in (spins if series % 2 == 0 else spins[::-1]):
@@ -92,11 +124,12 @@ def main(argv=None) -> int:
             got[s]["alone"] += r["alone"]
             got[s]["loaded"] += r["loaded"]
             got[s]["ratio"] += [lo / al for al, lo in zip(r["alone"], r["loaded"])]
+            got[s]["choice"] = r.get("choice")
             print(f"series {series + 1}/{a.series} GOMP_SPINCOUNT={s}: alone {statistics.median(r['alone']):.1f}, "
                   f"loaded {statistics.median(r['loaded']):.1f} img/s", file=sys.stderr, flush=True)
     out = {s: {"alone_img_s": round(statistics.median(v["alone"]), 1),
                "loaded_img_s": round(statistics.median(v["loaded"]), 1),
-               "ratio": round(statistics.median(v["ratio"]), 3)} for s, v in got.items()}
+               "ratio": round(statistics.median(v["ratio"]), 3), "choice": v["choice"]} for s, v in got.items()}
     out["conditions"] = {"torch_threads": threads, "cpu_count": os.cpu_count(), "series": a.series,
                          "rounds": a.rounds, "batches": a.batches, "loadavg_1min": os.getloadavg()[0]}
     return emit(out, a.json)

@@ -10,14 +10,18 @@ pixel indices (label ``i`` is continuous ``i + 0.5``, ``io.LABEL_OFFSET``); ``io
 ``io.points_to_labels`` convert at that boundary, and nowhere else (the integer labels are stored as ``int16``).
 Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x``) are converted at the boundary.
 
-Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and
-affine maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training),
-``localizer`` (the face-box detector), ``predict`` and ``predictor`` (inference), ``export`` (ONNX), ``robustness``
-(the re-framed validation set), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
+Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and affine
+maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training), ``localizer`` (the
+face-box detector), ``predict`` and ``predictor`` (inference), ``export`` (ONNX) and ``runtime`` (its torch-free
+side), ``robustness`` (the re-framed validation set), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
 ``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline`` (ARCHITECTURE.md maps them).
 """
 
 __version__ = "0.1.0"
+
+from . import cpuload as _cpuload  # noqa: E402
+
+_cpuload.install()  # OpenMP's wait policy by the CPU's load, decided at the process's first ``import torch``
 
 
 def __getattr__(name):

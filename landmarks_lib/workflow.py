@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from . import checkpoint, engine, metrics, noise, robustness, synthetic
+from . import checkpoint, cpuload, engine, metrics, noise, robustness, synthetic
 from .engine import apply_threads  # noqa: F401  (re-exported for the notebooks and benchmarks)
 from .files import atomic_open, atomic_save_npy, atomic_write_json, file_identity, fingerprint, read_json
 from .io import read_test_points
@@ -117,7 +117,8 @@ def git_commit(path=None) -> str | None:
 
 
 def run_info(params: dict, data_dir) -> dict:
-    """What produced a run: commit, package versions, Python, platform, data fingerprint, device."""
+    """What produced a run: commit, package versions, Python, platform, data fingerprint, device and the OpenMP wait
+    policy chosen at the first ``import torch`` (``cpuload.CHOICE``)."""
     versions = {}
     for p in PACKAGES:
         try:
@@ -126,7 +127,8 @@ def run_info(params: dict, data_dir) -> dict:
             versions[p] = None
     return {"git_commit": git_commit(), "packages": versions, "python": platform.python_version(),
             "platform": platform.platform(), "data_dir": os.path.abspath(data_dir),
-            "data_fingerprint": data_fingerprint(data_dir), "device": str(select_device(params["device"]))}
+            "data_fingerprint": data_fingerprint(data_dir), "device": str(select_device(params["device"])),
+            "omp_wait_policy": dict(cpuload.CHOICE) or None}
 
 
 # ------------------------------------------------------------------------------------------------- finetune

@@ -109,12 +109,13 @@ def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_im
     assert r.returncode == 2 and "model.pt" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_results_do_not_depend_on_the_batch_or_its_other_images(trained):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_results_do_not_depend_on_the_batch_or_its_other_images(trained, backend):
     from landmarks_lib.predictor import Predictor
 
     p, data, model, run = trained
     paths = [os.path.join(data.image_dir, n) for n in data.names[:9]]
-    pr = Predictor.load(run.path, "cpu")
+    pr = Predictor.load(run.path, "cpu", backend=backend)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -127,7 +128,7 @@ def test_results_do_not_depend_on_the_batch_or_its_other_images(trained):
     assert np.array_equal(np.concatenate([o.points for o in ones]), whole.points)
     assert np.array_equal(sevens.points, whole.points[2:9]) and np.array_equal(mixed.points[::-1], whole.points)
     assert whole.points.dtype == np.float32 and whole.boxes.shape == (9, 4) and whole.confidence.shape == (9,)
-    fast = Predictor.load(run.path, "cpu", inference="fast")
+    fast = Predictor.load(run.path, "cpu", inference="fast", backend=backend)
     assert fast.settings.tta_flip is False and fast.settings.refine_steps == 0
     assert np.abs(fast.predict(paths).points - whole.points).mean() > 1e-3  # flip TTA changes the result
     arrays = pr.predict([data_image(data, n) for n in data.names[:2]])

@@ -228,7 +228,7 @@ def test_cache_keeps_no_copy_of_the_points(tmp_path):
         cache.CropPoints(view[:3], c.frames)
 
 
-def test_the_openmp_spin_count_changes_no_result():
+def test_the_openmp_spin_count_and_wait_policy_change_no_result():
     import hashlib
     import os
     import subprocess
@@ -243,6 +243,7 @@ def test_the_openmp_spin_count_changes_no_result():
             "print(hashlib.sha1(torch.cat([p.detach().flatten() for p in m.parameters()]).numpy().tobytes())"
             ".hexdigest())\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    digests = {subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": spin}, capture_output=True,
-                              text=True, check=True).stdout.strip() for spin in ("0", "1000", "300000")}
+    settings = [{"GOMP_SPINCOUNT": spin} for spin in ("0", "1000", "300000")] + [{"OMP_WAIT_POLICY": "PASSIVE"}]
+    digests = {subprocess.run([sys.executable, "-c", code], env={**env, **s}, capture_output=True, text=True,
+                              check=True).stdout.strip() for s in settings}
     assert len(digests) == 1 and len(next(iter(digests))) == 40
