@@ -14,7 +14,8 @@ Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decodin
 maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training), ``localizer`` (the
 face-box detector), ``predict`` and ``predictor`` (inference), ``export`` (ONNX) and ``runtime`` (its torch-free
 side), ``robustness`` (the re-framed validation set), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
-``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline`` (ARCHITECTURE.md maps them).
+``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline``, ``cpuload`` (ARCHITECTURE.md
+maps them).
 """
 
 __version__ = "0.1.0"

@@ -97,7 +97,7 @@ class Predictor:
         self.settings = settings or Inference.from_settings(self.models[0]["inference"])
         self.micro_batch = int(micro_batch)
         self.backend = backend
-        onnx_only = backend == "onnx" and all(m[p] is None or m[p].get("onnx") is not None
+        onnx_only = backend == "onnx" and all(m.get(p) is None or m[p].get("onnx") is not None
                                               for m in self.models for p in ("localizer", "face"))
         if onnx_only:  # export folders alone: torch is not imported for them
             if isinstance(device, str) and "torch" in sys.modules:
