@@ -5,7 +5,10 @@ Usage: ``python benchmarks/throughput.py [--data-dir DIR] [--json] [--quick]`` (
 Measures images/s of (a) a naive per-sample pipeline like the course baseline's (PIL decode + torchvision transforms
 in ``Dataset.__getitem__``, data side only), (b) our cached pipeline (memory-mapped crop cache, ``data.make_loader``,
 per-batch ``augment`` warp, data side only), (c) model training steps on random tensors, alone and while another
-process keeps a core busy (``train_step_img_s_loaded``, ``ratio_loaded_unloaded``), (d) full training steps
+process keeps a core busy: ``train_step_img_s_loaded`` / ``ratio_loaded_unloaded`` in a fresh process started while
+the busy loop runs (the defaults' wait policy, ``landmarks_lib.cpuload``, chosen then), and
+``train_step_img_s_loaded_after_start`` / ``ratio_loaded_after_start`` in this process, whose policy was chosen
+alone (a load that starts after the job), (d) full training steps
 through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``; on
 the CPU with onnxruntime installed also ``runtime.predict_crops`` through onnxruntime: ``infer_onnx_img_s``,
 ``ratio_infer_onnx_torch``), all
@@ -251,6 +254,23 @@ def run_infer_onnx(ctx, n_batches: int, round_: int = 0) -> float:
     return len(idx) / (time.perf_counter() - t)
 
 
+def started_under_load(rounds: int, batches: int) -> dict:
+    """(c) in a fresh process started while a busy loop already holds one core, with this project's defaults
+    (``landmarks_lib.cpuload`` chooses OpenMP's wait policy as torch loads): ``threads_under_load.py``'s child,
+    ``{"loaded": [img/s per round], "choice": the policy chosen}``."""
+    import threads_under_load
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
+                                                            "LANDMARKS_WAIT_POLICY")}
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        return threads_under_load._child(env, "loaded", rounds, batches)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -395,14 +415,19 @@ def main(argv=None) -> int:
     def ratio(num, den):
         return statistics.median([x / y for x, y in zip(results[num], results[den])])
 
+    started_loaded = started_under_load(rounds, 12) if device.type == "cpu" else None
     out = {"naive_img_s": med("naive"), "cached_img_s": med("cached"), "model_step_img_s": med("model_step"),
            "train_step_img_s": med("train_step"), "infer_img_s": med("infer"),
            "csv_parse_s": None, "csv_peak_mb": None,
            "ratio_cached_naive": ratio("cached", "naive"), "ratio_train_model": ratio("train_step", "model_step"),
            "cached_noaug_img_s": med("cached_noaug"), "ratio_cached_noaug_naive": ratio("cached_noaug", "naive"),
            "cached_load_img_s": med("cached_load"), "ratio_cached_load_naive": ratio("cached_load", "naive"),
-           "train_step_img_s_loaded": med("model_step_loaded"),
-           "ratio_loaded_unloaded": ratio("model_step_loaded", "model_step")}
+           "train_step_img_s_loaded_after_start": med("model_step_loaded"),
+           "ratio_loaded_after_start": ratio("model_step_loaded", "model_step")}
+    if started_loaded is not None:
+        out.update(train_step_img_s_loaded=statistics.median(started_loaded["loaded"]),
+                   ratio_loaded_unloaded=statistics.median(started_loaded["loaded"]) / med("model_step"),
+                   loaded_wait_policy=started_loaded["choice"])
     if "infer_onnx" in results:
         out.update(infer_onnx_img_s=med("infer_onnx"), ratio_infer_onnx_torch=ratio("infer_onnx", "infer"))
     if not a.no_csv:
