@@ -17,6 +17,7 @@ explicitly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -75,6 +76,31 @@ print(json.dumps(out))
 """
 
 
+@contextlib.contextmanager
+def busy_core(settle_s: float = 0.5):
+    """A pure-Python busy loop holding one core while the block runs (started ``settle_s`` before it)."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(settle_s)
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def default_env() -> dict:
+    """This environment without the OpenMP wait settings (``cpuload``'s choice then applies)."""
+    return {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
+                                                             "LANDMARKS_WAIT_POLICY")}
+
+
+def loaded_at_start(rounds: int, batches: int) -> dict:
+    """The child in ``loaded`` mode, started while ``busy_core`` runs, with the project's defaults:
+    ``{"loaded": [img/s per round], "choice": cpuload's choice, ...}``."""
+    with busy_core():
+        return _child(default_env(), "loaded", rounds, batches)
+
+
 def _child(env: dict, mode: str, rounds: int, batches: int) -> dict:
     code = (CHILD.replace("REPO", repr(REPO)).replace("ROUNDS", str(rounds)).replace("BATCHES", str(batches))
             .replace("MODE", repr(mode)))
@@ -86,17 +112,10 @@ def measure(spin: str, rounds: int, batches: int) -> dict:
     """One setting: ``unset`` (libgomp's default, ``LANDMARKS_WAIT_POLICY=default``), a spin count, or ``auto``
     (the project's default: nothing set, ``cpuload`` chooses at the first ``import torch``: alone in a process
     started alone, loaded in a process started while the busy loop already runs)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
-                                                            "LANDMARKS_WAIT_POLICY")}
+    env = default_env()
     if spin == "auto":
         alone = _child(env, "alone", rounds, batches)
-        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            time.sleep(0.5)
-            loaded = _child(env, "loaded", rounds, batches)
-        finally:
-            hog.kill()
-            hog.wait()
+        loaded = loaded_at_start(rounds, batches)
         return {"alone": alone["alone"], "loaded": loaded["loaded"], "threads": alone["threads"],
                 "choice": {"alone": alone["choice"], "loaded": loaded["choice"]}}
     if spin == "unset":

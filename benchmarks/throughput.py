@@ -42,7 +42,8 @@ from landmarks_lib.run import RunFolder  # noqa: E402
 import torch  # noqa: E402
 from report import emit  # noqa: E402
 from landmarks_lib import engine, models  # noqa: E402
-from landmarks_lib.workflow import inference_backend as engine_backend  # noqa: E402
+from landmarks_lib.workflow import inference_backend  # noqa: E402
+from threads_under_load import busy_core, loaded_at_start  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
 from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
 from landmarks_lib.predict import predict_crops, select_device  # noqa: E402
@@ -200,13 +201,8 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
 def run_model_step_loaded(ctx, n_batches: int, round_: int = 0) -> float:
     """``run_model_step`` while another process keeps one core busy (a pure-Python loop, as a second job or a
     notebook kernel would): how the training step degrades when the machine is shared."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
+    with busy_core(0.3):
         return run_model_step(ctx, n_batches, round_)
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 # ------------------------------------------------------------------------------------------------ (d) engine.fit
@@ -252,23 +248,6 @@ def run_infer_onnx(ctx, n_batches: int, round_: int = 0) -> float:
     t = time.perf_counter()
     runtime.predict_crops(ctx["onnx_model"], ctx["meta"], crops, batch_size=b, tta_flip=False)
     return len(idx) / (time.perf_counter() - t)
-
-
-def started_under_load(rounds: int, batches: int) -> dict:
-    """(c) in a fresh process started while a busy loop already holds one core, with this project's defaults
-    (``landmarks_lib.cpuload`` chooses OpenMP's wait policy as torch loads): ``threads_under_load.py``'s child,
-    ``{"loaded": [img/s per round], "choice": the policy chosen}``."""
-    import threads_under_load
-
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
-                                                            "LANDMARKS_WAIT_POLICY")}
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)
-        return threads_under_load._child(env, "loaded", rounds, batches)
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 def _sync(device) -> None:
@@ -393,7 +372,7 @@ def main(argv=None) -> int:
             "train_step": lambda r: run_train(ctx, model_batches, r),
             "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
     warms = [run_naive, run_cached, run_model_step, run_train, run_infer]
-    if device.type == "cpu" and engine_backend(params, device) == "onnx":
+    if device.type == "cpu" and inference_backend(params, device) == "onnx":
         from landmarks_lib.export import onnx_network
 
         ctx["onnx_model"] = onnx_network({"meta": meta, "state_dict": infer_model.state_dict()})
@@ -415,7 +394,9 @@ def main(argv=None) -> int:
     def ratio(num, den):
         return statistics.median([x / y for x, y in zip(results[num], results[den])])
 
-    started_loaded = started_under_load(rounds, 12) if device.type == "cpu" else None
+    # (c) in a fresh process started while a busy loop holds one core, with this project's defaults
+    # (landmarks_lib.cpuload chooses OpenMP's wait policy as torch loads)
+    started_loaded = loaded_at_start(rounds, 12) if device.type == "cpu" else None
     out = {"naive_img_s": med("naive"), "cached_img_s": med("cached"), "model_step_img_s": med("model_step"),
            "train_step_img_s": med("train_step"), "infer_img_s": med("infer"),
            "csv_parse_s": None, "csv_peak_mb": None,

@@ -39,7 +39,6 @@ from .runtime import (EXPORT_FORMAT, INSTALL, MODEL_JSON, PARTS, OnnxNetwork, is
 
 FORMAT = EXPORT_FORMAT
 OPSET = 17
-_ort = ort
 
 
 class ExportError(ValueError):

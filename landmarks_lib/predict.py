@@ -71,7 +71,12 @@ def predict_crops(model, meta: dict, crops, device, batch_size: int = 128, tta_f
         amp: bf16 autocast on CUDA.
     Returns:
         ``float32 [N, K, 2]`` crop pixels.
+
+    A ``runtime.OnnxNetwork`` ``model`` runs through ``runtime.predict_crops`` (numpy, no torch; the same points
+    within 2e-3 px).
     """
+    if isinstance(model, OnnxNetwork):
+        return runtime_predict_crops(model, meta, crops, batch_size, tta_flip)
     import torch
 
     from . import models
@@ -116,10 +121,7 @@ def predict_cache(model, meta, crop_cache, indices=None, device="cpu", batch_siz
         sel = np.sort(idx[b: b + 1024])
         order = np.argsort(np.argsort(idx[b: b + 1024]))
         crops = crop_cache.images[sel, p: p + s, p: p + s]
-        if isinstance(model, OnnxNetwork):  # onnxruntime: numpy around the network (runtime.predict_crops)
-            pred = runtime_predict_crops(model, meta, crops, batch_size, tta_flip)
-        else:
-            pred = predict_crops(model, meta, crops, device, batch_size, tta_flip, amp)
+        pred = predict_crops(model, meta, crops, device, batch_size, tta_flip, amp)
         out.append(geometry.frames_to_original(pred, crop_cache.frames[sel])[order])
     if not out:
         return np.zeros((0, int(meta["num_points"]), 2))
@@ -291,18 +293,16 @@ def _draw(draw_dir, path, points) -> None:
         Image.fromarray(out).save(f, format="PNG")
 
 
-def _auto_backend(checkpoints, device: str) -> str:
-    """The CLI's ``--backend auto``: torch without onnxruntime; onnx for export folders alone (they hold no torch
-    weights); else onnx when the device (``select_device``) is the CPU, torch on an accelerator."""
+def _backend(choice: str, checkpoints, device: str) -> str:
+    """The CLI's ``--backend`` resolved (``runtime.resolve_backend``): ``auto`` is onnx for export folders alone
+    (they hold no torch weights) when onnxruntime imports, else onnx on the CPU (``select_device``) and torch on an
+    accelerator."""
     from . import runtime
 
-    try:
-        runtime.ort()
-    except RuntimeError:
-        return "torch"
-    if all(runtime.is_export(c) for c in checkpoints):
-        return "onnx"
-    return "onnx" if select_device(device).type == "cpu" else "torch"
+    if choice != "auto":
+        return choice
+    exports = all(runtime.is_export(c) for c in checkpoints)
+    return runtime.resolve_backend("auto", "cpu" if exports else select_device(device).type)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
         print(f"error: no images in {a.images}", file=sys.stderr)
         return 2
     try:
-        backend = a.backend if a.backend != "auto" else _auto_backend(a.checkpoint, a.device)
+        backend = _backend(a.backend, a.checkpoint, a.device)
         pr = Predictor.load(a.checkpoint, a.device, backend=backend, inference=a.inference)
     except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import checkpoint, geometry, runtime
 from .images import ImageError, load_image
-from .predict import Inference
+from .predict import Inference, predict_crops
 
 FAST = {"tta_flip": False, "refine_steps": 0, "tta_scales": "1.0"}
 BACKENDS = ("torch", "onnx")
@@ -169,12 +169,7 @@ class Predictor:
         padded micro-batches."""
         crops = self._crops(images, frames, int(meta["crop_size"]))
         tta = tta and meta.get("flip_perm") is not None
-        if self.backend == "onnx":
-            pred = runtime.predict_crops(net, meta, crops, self.micro_batch, tta)
-        else:
-            from .predict import predict_crops
-
-            pred = predict_crops(net, meta, crops, self.device, self.micro_batch, tta, self.settings.amp)
+        pred = predict_crops(net, meta, crops, self.device, self.micro_batch, tta, self.settings.amp)
         return geometry.frames_to_original(pred[:len(images)], frames)
 
     def _locate(self, net, lm, images, tta_flip: bool = False):

@@ -123,6 +123,31 @@ def onnx_file_network(src, device: str = "cpu") -> OnnxNetwork:
     return OnnxNetwork(model, providers)
 
 
+def resolve_backend(choice: str, device_type: str | None = None) -> str:
+    """A backend choice resolved: ``"torch"``, ``"onnx"`` (onnxruntime must import), or ``"auto"``: onnx when the
+    device type is ``"cpu"`` and onnxruntime imports, else torch (the ``inference_backend`` parameter and the predict
+    CLI's ``--backend``).
+
+    Raises:
+        RuntimeError: ``"onnx"`` without onnxruntime installed (the message says what to install).
+        ValueError: another choice.
+    """
+    if choice == "torch":
+        return "torch"
+    if choice == "onnx":
+        ort()
+        return "onnx"
+    if choice != "auto":
+        raise ValueError(f"backend must be auto, torch or onnx, got {choice!r}")
+    if device_type != "cpu":
+        return "torch"
+    try:
+        ort()
+    except RuntimeError:
+        return "torch"
+    return "onnx"
+
+
 def onnx_device(name: str = "auto") -> str:
     """The onnx backend's device without torch: ``"cuda"`` for ``auto`` or ``cuda[:N]`` when onnxruntime has its
     CUDA provider, else ``"cpu"`` (``auto``); any other name as given.

@@ -48,7 +48,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .images import ImageError, load_image, size_problem
-from .io import POINT_CHUNK, RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks, read_test_points
+from .io import (POINT_CHUNK, RowProblem, labels_to_points, points_to_labels, read_groups, read_landmarks,
+                 read_test_points)
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -445,8 +446,6 @@ def _image_findings(jobs, probes, add) -> pd.DataFrame:
         if expected and fmt and fmt != expected and not (fmt == "MPO" and expected == "JPEG"):
             add("info", rel, line, "format_mismatch", f"stored as {fmt} despite the {ext} name (decoded by content)")
     return pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
-
-
 
 
 def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHUNK) -> None:

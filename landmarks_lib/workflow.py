@@ -266,19 +266,10 @@ def inference_backend(params: dict, device=None) -> str:
     from . import runtime
 
     choice = params["inference_backend"]
-    if choice == "onnx":
-        runtime.ort()
-        return "onnx"
-    if choice == "torch":
-        return "torch"
+    if choice != "auto":
+        return runtime.resolve_backend(choice)
     dev = select_device(params["device"]) if device is None else device
-    if getattr(dev, "type", str(dev)) != "cpu":
-        return "torch"
-    try:
-        runtime.ort()
-    except RuntimeError:
-        return "torch"
-    return "onnx"
+    return runtime.resolve_backend(choice, getattr(dev, "type", str(dev)))
 
 
 def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_flagged: bool = True,
