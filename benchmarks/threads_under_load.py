@@ -1,17 +1,18 @@
-"""How the training step degrades on a shared CPU, per OpenMP spin setting, side by side.
+"""How the training step degrades on a shared CPU, per OpenMP wait setting, side by side.
 
-``python benchmarks/threads_under_load.py [--spins auto,unset,1000,300,0] [--series 4] [--rounds 2] [--batches 12]
+``python benchmarks/threads_under_load.py [--spins auto,unset,1000,0] [--series 4] [--rounds 2] [--batches 12]
 [--json]``
 
-For each setting (``auto``: the project's default, nothing set: ``landmarks_lib.cpuload`` chooses the wait policy by
-the load when torch is imported, so ``auto`` times alone a process started alone and loaded a process started while
-the busy loop already runs; ``unset``: libgomp's default; a number: ``GOMP_SPINCOUNT``; ``0`` is what
-``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of ``params/cpu.yaml`` (its backbone, crop,
-batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``) and times ``engine.train_step`` on random
-tensors ``--rounds`` times alone and ``--rounds`` times while a busy-loop process holds one core; the settings run
-in ``--series`` alternating series (the order reversed every other series). Reports per setting the medians of
-``alone_img_s``, ``loaded_img_s`` and ``ratio`` (loaded / alone, per round); every process gets its setting
-explicitly.
+For each setting (``auto``: the project's default, nothing set: ``landmarks_lib.cpuload``'s watcher lets waiting
+threads sleep while other processes keep the CPU busy; ``unset``: libgomp's default, the watcher off; a number:
+``GOMP_SPINCOUNT``; ``0`` is what ``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of
+``params/cpu.yaml`` (its backbone, crop, batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``)
+and times ``engine.train_step`` on random tensors ``--rounds`` times alone and ``--rounds`` times while a busy-loop
+process, started after the job, holds one core (``loaded``); for ``auto`` a second process started while the busy
+loop already runs gives ``loaded_at_start``. The settings run in ``--series`` alternating series (the order
+reversed every other series). Reports per setting the medians of ``alone_img_s``, ``loaded_img_s`` and ``ratio``
+(loaded / alone, per round), and for ``auto`` ``loaded_at_start_img_s`` and ``ratio_at_start`` (over the median
+alone); every process gets its setting explicitly.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ from report import emit  # noqa: E402
 CHILD = r"""
 import json, os, subprocess, sys, time
 sys.path.insert(0, REPO)
-import landmarks_lib  # before torch: its first import chooses OpenMP's wait policy (cpuload)
 import torch
 from landmarks_lib import cpuload, engine, models, params as P
 p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False})
-engine.apply_threads(p)
+engine.apply_threads(p)  # starts cpuload's watcher (the default) unless the environment sets the wait
 size, b, k = int(p["crop_size"]), int(p["batch_size"]), 971
 torch.manual_seed(0)
 model = models.build_model(p["backbone"], k, pretrained=False, head=p["head"], crop_size=size,
@@ -56,8 +56,7 @@ def rate(n):
         engine.train_step(model, opt, sched if per_step else None, x, target, w, p, size)
     return n * b / (time.perf_counter() - t)
 rate(3)
-out = {"alone": [], "loaded": [], "threads": torch.get_num_threads(), "choice": cpuload.CHOICE,
-       "policy": os.environ.get("OMP_WAIT_POLICY")}
+out = {"alone": [], "loaded": [], "threads": torch.get_num_threads(), "policy": os.environ.get("OMP_WAIT_POLICY")}
 for _ in range(ROUNDS):
     if MODE == "loaded":  # the parent started the busy loop before this process
         out["loaded"].append(rate(BATCHES))
@@ -72,6 +71,8 @@ for _ in range(ROUNDS):
     finally:
         hog.kill()
         hog.wait()
+    time.sleep(1.5)  # the next alone round starts on a calm CPU (the watcher lets threads spin again after 1 s)
+out["choice"] = dict(cpuload.STATE)
 print(json.dumps(out))
 """
 
@@ -89,14 +90,14 @@ def busy_core(settle_s: float = 0.5):
 
 
 def default_env() -> dict:
-    """This environment without the OpenMP wait settings (``cpuload``'s choice then applies)."""
+    """This environment without the OpenMP wait settings (``cpuload``'s watcher then runs)."""
     return {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
                                                              "LANDMARKS_WAIT_POLICY")}
 
 
 def loaded_at_start(rounds: int, batches: int) -> dict:
     """The child in ``loaded`` mode, started while ``busy_core`` runs, with the project's defaults:
-    ``{"loaded": [img/s per round], "choice": cpuload's choice, ...}``."""
+    ``{"loaded": [img/s per round], "choice": cpuload.STATE at the end, ...}``."""
     with busy_core():
         return _child(default_env(), "loaded", rounds, batches)
 
@@ -110,14 +111,15 @@ def _child(env: dict, mode: str, rounds: int, batches: int) -> dict:
 
 def measure(spin: str, rounds: int, batches: int) -> dict:
     """One setting: ``unset`` (libgomp's default, ``LANDMARKS_WAIT_POLICY=default``), a spin count, or ``auto``
-    (the project's default: nothing set, ``cpuload`` chooses at the first ``import torch``: alone in a process
-    started alone, loaded in a process started while the busy loop already runs)."""
+    (the project's default: nothing set, ``cpuload``'s watcher runs; also timed in a process started while the
+    busy loop already runs, ``loaded_at_start``)."""
     env = default_env()
     if spin == "auto":
-        alone = _child(env, "alone", rounds, batches)
-        loaded = loaded_at_start(rounds, batches)
-        return {"alone": alone["alone"], "loaded": loaded["loaded"], "threads": alone["threads"],
-                "choice": {"alone": alone["choice"], "loaded": loaded["choice"]}}
+        out = _child(env, "both", rounds, batches)
+        at_start = loaded_at_start(rounds, batches)
+        out["loaded_at_start"] = at_start["loaded"]
+        out["choice"] = {"after_start": out["choice"], "at_start": at_start["choice"]}
+        return out
     if spin == "unset":
         env["LANDMARKS_WAIT_POLICY"] = "default"
     else:
@@ -127,14 +129,14 @@ def measure(spin: str, rounds: int, batches: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spins", default="auto,unset,1000,300,0")
+    ap.add_argument("--spins", default="auto,unset,1000,0")
     ap.add_argument("--series", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     spins = [s.strip() for s in a.spins.split(",") if s.strip()]
-    got = {s: {"alone": [], "loaded": [], "ratio": [], "choice": None} for s in spins}
+    got = {s: {"alone": [], "loaded": [], "ratio": [], "at_start": [], "choice": None} for s in spins}
     threads = None
     for series in range(a.series):
         for s in (spins if series % 2 == 0 else spins[::-1]):
@@ -143,12 +145,17 @@ def main(argv=None) -> int:
             got[s]["alone"] += r["alone"]
             got[s]["loaded"] += r["loaded"]
             got[s]["ratio"] += [lo / al for al, lo in zip(r["alone"], r["loaded"])]
+            got[s]["at_start"] += r.get("loaded_at_start", [])
             got[s]["choice"] = r.get("choice")
             print(f"series {series + 1}/{a.series} GOMP_SPINCOUNT={s}: alone {statistics.median(r['alone']):.1f}, "
                   f"loaded {statistics.median(r['loaded']):.1f} img/s", file=sys.stderr, flush=True)
     out = {s: {"alone_img_s": round(statistics.median(v["alone"]), 1),
                "loaded_img_s": round(statistics.median(v["loaded"]), 1),
                "ratio": round(statistics.median(v["ratio"]), 3), "choice": v["choice"]} for s, v in got.items()}
+    for s, v in got.items():
+        if v["at_start"]:
+            out[s].update(loaded_at_start_img_s=round(statistics.median(v["at_start"]), 1),
+                          ratio_at_start=round(statistics.median(v["at_start"]) / statistics.median(v["alone"]), 3))
     out["conditions"] = {"torch_threads": threads, "cpu_count": os.cpu_count(), "series": a.series,
                          "rounds": a.rounds, "batches": a.batches, "loadavg_1min": os.getloadavg()[0]}
     return emit(out, a.json)

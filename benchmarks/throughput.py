@@ -6,9 +6,9 @@ Measures images/s of (a) a naive per-sample pipeline like the course baseline's 
 in ``Dataset.__getitem__``, data side only), (b) our cached pipeline (memory-mapped crop cache, ``data.make_loader``,
 per-batch ``augment`` warp, data side only), (c) model training steps on random tensors, alone and while another
 process keeps a core busy: ``train_step_img_s_loaded`` / ``ratio_loaded_unloaded`` in a fresh process started while
-the busy loop runs (the defaults' wait policy, ``landmarks_lib.cpuload``, chosen then), and
-``train_step_img_s_loaded_after_start`` / ``ratio_loaded_after_start`` in this process, whose policy was chosen
-alone (a load that starts after the job), (d) full training steps
+the busy loop runs, and ``train_step_img_s_loaded_after_start`` / ``ratio_loaded_after_start`` in this process
+while a busy loop started after it runs (both with the defaults: ``landmarks_lib.cpuload``'s watcher lets OpenMP's
+waiting threads sleep while the CPU is busy), (d) full training steps
 through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``; on
 the CPU with onnxruntime installed also ``runtime.predict_crops`` through onnxruntime: ``infer_onnx_img_s``,
 ``ratio_infer_onnx_torch``), all
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from landmarks_lib.run import RunFolder  # noqa: E402
 import torch  # noqa: E402
 from report import emit  # noqa: E402
-from landmarks_lib import engine, models  # noqa: E402
+from landmarks_lib import cpuload, engine, models  # noqa: E402
 from landmarks_lib.workflow import inference_backend  # noqa: E402
 from threads_under_load import busy_core, loaded_at_start  # noqa: E402
 from landmarks_lib import params as P  # noqa: E402
@@ -202,7 +202,9 @@ def run_model_step_loaded(ctx, n_batches: int, round_: int = 0) -> float:
     """``run_model_step`` while another process keeps one core busy (a pure-Python loop, as a second job or a
     notebook kernel would): how the training step degrades when the machine is shared."""
     with busy_core(0.3):
-        return run_model_step(ctx, n_batches, round_)
+        rate = run_model_step(ctx, n_batches, round_)
+    time.sleep(1.5)  # the next measurement starts on a calm CPU (the watcher lets threads spin again after 1 s)
+    return rate
 
 
 # ------------------------------------------------------------------------------------------------ (d) engine.fit
@@ -340,8 +342,8 @@ def main(argv=None) -> int:
     params, profile = load_params(a.data_dir, bench_dir, a.params)
     threads = a.threads if a.threads is not None else params["threads"]
     if threads:
-        torch.set_num_threads(int(threads))
         params["threads"] = int(threads)
+    engine.apply_threads(params)  # as every stage does: the thread count and cpuload's watcher
     device = select_device(params["device"])
     load_before = os.getloadavg()
 
@@ -395,7 +397,7 @@ def main(argv=None) -> int:
         return statistics.median([x / y for x, y in zip(results[num], results[den])])
 
     # (c) in a fresh process started while a busy loop holds one core, with this project's defaults
-    # (landmarks_lib.cpuload chooses OpenMP's wait policy as torch loads)
+    # (landmarks_lib.cpuload's watcher lets OpenMP's waiting threads sleep while the CPU is busy)
     started_loaded = loaded_at_start(rounds, 12) if device.type == "cpu" else None
     out = {"naive_img_s": med("naive"), "cached_img_s": med("cached"), "model_step_img_s": med("model_step"),
            "train_step_img_s": med("train_step"), "infer_img_s": med("infer"),
@@ -423,6 +425,7 @@ def main(argv=None) -> int:
     out.update(cache_build_s=build_s, profile=profile, backbone=params["backbone"], crop_size=ctx["size"],
                crop_mode=params["crop_mode"], batch_size=ctx["batch"], device=str(device),
                torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+               wait_watcher=dict(cpuload.STATE),
                gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                rounds=rounds, data_batches=data_batches,
                model_batches=model_batches, all_img_s={k: [round(v, 1) for v in vs] for k, vs in results.items()},

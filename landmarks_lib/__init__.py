@@ -20,10 +20,6 @@ maps them).
 
 __version__ = "0.1.0"
 
-from . import cpuload as _cpuload  # noqa: E402
-
-_cpuload.install()  # OpenMP's wait policy by the CPU's load, decided at the process's first ``import torch``
-
 
 def __getattr__(name):
     """``landmarks_lib.Predictor`` without importing torch at package import."""

@@ -1,35 +1,47 @@
-"""OpenMP's wait policy, chosen by the CPU's load when torch is first imported.
+"""OpenMP's waiting, adapted to the CPU's load while the process runs.
 
 torch's CPU kernels run on GNU OpenMP (libgomp) threads, which spin while they wait for each other at the end of a
 parallel region (300,000 spins by default). On a CPU that another process keeps busy, a spinning thread burns the
 time slice its partner needs: a ``cpu.yaml`` training step (2 threads on 2 cores) ran at 0.30 of its speed while a
-busy loop held one core, and at 0.82 with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once), which in turn
-costs about 30 % when the machine is free (``benchmarks/threads_under_load.py``). libgomp reads the policy once,
-when it loads (at ``import torch``), so it is chosen then:
+busy loop held one core; with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) it keeps about half, but
+that policy costs about 30 % when the machine is free (``benchmarks/threads_under_load.py``). libgomp reads
+``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` once, when it loads, but it has a documented rule of its own that it
+applies at every wait: when it manages more threads than there are CPUs, a waiting thread spins only 100 times
+before it sleeps (the libgomp manual, ``GOMP_SPINCOUNT``). ``Watcher`` uses that rule:
 
-- when other processes keep at least ``BUSY_CORES`` cores busy over a ``SAMPLE_S`` sample of ``/proc/stat``,
-  ``OMP_WAIT_POLICY=PASSIVE``; otherwise libgomp's default;
-- a policy the user set (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment) is kept, and
-  ``LANDMARKS_WAIT_POLICY=default`` turns the choice off;
-- a load that begins after the process started is not seen (set ``OMP_WAIT_POLICY=PASSIVE`` or ``-p threads 1``
-  yourself on a machine that is shared all the time).
+- every ``SAMPLE_S`` it reads ``/proc/stat``; when other processes kept at least ``BUSY_CORES`` cores busy over
+  the sample, a helper thread opens an OpenMP team of its own (``Throttle``: its threads sleep, and only their
+  number counts), so libgomp manages one thread more than the CPUs and every waiting thread of the process sleeps
+  almost at once;
+- after ``CALM_SAMPLES`` samples in a row below ``BUSY_CORES`` the helper's team ends and libgomp's own spinning
+  comes back;
+- a policy the user set (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment) is kept (no watcher), and
+  ``LANDMARKS_WAIT_POLICY=default`` turns the watcher off; without libgomp (another OpenMP runtime), without
+  ``/proc/stat`` (not Linux) or with one torch thread (no team to wait in) there is nothing to do.
 
-The wait policy changes no result: the same weights under either policy (tested; only the thread count changes
-floating-point sums, and it is not touched). ``install()`` (called by ``landmarks_lib/__init__.py``) hooks the first
-``import torch`` of the process, so processes that never import torch (the onnx predict path) pay nothing; the
-sample costs ``SAMPLE_S`` once per process that does. ``CHOICE`` records what was decided (``workflow.run_info``
-writes it into ``run_info.json``).
+The wait changes no result: the thread count and so the split of every sum stay as they are (tested: the same
+weights with the helper's team on, off, or switched during training). ``engine.apply_threads`` (every stage's
+thread setting: training, prediction, noise finding, evaluation) starts the watcher once per process; ``STATE``
+says what it does and has done, and ``workflow.run_info`` records the policy in ``run_info.json``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-import sys
+import threading
 import time
 
-SAMPLE_S = 0.2
+SAMPLE_S = 0.5  # seconds per sample of /proc/stat
 BUSY_CORES = 0.5  # other processes' CPU use, in cores, from which waiting threads sleep
-CHOICE: dict = {}  # {"policy": "PASSIVE" | "default" | "user", "others_cores": float | None}
+CALM_SAMPLES = 2  # samples in a row below BUSY_CORES before libgomp spins again
+ENV_OFF = "LANDMARKS_WAIT_POLICY"
+
+# {"policy": "adaptive" | "user" | "default" | "unavailable", "reason": str | None, "threads": int,
+#  "sleeping": bool, "switches": int, "sleeping_s": float, "others_cores": float | None}
+STATE: dict = {}
+_LOCK = threading.Lock()
+_WATCHER = None
 
 
 def _cpu_times():
@@ -53,60 +65,210 @@ def _own_ticks() -> int:
         return 0
 
 
+class _Sampler:
+    """Other processes' CPU use since the previous ``take()``, in cores (this process's own use subtracted)."""
+
+    def __init__(self):
+        self.last = (_cpu_times(), _own_ticks())
+
+    def take(self) -> float | None:
+        a, own_a = self.last
+        b, own_b = _cpu_times(), _own_ticks()
+        self.last = (b, own_b)
+        if a is None or b is None or b[1] <= a[1]:
+            return None
+        busy = max(0, (b[0] - a[0]) - (own_b - own_a))
+        return busy / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
 def others_cores(sample_s: float = SAMPLE_S) -> float | None:
     """Cores kept busy by other processes over ``sample_s`` seconds (this process's own use subtracted), or None
     where ``/proc/stat`` cannot be read (not Linux)."""
-    a, own_a = _cpu_times(), _own_ticks()
-    if a is None:
+    s = _Sampler()
+    if s.last[0] is None:
         return None
     time.sleep(sample_s)
-    b, own_b = _cpu_times(), _own_ticks()
-    if b is None or b[1] <= a[1]:
+    return s.take()
+
+
+def libgomp():
+    """The GNU OpenMP library this process has loaded (torch's), as a ``ctypes.CDLL``, or None (not loaded yet,
+    another OpenMP runtime, or no ``/proc/self/maps``)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libgomp" in line and "/" in line}
+    except OSError:
         return None
-    busy = max(0, (b[0] - a[0]) - (own_b - own_a))
-    return busy / (b[1] - a[1]) * (os.cpu_count() or 1)
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.GOMP_parallel  # noqa: B018  (the entry point Throttle calls)
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
-def choose_wait_policy(environ=None, sample_s: float = SAMPLE_S) -> dict:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) when other processes keep at least
-    ``BUSY_CORES`` busy (see the module docstring); returns and records the choice in ``CHOICE``. Call it before
-    libgomp loads (before ``import torch``): afterwards it changes nothing."""
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; libgomp counts them the same way)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_NOOP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_NOOP = _NOOP_TYPE(lambda _: None)
+
+
+class Throttle:
+    """A helper thread holding an idle OpenMP team of ``extra + 1`` threads (``GOMP_parallel`` of a no-op, then
+    waiting): while it is on, libgomp manages ``extra`` threads more, and once that exceeds the CPUs every waiting
+    thread of the process spins 100 times instead of 300,000 before it sleeps. ``off()`` ends the helper thread;
+    libgomp then frees its team (the thread count of ``/proc/self/task`` goes back). Results do not change: no
+    other team's size does."""
+
+    def __init__(self, lib, extra: int):
+        self.lib, self.extra = lib, max(1, int(extra))
+        self.lib.GOMP_parallel.argtypes = [_NOOP_TYPE, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        self.lib.GOMP_parallel.restype = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = None
+
+    @property
+    def on(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._ready.clear()
+
+        def hold():
+            self.lib.GOMP_parallel(_NOOP, None, self.extra + 1, 0)
+            self._ready.set()
+            self._stop.wait()
+
+        self._thread = threading.Thread(target=hold, name="landmarks-omp-throttle", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+
+
+class Watcher:
+    """The daemon thread of the module docstring: samples the load every ``sample_s`` and switches a ``Throttle``
+    on (others at least ``busy_cores``) and off (``calm_samples`` samples in a row below). ``sampler`` returns
+    the other processes' cores since its previous call (tests pass their own)."""
+
+    def __init__(self, throttle: Throttle, sample_s: float = SAMPLE_S, busy_cores: float = BUSY_CORES,
+                 calm_samples: int = CALM_SAMPLES, sampler=None):
+        self.throttle, self.sample_s, self.busy_cores, self.calm_samples = (throttle, sample_s, busy_cores,
+                                                                            calm_samples)
+        self.sampler = sampler or _Sampler().take
+        self._stop = threading.Event()
+        self._since, self._calm = None, 0
+        self._thread = threading.Thread(target=self._run, name="landmarks-cpuload", daemon=True)
+
+    def start(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._switch(False)
+
+    def _switch(self, sleep: bool) -> None:
+        with _LOCK:
+            if sleep == self.throttle.on:
+                return
+            if sleep:
+                self.throttle.start()
+                self._since = time.monotonic()
+            else:
+                self.throttle.stop()
+                STATE["sleeping_s"] = round(STATE.get("sleeping_s", 0.0) + time.monotonic() - self._since, 1)
+            STATE["sleeping"] = sleep
+            STATE["switches"] = STATE.get("switches", 0) + 1
+
+    def step(self, busy: float | None) -> bool:
+        """Take one sample (other processes' cores, or None when unknown): switch the throttle on at
+        ``busy_cores`` or more, off after ``calm_samples`` samples in a row below. Returns whether it is on."""
+        STATE["others_cores"] = None if busy is None else round(busy, 2)
+        if busy is not None:
+            if busy >= self.busy_cores:
+                self._calm = 0
+                self._switch(True)
+            else:
+                self._calm += 1
+                if self._calm >= self.calm_samples:
+                    self._switch(False)
+        return self.throttle.on
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.sample_s):
+            self.step(self.sampler())
+
+
+def policy(environ=None) -> tuple[str, str | None]:
+    """``("user", why)`` when ``environ`` (default ``os.environ``) sets OpenMP's wait, ``("default", why)`` when
+    ``LANDMARKS_WAIT_POLICY=default`` turns the watcher off, else ``("adaptive", None)``."""
     env = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
-        choice = {"policy": "user", "others_cores": None}
-    elif env.get("LANDMARKS_WAIT_POLICY", "") == "default":
-        choice = {"policy": "default", "others_cores": None}
-    else:
-        busy = others_cores(sample_s)
-        passive = busy is not None and busy >= BUSY_CORES
-        if passive:
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        choice = {"policy": "PASSIVE" if passive else "default",
-                  "others_cores": None if busy is None else round(busy, 2)}
-    CHOICE.clear()
-    CHOICE.update(choice)
-    return choice
+    for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if k in env:
+            return "user", f"{k}={env[k]}"
+    if env.get(ENV_OFF, "") == "default":
+        return "default", f"{ENV_OFF}=default"
+    return "adaptive", None
 
 
-class _TorchImportHook:
-    """A ``sys.meta_path`` entry that runs ``choose_wait_policy`` just before torch is first imported, then removes
-    itself (it finds nothing: the import proceeds as usual)."""
+def watch(threads: int) -> dict:
+    """Start the watcher for a process whose torch uses ``threads`` CPU threads (once per process; a later call
+    with another count restarts it). Returns ``STATE``. Nothing starts when ``policy()`` is not adaptive, with one
+    thread, or without libgomp or ``/proc/stat`` (``STATE["policy"]`` then says which)."""
+    global _WATCHER
+    threads = int(threads)
+    if _WATCHER is not None and STATE.get("threads") == threads:
+        return STATE
+    unwatch()
+    kind, reason = policy()
+    lib = libgomp() if kind == "adaptive" else None
+    if kind == "adaptive":
+        if threads < 2:
+            kind, reason = "default", "one thread: no team to wait in"
+        elif threads > available_cpus():
+            kind, reason = "default", "more threads than CPUs: libgomp already sleeps soon"
+        elif _cpu_times() is None:
+            kind, reason = "unavailable", "no /proc/stat"
+        elif lib is None:
+            kind, reason = "unavailable", "torch's OpenMP is not GNU libgomp"
+    STATE.clear()
+    STATE.update(policy=kind, reason=reason, threads=threads, sleeping=False, switches=0, sleeping_s=0.0,
+                 others_cores=None)
+    if kind == "adaptive":
+        # libgomp manages `threads` now; the helper's team adds `extra` so that the count exceeds the CPUs
+        _WATCHER = Watcher(Throttle(lib, available_cpus() - threads + 1)).start()
+    return STATE
 
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            remove()
-            choose_wait_policy()
-        return None
+
+def unwatch() -> None:
+    """Stop the watcher (its throttle off); nothing when none runs."""
+    global _WATCHER
+    if _WATCHER is not None:
+        _WATCHER.stop()
+        _WATCHER = None
 
 
-def install() -> None:
-    """Hook the process's first ``import torch`` (nothing when torch is already imported or the hook is in
-    place)."""
-    if "torch" in sys.modules or any(isinstance(f, _TorchImportHook) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _TorchImportHook())
-
-
-def remove() -> None:
-    """Take the hook out of ``sys.meta_path``."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchImportHook)]
+def summary() -> dict:
+    """What ``run_info.json`` records: the policy, why (when not adaptive), the thread count and the thresholds."""
+    return {"policy": STATE.get("policy", policy()[0]), "reason": STATE.get("reason", policy()[1]),
+            "threads": STATE.get("threads"), "busy_cores": BUSY_CORES, "sample_s": SAMPLE_S}

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import augment, checkpoint, geometry, metrics, models
+from . import augment, checkpoint, cpuload, geometry, metrics, models
 from . import localizer as localizer_mod
 from . import cache as cache_mod
 from .data import BatchSampler, make_loader
@@ -258,11 +258,14 @@ def stages_reading(names) -> list:
 
 def apply_threads(params: dict) -> int:
     """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
-    cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same count.
-    Returns the count in use."""
+    cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same count, and
+    start ``cpuload.watch`` for it (OpenMP's waiting threads sleep while other processes keep the CPU busy; no
+    result changes). Returns the count in use."""
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
-    return torch.get_num_threads()
+    n = torch.get_num_threads()
+    cpuload.watch(n)
+    return n
 
 
 def landmark_loss(pred_px: torch.Tensor, target_px: torch.Tensor, kind: str, weights=None) -> torch.Tensor:

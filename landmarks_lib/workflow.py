@@ -58,8 +58,8 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
     run = RunFolder(params["run_dir"]).create(created_by=f"notebook {notebook}").lock(notebook, shared=True)
     dump(params, run.file("params.yaml"))
     data_dir = resolve_data_dir(params)
+    apply_threads(params)  # before run_info: it records the OpenMP wait policy the thread setting chose
     atomic_write_json(run.file("run_info.json"), run_info(params, data_dir))
-    apply_threads(params)
     return dict(params, data_dir=data_dir), run
 
 
@@ -118,7 +118,7 @@ def git_commit(path=None) -> str | None:
 
 def run_info(params: dict, data_dir) -> dict:
     """What produced a run: commit, package versions, Python, platform, data fingerprint, device and the OpenMP wait
-    policy chosen at the first ``import torch`` (``cpuload.CHOICE``)."""
+    policy (``cpuload.summary()``: adaptive to the CPU's load, the user's, or libgomp's default)."""
     versions = {}
     for p in PACKAGES:
         try:
@@ -128,7 +128,7 @@ def run_info(params: dict, data_dir) -> dict:
     return {"git_commit": git_commit(), "packages": versions, "python": platform.python_version(),
             "platform": platform.platform(), "data_dir": os.path.abspath(data_dir),
             "data_fingerprint": data_fingerprint(data_dir), "device": str(select_device(params["device"])),
-            "omp_wait_policy": dict(cpuload.CHOICE) or None}
+            "omp_wait_policy": cpuload.summary()}
 
 
 # ------------------------------------------------------------------------------------------------- finetune

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from landmarks_lib import geometry, io, pipeline, submission, viz, workflow
+from landmarks_lib import cpuload, geometry, io, pipeline, submission, viz, workflow
 from landmarks_lib.run import MARKER, RunFolder
 from landmarks_lib import params as lp
 
@@ -112,7 +112,9 @@ def test_params_yaml_holds_typed_overrides(tiny_run):
     assert p["run_dir"] == str(tiny_run["run_dir"])
     info = json.loads((tiny_run["run_dir"] / "run_info.json").read_text())
     assert info["data_fingerprint"] and info["packages"]["torch"]
-    assert info["omp_wait_policy"]["policy"] in ("default", "PASSIVE", "user")  # chosen when the kernel imported torch
+    wait = info["omp_wait_policy"]  # what the kernel's thread setting chose (cpuload.watch)
+    assert wait["policy"] in ("adaptive", "default", "user", "unavailable") and wait["threads"] >= 1
+    assert (wait["reason"] is None) == (wait["policy"] == "adaptive") and wait["busy_cores"] == cpuload.BUSY_CORES
 
 
 def test_history_metrics_predictions_and_the_final_model(tiny_run):

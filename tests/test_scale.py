@@ -229,21 +229,26 @@ def test_cache_keeps_no_copy_of_the_points(tmp_path):
 
 
 def test_the_openmp_spin_count_and_wait_policy_change_no_result():
+    """The same weights under every wait: spin counts, PASSIVE, and cpuload's helper team switched on for the
+    second step and off after it (the watcher's switch while training runs)."""
     import hashlib
     import os
     import subprocess
     import sys
-    code = ("import hashlib, landmarks_lib, torch\n"
-            "from landmarks_lib import models\n"
+    code = ("import hashlib, os, landmarks_lib, torch\n"
+            "from landmarks_lib import cpuload, models\n"
             "torch.set_num_threads(2); torch.manual_seed(0)\n"
             "m = models.build_model('mobilenet_v2', 10, pretrained=False, head='linear', crop_size=32).train()\n"
             "opt = torch.optim.AdamW(m.parameters(), 1e-3); x = torch.randn(8, 3, 32, 32); t = torch.randn(8, 20)\n"
-            "for _ in range(2):\n"
+            "helper = os.environ.get('HELPER') and cpuload.Throttle(cpuload.libgomp(), 1)\n"
+            "for i in range(3):\n"
+            "    if helper: helper.start() if i == 1 else helper.stop()\n"
             "    opt.zero_grad(); ((m(x).reshape(8, -1) - t) ** 2).mean().backward(); opt.step()\n"
             "print(hashlib.sha1(torch.cat([p.detach().flatten() for p in m.parameters()]).numpy().tobytes())"
             ".hexdigest())\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    settings = [{"GOMP_SPINCOUNT": spin} for spin in ("0", "1000", "300000")] + [{"OMP_WAIT_POLICY": "PASSIVE"}]
+    settings = ([{"GOMP_SPINCOUNT": spin} for spin in ("0", "1000", "300000")] + [{"OMP_WAIT_POLICY": "PASSIVE"}]
+                + [{"HELPER": "1"}])
     digests = {subprocess.run([sys.executable, "-c", code], env={**env, **s}, capture_output=True, text=True,
                               check=True).stdout.strip() for s in settings}
     assert len(digests) == 1 and len(next(iter(digests))) == 40
