@@ -124,7 +124,7 @@ _NOOP = _NOOP_TYPE(lambda _: None)
 class Throttle:
     """A helper thread holding an idle OpenMP team of ``extra + 1`` threads (``GOMP_parallel`` of a no-op, then
     waiting): while it is on, libgomp manages ``extra`` threads more, and once that exceeds the CPUs every waiting
-    thread of the process spins 100 times instead of 300,000 before it sleeps. ``off()`` ends the helper thread;
+    thread of the process spins 100 times instead of 300,000 before it sleeps. ``stop()`` ends the helper thread;
     libgomp then frees its team (the thread count of ``/proc/self/task`` goes back). Results do not change: no
     other team's size does."""
 
@@ -241,7 +241,7 @@ def watch(threads: int) -> dict:
         return STATE
     unwatch()
     kind, reason = policy()
-    lib = libgomp() if kind == "adaptive" else None
+    lib = None
     if kind == "adaptive":
         if threads < 2:
             kind, reason = "default", "one thread: no team to wait in"
@@ -249,7 +249,7 @@ def watch(threads: int) -> dict:
             kind, reason = "default", "more threads than CPUs: libgomp already sleeps soon"
         elif _cpu_times() is None:
             kind, reason = "unavailable", "no /proc/stat"
-        elif lib is None:
+        elif (lib := libgomp()) is None:
             kind, reason = "unavailable", "torch's OpenMP is not GNU libgomp"
     STATE.clear()
     STATE.update(policy=kind, reason=reason, threads=threads, sleeping=False, switches=0, sleeping_s=0.0,
@@ -270,5 +270,6 @@ def unwatch() -> None:
 
 def summary() -> dict:
     """What ``run_info.json`` records: the policy, why (when not adaptive), the thread count and the thresholds."""
-    return {"policy": STATE.get("policy", policy()[0]), "reason": STATE.get("reason", policy()[1]),
-            "threads": STATE.get("threads"), "busy_cores": BUSY_CORES, "sample_s": SAMPLE_S}
+    kind, reason = (STATE["policy"], STATE["reason"]) if STATE else policy()
+    return {"policy": kind, "reason": reason, "threads": STATE.get("threads"), "busy_cores": BUSY_CORES,
+            "sample_s": SAMPLE_S}

@@ -22,6 +22,12 @@ def clean_env(**extra):
     return {**env, **extra}
 
 
+def child_json(code: str, env: dict):
+    """Run ``code`` in a fresh interpreter with ``env``; its last stdout line, parsed as JSON."""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def hog():
     """A busy loop holding one core while the test runs."""
@@ -71,8 +77,7 @@ def test_the_helper_team_raises_libgomps_thread_count_and_is_freed():
             "t = cpuload.Throttle(lib, cpuload.available_cpus() - 2 + 1); t.start(); on = n(); t.stop()\n"
             "import time; time.sleep(0.2); after = n()\n"
             "print(json.dumps([lib is not None, before, on, after]))\n")
-    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
-    found, before, on, after = json.loads(out.stdout.strip().splitlines()[-1])
+    found, before, on, after = child_json(code, clean_env())
     assert found  # torch's OpenMP is libgomp here
     extra = cpuload.available_cpus() - 1
     assert on == before + 1 + extra  # the helper thread and its team's workers
@@ -95,8 +100,7 @@ def test_a_busy_loop_started_while_torch_runs_makes_waiting_threads_sleep_until_
             "hog.kill(); hog.wait()\n"
             "spins = until(False)\n"
             "print(json.dumps([calm, slept, spins, dict(cpuload.STATE)]))\n")
-    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
-    calm, slept, spins, state = json.loads(out.stdout.strip().splitlines()[-1])
+    calm, slept, spins, state = child_json(code, clean_env())
     assert state["policy"] == "adaptive" and state["threads"] == 2
     assert calm and slept and spins and state["switches"] >= 2 and state["sleeping_s"] > 0
 
@@ -109,9 +113,7 @@ def test_no_watcher_where_the_user_set_the_wait_or_one_thread_runs():
     runs = [("2", clean_env(OMP_WAIT_POLICY="PASSIVE"), "user"), ("2", clean_env(LANDMARKS_WAIT_POLICY="default"),
                                                                    "default"), ("1", clean_env(), "default")]
     for threads, env, want in runs:
-        out = subprocess.run([sys.executable, "-c", code.replace("THREADS", threads)], env=env,
-                             capture_output=True, text=True, check=True)
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == [want, False]
+        assert child_json(code.replace("THREADS", threads), env) == [want, False]
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc/stat (Linux)")
