@@ -1,11 +1,12 @@
 """Comparing runs: a table of their parameters and metrics, and nbdime diffs of their executed notebooks.
 
 ``python -m landmarks_lib.compare RUN_A RUN_B [--all-params] [--diff] [--web] [--plot FILE.png]`` prints the
-parameters that differ (all with ``--all-params``; the run's own folders are left out), the metrics of
-``metrics.json`` and the training minutes per stage side by side, in a table that fits the terminal; ``--plot``
-draws both runs' training curves and CEDs in one figure; ``--diff`` shows nbdime's diff of each executed notebook
-pair (``<run>/notebooks/NN_name.ipynb``) in the terminal, sources and outputs only (no widget state or timing
-metadata), ``--web`` opens nbdime's web diff.
+parameters that differ (all with ``--all-params``; the run's own folders are left out), what produced each run where
+it differs (``run_info.json``: commit, Python, CPU model and instruction set, package versions; all of them with
+``--all-params``), the metrics of ``metrics.json`` and the training minutes per stage side by side, in a table that
+fits the terminal; ``--plot`` draws both runs' training curves and CEDs in one figure; ``--diff`` shows nbdime's
+diff of each executed notebook pair (``<run>/notebooks/NN_name.ipynb``) in the terminal, sources and outputs only
+(no widget state or timing metadata), ``--web`` opens nbdime's web diff.
 With nbdime's git integration enabled (``make venv`` runs ``make git-nbdime`` in this repository),
 ``git diff`` of notebooks is also shown cell by cell.
 """
@@ -23,12 +24,28 @@ import pandas as pd
 from .params import read_values, same_value
 from .run import RunFolder
 
+INFO_KEYS = ("git_commit", "python", "cpu", "packages")  # run_info.json's entries that can explain a difference
+
 
 def _params(run: RunFolder) -> dict:
     """A run's ``params.yaml``: known names typed by the spec, names an earlier version used kept as written (an
     old run can be compared with a new one); empty when missing."""
     path = run.file("params.yaml")
     return read_values(path) if os.path.exists(path) else {}
+
+
+def _run_info(run: RunFolder) -> dict:
+    """A run's ``run_info.json`` entries of ``INFO_KEYS``, nested ones flattened (``cpu.capability``,
+    ``packages.torch``); empty when missing (runs of earlier versions lack some)."""
+    info = run.read_info()
+    out = {}
+    for k in INFO_KEYS:
+        v = info.get(k)
+        if isinstance(v, dict):
+            out.update({f"{k}.{sub}": sv for sub, sv in v.items()})
+        elif k in info:
+            out[k] = v
+    return out
 
 
 def _train_minutes(run: RunFolder) -> dict:
@@ -45,9 +62,10 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     """Side-by-side table of two runs.
 
     Returns:
-        a DataFrame indexed by ``(kind, name)`` (kind ``param`` from ``params.yaml``, ``metric`` from
-        ``metrics.json``, ``train_min`` from ``history.csv``: minutes per stage) with columns ``a``, ``b`` and
-        ``same``; equal parameters are left out unless ``all_params``, and so are the folders of a run
+        a DataFrame indexed by ``(kind, name)`` (kind ``param`` from ``params.yaml``, ``run_info`` from
+        ``run_info.json``: commit, Python, ``cpu.*``, ``packages.*``; ``metric`` from ``metrics.json``,
+        ``train_min`` from ``history.csv``: minutes per stage) with columns ``a``, ``b`` and ``same``; equal
+        parameters and ``run_info`` entries are left out unless ``all_params``, and so are the folders of a run
         (``run_dir``, ``cache_dir``; ``data_dir`` counts by the folder it names).
     Raises:
         FileNotFoundError: a run folder that does not exist.
@@ -64,6 +82,10 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
         same = same_value(k, pa.get(k), pb.get(k))
         if all_params or (not same and k not in ("run_dir", "cache_dir")):
             rows.append(("param", k, pa.get(k), pb.get(k), same))
+    ia, ib = _run_info(a), _run_info(b)
+    for k in sorted(set(ia) | set(ib)):
+        if all_params or ia.get(k) != ib.get(k):
+            rows.append(("run_info", k, ia.get(k), ib.get(k), ia.get(k) == ib.get(k)))
     ma, mb = a.read_metrics(), b.read_metrics()
     for k in sorted(set(ma) | set(mb)):
         rows.append(("metric", k, ma.get(k), mb.get(k), ma.get(k) == mb.get(k)))
@@ -140,7 +162,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.compare", description=__doc__.split("\n")[0])
     ap.add_argument("run_a")
     ap.add_argument("run_b")
-    ap.add_argument("--all-params", action="store_true", help="list equal parameters too")
+    ap.add_argument("--all-params", action="store_true", help="list equal parameters and run_info entries too")
     ap.add_argument("--diff", action="store_true", help="nbdime diff of each executed notebook pair")
     ap.add_argument("--web", action="store_true", help="nbdime web diff (opens a browser)")
     ap.add_argument("--plot", metavar="FILE.png", help="training curves and CEDs of both runs in one figure")

@@ -251,6 +251,11 @@ class RunFolder:
         atomic_write_json(self.file("pipeline_state.json"), s)
 
     # ---------------------------------------------------------------------------------------------- reading
+    def read_info(self) -> dict:
+        """``run_info.json`` (what produced the run, as the last notebook's ``start`` wrote it) as a dict (empty when
+        missing)."""
+        return read_json(self.file("run_info.json"), {}) or {}
+
     def read_metrics(self) -> dict:
         """``metrics.json`` as a dict (empty when missing)."""
         return read_json(self.file("metrics.json"), {}) or {}

@@ -23,7 +23,8 @@ from .predict import ImageSet, Inference, predict_images, select_device, write_f
 from .run import RunFolder
 from .submission import SubmissionError, write_submission
 
-PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "matplotlib", "papermill", "jupytext", "nbdime")
+PACKAGES = ("torch", "torchvision", "onnxruntime", "numpy", "pandas", "pillow", "matplotlib", "papermill", "jupytext",
+            "nbdime")
 
 
 # ------------------------------------------------------------------------------------------------- start
@@ -59,15 +60,26 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
     dump(params, run.file("params.yaml"))
     data_dir = resolve_data_dir(params)
     apply_threads(params)  # before run_info: it records the OpenMP wait policy the thread setting chose
-    atomic_write_json(run.file("run_info.json"), run_info(params, data_dir))
+    fp = data_fingerprint(data_dir)
+    _STARTED_ON[(os.path.abspath(run.path), notebook)] = fp
+    atomic_write_json(run.file("run_info.json"), run_info(params, data_dir, fingerprint=fp))
     return dict(params, data_dir=data_dir), run
+
+
+# The data's fingerprint as each notebook's ``start`` saw it, by (run folder, notebook): ``finish`` records that one.
+_STARTED_ON: dict = {}
 
 
 def finish(notebook: str, params: dict, run: RunFolder) -> None:
     """The last step of every notebook: record in ``pipeline_state.json`` that it finished, with its parameters and
-    the data's fingerprint (the runner's resume rule compares both)."""
+    the data's fingerprint (the runner's resume rule compares both).
+
+    The fingerprint recorded is the one ``start`` took in this process (one listing and ``stat`` of every image
+    fewer: tens of seconds at contest size), so data that changed while the notebook ran no longer matches it and
+    the runner runs the notebook again; without a ``start`` in this process it is taken now."""
+    fp = _STARTED_ON.pop((os.path.abspath(run.path), notebook), None)
     run.record_notebook(notebook, dict(params, data_dir=resolve(run.path)["data_dir"]),
-                        data_fingerprint(params["data_dir"]))
+                        fp if fp is not None else data_fingerprint(params["data_dir"]))
 
 
 def resolve_data_dir(params: dict) -> str:
@@ -116,9 +128,31 @@ def git_commit(path=None) -> str | None:
         return None
 
 
-def run_info(params: dict, data_dir) -> dict:
-    """What produced a run: commit, package versions, Python, platform, data fingerprint, device and the OpenMP wait
-    policy (``cpuload.summary()``: adaptive to the CPU's load, the user's, or libgomp's default)."""
+def cpu_info() -> dict:
+    """The CPU this process computes on: ``model`` (``/proc/cpuinfo``'s model name, else ``platform.processor()``;
+    None when neither says), ``capability`` (the instruction set torch's CPU kernels dispatch to,
+    ``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``, ...) and ``cpus`` (the CPUs this process may
+    use). Training on the CPU is bit-identical on the same kind of CPU; another instruction set (other float
+    summation orders in oneDNN's and ATen's kernels) gives slightly different weights and metrics."""
+    import torch
+
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or None,
+            "capability": torch.backends.cpu.get_cpu_capability(), "cpus": cpuload.available_cpus()}
+
+
+def run_info(params: dict, data_dir, fingerprint: str | None = None) -> dict:
+    """What produced a run: commit, package versions, Python, platform, the CPU (``cpu_info``), data fingerprint,
+    device and the OpenMP wait policy (``cpuload.summary()``: adaptive to the CPU's load, the user's, or libgomp's
+    default). ``fingerprint``: ``data_fingerprint(data_dir)`` when the caller has it."""
     versions = {}
     for p in PACKAGES:
         try:
@@ -126,8 +160,9 @@ def run_info(params: dict, data_dir) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[p] = None
     return {"git_commit": git_commit(), "packages": versions, "python": platform.python_version(),
-            "platform": platform.platform(), "data_dir": os.path.abspath(data_dir),
-            "data_fingerprint": data_fingerprint(data_dir), "device": str(select_device(params["device"])),
+            "platform": platform.platform(), "cpu": cpu_info(), "data_dir": os.path.abspath(data_dir),
+            "data_fingerprint": fingerprint or data_fingerprint(data_dir),
+            "device": str(select_device(params["device"])),
             "omp_wait_policy": cpuload.summary()}
 
 

@@ -49,7 +49,7 @@ import pandas as pd
 from landmarks_lib import engine, geometry, noise, validate, viz, workflow
 
 params, run = workflow.start("01_eda", globals())
-pd.Series(workflow.run_info(params, params["data_dir"]), dtype=object)
+pd.Series(run.read_info(), dtype=object)
 
 # %% [markdown]
 # ## Is the dataset valid?

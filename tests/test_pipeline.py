@@ -111,7 +111,11 @@ def test_params_yaml_holds_typed_overrides(tiny_run):
     assert p["lr"] == pytest.approx(1e-3) and type(p["lr"]) is float
     assert p["run_dir"] == str(tiny_run["run_dir"])
     info = json.loads((tiny_run["run_dir"] / "run_info.json").read_text())
-    assert info["data_fingerprint"] and info["packages"]["torch"]
+    assert info["data_fingerprint"] and info["packages"]["torch"] and "onnxruntime" in info["packages"]
+    cpu = info["cpu"]  # the instruction set torch dispatches to: another one gives slightly different weights
+    import torch
+
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability() and cpu["cpus"] == cpuload.available_cpus()
     wait = info["omp_wait_policy"]  # what the kernel's thread setting chose (cpuload.watch)
     assert wait["policy"] in ("adaptive", "default", "user", "unavailable") and wait["threads"] >= 1
     assert (wait["reason"] is None) == (wait["policy"] == "adaptive") and wait["busy_cores"] == cpuload.BUSY_CORES
@@ -276,6 +280,28 @@ def test_absolute_paths(tmp_path):
     assert p["data_dir"] == "" and p["cache_dir"] == ""
     assert p["run_dir"] == str(tmp_path / "runs" / "a")
     assert p["ensemble_runs"] == f"{tmp_path / 'runs' / 'b'},/x/c"
+
+
+def test_finish_records_the_data_as_start_saw_it(tmp_path, monkeypatch):
+    """One listing of the images per notebook: finish records start's fingerprint, so data that changed while the
+    notebook ran makes the runner run it again."""
+    monkeypatch.delenv("LANDMARKS_RUN_LOCK", raising=False)
+    ns = {"run_dir": str(tmp_path / "r"), "overrides": {"synthetic_train": 8, "synthetic_test": 2,
+                                                        "synthetic_points": 15}}
+    params, run = workflow.start("01_eda", ns)
+    fp = workflow.data_fingerprint(params["data_dir"])
+    assert run.read_info()["data_fingerprint"] == fp
+    images = os.path.join(params["data_dir"], "train", "images")
+    os.utime(os.path.join(images, sorted(os.listdir(images))[0]), ns=(0, 0))  # an image changes meanwhile
+    workflow.finish("01_eda", params, run)
+    run.unlock()
+    recorded = run.state()["notebooks"]["01_eda"]["data_fingerprint"]
+    assert recorded == fp != workflow.data_fingerprint(params["data_dir"])
+    first, training = pipeline.plan(run, lp.resolve(run_dir=run.path))
+    assert first == 0 and "changed (tables or images) since 01_eda ran" in training[0]
+    workflow.finish("01_eda", params, run)  # no start in this process for it any more: taken now
+    assert run.state()["notebooks"]["01_eda"]["data_fingerprint"] == workflow.data_fingerprint(params["data_dir"])
+    assert pipeline.plan(run, lp.resolve(run_dir=run.path)) == (1, [])
 
 
 def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):

@@ -70,6 +70,41 @@ def test_crop_coverage_in_blocks_equals_in_memory():
         geometry.crop_coverage(view, w[:-1], h[:-1], 32)
 
 
+def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkeypatch):
+    """Labels usually have no NaN: the EDA's statistics then skip the nan-functions' masked copies; every figure is
+    the same as through the nan-functions (forced here for every block)."""
+    labels = _labels(n=41, k=30)
+    labels[3] = labels[3][::-1]
+    view = io.PointsView(labels)
+    rng = np.random.default_rng(5)
+    w, h = rng.integers(50, 90, 41), rng.integers(50, 90, 41)
+    a = np.asarray(view, np.float64)
+    for fn in ("min", "max", "mean", "sum", "median"):
+        for axis in (0, 1):
+            ours, numpy_nan = getattr(geometry, f"_nan{fn}"), getattr(np, f"nan{fn}")
+            np.testing.assert_array_equal(ours(a, axis), numpy_nan(a, axis=axis))
+
+    def figures():
+        return (geometry.crop_coverage(view, w, h, 32, 1.2, chunk=8), geometry.shape_reference(view),
+                geometry.shape_residuals(view, chunk=8), geometry.face_placement(view, w, h, chunk=8))
+
+    fast = figures()
+    monkeypatch.setattr(geometry, "_has_nan", lambda arr: True)  # numpy's nan-functions everywhere
+    slow = figures()
+    assert fast[0] == slow[0]
+    for x, y in zip(fast[1:], slow[1:]):
+        np.testing.assert_array_equal(x, y)
+    monkeypatch.undo()
+    # a face with unlabelled points takes the nan-aware path in its block only, and a face without any raises
+    with_nan = a.copy()
+    with_nan[2, :5] = np.nan
+    cov = geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
+    assert cov == _coverage_in_memory(with_nan, w, h, 32, 1.2)
+    with_nan[2] = np.nan
+    with pytest.raises(ValueError, match="no finite landmarks to place the crop of image 2"):
+        geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
+
+
 def test_crop_frames_equal_make_frame():
     p = io.labels_to_points(_labels(n=9)).astype(np.float64)
     w, h = np.arange(60, 69), np.arange(80, 71, -1)
