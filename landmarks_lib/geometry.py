@@ -28,8 +28,8 @@ from .io import POINT_CHUNK, point_blocks
 
 
 # NaN-aware reductions with numpy's plain ones where the array holds no NaN (labels usually have none): the same
-# values (the nan-functions reduce a copy with NaN masked out, by the same algorithm), without the masked copies and
-# numpy's per-column loop of ``nanmedian``: several times faster on blocks of faces.
+# values (tested), without the nan-functions' masked copies (``nanmean``, ``nansum``) and checks: up to 3x faster on
+# blocks of faces.
 def _has_nan(a: np.ndarray) -> bool:
     return bool(np.isnan(a).any())
 
@@ -414,7 +414,8 @@ def crop_frames(mode: str, widths, heights, size: int, points=None, face_scale: 
 
     Args:
         widths, heights: ``[N]`` image sizes, pixels.
-        points: ``[N, K, 2]`` landmarks in original pixels (``face`` mode; a point with a NaN coordinate is ignored).
+        points: ``[N, K, 2]`` landmarks in original pixels (``face`` mode; a point with a non-finite coordinate is
+            ignored).
     Raises:
         ValueError: an unknown mode, ``face`` without points, or a face without a finite point.
     """
@@ -496,7 +497,9 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
         x, y = p[..., 0], p[..., 1]
         n_ok += int(ok.sum())
         out = (x < 0) | (y < 0) | (x > w[s:e, None]) | (y > h[s:e, None])
-        n_out_img += int((out if every else ok & out).sum())
+        if not every:  # a point with a non-finite coordinate counts nowhere
+            out &= ok
+        n_out_img += int(out.sum())
         # the landmarks' boxes once per block (crop_frames' face crop; a face without a finite point raises there)
         boxes = _finite_face_boxes(p, ok) if "face" in modes else face_boxes(
             p if every else np.where(ok[..., None], p, np.nan))
@@ -508,7 +511,9 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
                 f = crop_frames(mode, w[s:e], h[s:e], crop_size)
             x0, y0, side = f[:, 0:1], f[:, 1:2], f[:, 2:3]
             out = (x < x0) | (y < y0) | (x > x0 + side) | (y > y0 + side)
-            n_out[mode] += int((out if every else ok & out).sum())
+            if not every:
+                out &= ok
+            n_out[mode] += int(out.sum())
             cut[mode][s:e] = out.any(axis=1)
             share[mode][s:e] = face_side / f[:, 2]
     rows = []

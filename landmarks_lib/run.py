@@ -10,7 +10,7 @@ step's products):
 
 =========================  ==========================================================================================
 ``params.yaml``            the resolved parameters (``params.dump``)
-``run_info.json``          commit, package versions, data fingerprint, device
+``run_info.json``          commit, package versions, CPU, data fingerprint, device, OpenMP wait policy
 ``pipeline_state.json``    the notebooks run, with the parameters each ran with
 ``checkpoints/``           ``<stage>_best.pt`` and, while a stage runs, ``<stage>_last.pt`` (``checkpoint`` module)
 ``model.pt``               the run's final model: localizer + face model + inference settings

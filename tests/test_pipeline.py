@@ -302,6 +302,14 @@ def test_finish_records_the_data_as_start_saw_it(tmp_path, monkeypatch):
     workflow.finish("01_eda", params, run)  # no start in this process for it any more: taken now
     assert run.state()["notebooks"]["01_eda"]["data_fingerprint"] == workflow.data_fingerprint(params["data_dir"])
     assert pipeline.plan(run, lp.resolve(run_dir=run.path)) == (1, [])
+    params, run = workflow.start("01_eda", ns)  # finished on another folder than start saw: that folder's
+    other = tmp_path / "other"
+    shutil.copytree(params["data_dir"], other)
+    os.utime(other / "train" / "landmarks.csv", ns=(0, 0))
+    workflow.finish("01_eda", dict(params, data_dir=str(other)), run)
+    run.unlock()
+    recorded = run.state()["notebooks"]["01_eda"]["data_fingerprint"]
+    assert recorded == workflow.data_fingerprint(other) != workflow.data_fingerprint(params["data_dir"])
 
 
 def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):

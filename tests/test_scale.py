@@ -98,8 +98,13 @@ def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkey
     # a face with unlabelled points takes the nan-aware path in its block only, and a face without any raises
     with_nan = a.copy()
     with_nan[2, :5] = np.nan
+    with_nan[2, 5] = (np.nan, -500.0)  # one coordinate unknown, the other far outside: the point counts nowhere
+    with_nan[9, 0] = (np.inf, 10.0)
     cov = geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
     assert cov == _coverage_in_memory(with_nan, w, h, 32, 1.2)
+    clean = a.copy()
+    clean[2, :6] = clean[9, :1] = np.nan  # the same points ignored, differently
+    assert cov == geometry.crop_coverage(clean, w, h, 32, 1.2, chunk=8)
     with_nan[2] = np.nan
     with pytest.raises(ValueError, match="no finite landmarks to place the crop of image 2"):
         geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
