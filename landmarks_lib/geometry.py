@@ -434,15 +434,15 @@ def crop_frames(mode: str, widths, heights, size: int, points=None, face_scale: 
     raise ValueError(f"unknown crop_mode {mode!r}; expected one of {CROP_MODES}")
 
 
-def _finite_face_boxes(p: np.ndarray, ok: np.ndarray) -> np.ndarray:
+def _finite_face_boxes(p: np.ndarray, ok: np.ndarray, strict: bool = True) -> np.ndarray:
     """``face_boxes`` of ``p [N, K, 2]`` from its points whose both coordinates are finite (``ok [N, K]``).
 
     Raises:
-        ValueError: a face without a finite point (no crop can be placed).
+        ValueError: with ``strict``, a face without a finite point (no crop can be placed; else its box is NaN).
     """
     if ok.all():
         return face_boxes(p)
-    if not ok.any(axis=1).all():
+    if strict and not ok.any(axis=1).all():
         raise ValueError(f"face_frame: no finite landmarks to place the crop of image "
                          f"{int(np.flatnonzero(~ok.any(axis=1))[0])}")
     return face_boxes(np.where(ok[..., None], p, np.nan))
@@ -501,8 +501,7 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
             out &= ok
         n_out_img += int(out.sum())
         # the landmarks' boxes once per block (crop_frames' face crop; a face without a finite point raises there)
-        boxes = _finite_face_boxes(p, ok) if "face" in modes else face_boxes(
-            p if every else np.where(ok[..., None], p, np.nan))
+        boxes = _finite_face_boxes(p, ok, strict="face" in modes)
         face_side = boxes[:, 2]
         for mode in modes:
             if mode == "face":  # as crop_frames places it

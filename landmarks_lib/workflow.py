@@ -61,7 +61,7 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
     data_dir = resolve_data_dir(params)
     apply_threads(params)  # before run_info: it records the OpenMP wait policy the thread setting chose
     fp = data_fingerprint(data_dir)
-    _STARTED_ON[(os.path.abspath(run.path), notebook)] = (os.path.abspath(data_dir), fp)
+    _STARTED_ON[(run.path, notebook)] = (os.path.abspath(data_dir), fp)  # run.path is absolute
     atomic_write_json(run.file("run_info.json"), run_info(params, data_dir, fingerprint=fp))
     return dict(params, data_dir=data_dir), run
 
@@ -79,7 +79,7 @@ def finish(notebook: str, params: dict, run: RunFolder) -> None:
     fewer: tens of seconds at contest size), so data that changed while the notebook ran no longer matches it and
     the runner runs the notebook again; without a ``start`` in this process, or when ``params["data_dir"]`` is
     another folder than the one ``start`` saw, it is taken now."""
-    seen = _STARTED_ON.pop((os.path.abspath(run.path), notebook), None)
+    seen = _STARTED_ON.pop((run.path, notebook), None)
     here = os.path.abspath(params["data_dir"])
     fp = seen[1] if seen is not None and seen[0] == here else data_fingerprint(params["data_dir"])
     run.record_notebook(notebook, dict(params, data_dir=resolve(run.path)["data_dir"]), fp)
@@ -133,10 +133,11 @@ def git_commit(path=None) -> str | None:
 
 def cpu_info() -> dict:
     """The CPU this process computes on: ``model`` (``/proc/cpuinfo``'s model name, else ``platform.processor()``,
-    which may name only the architecture; None when neither says), ``capability`` (the instruction set torch's CPU kernels dispatch to,
-    ``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``, ...) and ``cpus`` (the CPUs this process may
-    use). Training on the CPU is bit-identical on the same kind of CPU; another instruction set (other float
-    summation orders in oneDNN's and ATen's kernels) gives slightly different weights and metrics."""
+    which may name only the architecture; None when neither says), ``capability`` (the instruction set torch's CPU
+    kernels dispatch to, ``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``, ...) and ``cpus`` (the
+    CPUs this process may use). Training on the CPU is bit-identical on the same kind of CPU; another instruction
+    set (other float summation orders in oneDNN's and ATen's kernels) gives slightly different weights and
+    metrics."""
     import torch
 
     model = None
