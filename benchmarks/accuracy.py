@@ -42,23 +42,24 @@ EPOCH_KEYS = {"localizer": "localizer_epochs", "train": "epochs", "finetune": "f
 
 def measure_rate(p, data, stage, steps=3) -> float:
     """Training images per second of a stage's model (a training step on random inputs, a few steps after one
-    warm-up: ``engine.train_step`` for landmark models, the ``FaceBoxCodec`` loss for a face-box localizer)."""
-    from landmarks_lib import engine, localizer, models
+    warm-up: ``engine.train_step`` for landmark models, the face-box loss for a face-box localizer)."""
+    from landmarks_lib.models import codecs, facebox, landmark
+    from landmarks_lib.training import engine
 
     r = engine.stage_recipe(p, stage)
     size, batch = r["crop_size"], r["batch_size"]
-    boxes = r["head"] == localizer.HEAD
+    boxes = r["head"] == codecs.HEAD
     if boxes:
-        m = localizer.build_localizer(r["backbone"])
+        m = facebox.build_localizer(r["backbone"])
     else:
-        m = models.build_model(r["backbone"], data.table.num_points, False, head=r["head"], crop_size=size)
+        m = landmark.build_model(r["backbone"], data.table.num_points, False, head=r["head"], crop_size=size)
     x = torch.randn(batch, 3, size, size)
     if p["channels_last"]:  # as engine.fit trains
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = engine.make_optimizer(r, m, r["lr"])
     target = torch.rand(batch, data.table.num_points, 2) * size
-    codec = localizer.FaceBoxCodec(size) if boxes else None
+    codec = codecs.FaceBoxCodec(size) if boxes else None
     box_target = codec.encode(torch.rand(batch, 2, 3) * size, torch.ones(batch, 2, dtype=torch.bool)) if boxes else None
     w = torch.ones(batch)
     t = None
@@ -66,7 +67,7 @@ def measure_rate(p, data, stage, steps=3) -> float:
         if i == 1:
             t = time.time()
         if boxes:
-            engine.optimise(codec.loss(m(x), box_target), opt, None, r)
+            engine.optimise(facebox.facebox_loss(m(x), box_target), opt, None, r)
         else:
             engine.train_step(m, opt, None, x, target, w, r, size)
     return batch * steps / (time.time() - t)
@@ -87,8 +88,9 @@ def plan(p, data, budget_min: float) -> tuple[dict, dict]:
 
 
 def run_recipe(name, p, data, work_dir, budget_min) -> dict:
-    from landmarks_lib import engine, workflow
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs import workflow
+    from landmarks_lib.runs.run_folder import RunFolder
+    from landmarks_lib.training import engine
 
     run = RunFolder(os.path.join(work_dir, name))
     if run.is_run():  # a measurement, not a resume: start from scratch every time
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     sys.path.insert(0, REPO)
-    from landmarks_lib import engine, params as P
+    from landmarks_lib.core import params as P
+    from landmarks_lib.training import engine
 
     ours = P.resolve(profile=a.params, data_dir=a.data_dir, overrides={"val_split": "groups"})
     base = P.resolve(data_dir=a.data_dir, overrides={

@@ -43,10 +43,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from report import emit  # noqa: E402
-from landmarks_lib import engine, metrics  # noqa: E402
-from landmarks_lib import params as P  # noqa: E402
-from landmarks_lib.predictor import Predictor  # noqa: E402
-from landmarks_lib.run import RunFolder  # noqa: E402
+
+from landmarks_lib.core import params as P
+from landmarks_lib.evaluation import metrics
+from landmarks_lib.inference.predictor import Predictor
+from landmarks_lib.runs.run_folder import RunFolder
+from landmarks_lib.training import engine
 
 SETTINGS = ("accurate", "fast")
 BACKENDS = ("torch", "onnx")
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
     n = len([f for f in os.listdir(images) if not f.startswith(".")])
     export_dir = tempfile.mkdtemp(prefix="onnx-export-") if "onnx" in backends else None
     if export_dir:  # exported once, as a deployment would be; the CLI then loads the ONNX files, not torch weights
-        from landmarks_lib import export
+        from landmarks_lib.inference import export
 
         export.export(run.path, export_dir)
     sources = {"torch": run.path, "onnx": export_dir}

@@ -10,7 +10,7 @@ the busy loop runs, and ``train_step_img_s_loaded_after_start`` / ``ratio_loaded
 while a busy loop started after it runs (both with the defaults: ``landmarks_lib.cpuload``'s watcher lets OpenMP's
 waiting threads sleep while the CPU is busy), (d) full training steps
 through ``engine.fit`` (loader + augmentation + model step), (e) batched inference (``predict.predict_crops``; on
-the CPU with onnxruntime installed also ``runtime.predict_crops`` through onnxruntime: ``infer_onnx_img_s``,
+the CPU with onnxruntime installed also ``passes.predict_crops`` through onnxruntime: ``infer_onnx_img_s``,
 ``ratio_infer_onnx_torch``), all
 with the backbone, crop and batch of ``params/cpu.yaml``; then the parse time and peak memory of ``io.read_landmarks``
 on a generated contest-sized ``landmarks.csv`` (394,000 rows x 971 points) in a subprocess. Each throughput is
@@ -38,15 +38,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from landmarks_lib.run import RunFolder  # noqa: E402
 import torch  # noqa: E402
 from report import emit  # noqa: E402
-from landmarks_lib import cpuload, engine, models  # noqa: E402
-from landmarks_lib.workflow import inference_backend  # noqa: E402
 from threads_under_load import busy_core, loaded_at_start  # noqa: E402
-from landmarks_lib import params as P  # noqa: E402
-from landmarks_lib.data import BatchSampler, loader_settings, make_loader  # noqa: E402
-from landmarks_lib.predict import predict_crops, select_device  # noqa: E402
+
+from landmarks_lib.core import params as P
+from landmarks_lib.core.devices import select_device
+from landmarks_lib.data.loading import BatchSampler, loader_settings, make_loader
+from landmarks_lib.inference.backends import as_backend
+from landmarks_lib.inference.passes import predict_crops
+from landmarks_lib.models import landmark
+from landmarks_lib.runs.run_folder import RunFolder
+from landmarks_lib.runs.workflow import inference_backend
+from landmarks_lib.training import cpuload, engine
 
 CONTEST_ROWS = 394_000
 
@@ -178,7 +182,7 @@ def run_model_step(ctx, n_batches: int, round_: int = 0) -> float:
     optimizer and scheduler step (a fresh model each time, as (d) starts one)."""
     p, device, size, b, k = ctx["params"], ctx["device"], ctx["size"], ctx["batch"], ctx["num_points"]
     torch.manual_seed(round_)
-    model = models.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"], head=p["head"],
+    model = landmark.build_model(p["backbone"], k, pretrained=False, dropout=p["dropout"], head=p["head"],
                                crop_size=size).to(device).train()
     cl = p["channels_last"]  # as engine.fit
     if cl:
@@ -233,22 +237,21 @@ def run_infer(ctx, n_batches: int, round_: int = 0) -> float:
     crops = c.images[idx, c.pad: c.pad + size, c.pad: c.pad + size]
     _sync(ctx["device"])
     t = time.perf_counter()
-    predict_crops(ctx["infer_model"], ctx["meta"], crops, ctx["device"], batch_size=b, tta_flip=False,
-                  amp=ctx["params"]["amp"])
+    predict_crops(as_backend(ctx["infer_model"], ctx["device"], ctx["params"]["amp"]), ctx["meta"], crops,
+                  batch_size=b, tta_flip=False)
     _sync(ctx["device"])
     return len(idx) / (time.perf_counter() - t)
 
 
 def run_infer_onnx(ctx, n_batches: int, round_: int = 0) -> float:
-    """``run_infer``'s crops through onnxruntime (``runtime.predict_crops`` on ``export.onnx_network`` of the same
+    """``run_infer``'s crops through onnxruntime (``passes.predict_crops`` on ``export.onnx_network`` of the same
     network), as noise finding and the pipeline's predictions run on the CPU (``inference_backend: auto``)."""
-    from landmarks_lib import runtime
 
     c, size, b = ctx["cache"], ctx["size"], ctx["batch"]
     idx = np.sort(np.random.default_rng([round_, 13]).choice(len(c), min(len(c), n_batches * b), replace=False))
     crops = c.images[idx, c.pad: c.pad + size, c.pad: c.pad + size]
     t = time.perf_counter()
-    runtime.predict_crops(ctx["onnx_model"], ctx["meta"], crops, batch_size=b, tta_flip=False)
+    predict_crops(ctx["onnx_model"], ctx["meta"], crops, batch_size=b, tta_flip=False)
     return len(idx) / (time.perf_counter() - t)
 
 
@@ -354,9 +357,9 @@ def main(argv=None) -> int:
     cache, build_s = build_cache(params, data, bench_dir)
     log(f"crop cache {cache.path}: {cache.images.shape}, build {build_s} s (open {time.perf_counter() - t:.1f} s)")
     perm = data.flip_perm()
-    mean, std = models.input_normalization(params["backbone"], params["input_norm"])
+    mean, std = landmark.input_normalization(params["backbone"], params["input_norm"])
     meta = engine.model_meta(engine.stage_recipe(params, "train"), data.table.num_points, None)
-    infer_model = models.build_model(params["backbone"], data.table.num_points, pretrained=False,
+    infer_model = landmark.build_model(params["backbone"], data.table.num_points, pretrained=False,
                                      head=params["head"], crop_size=int(params["crop_size"])).to(device).eval()
     ctx = dict(params=params, data=data, cache=cache, device=device, size=int(params["crop_size"]),
                batch=int(params["batch_size"]), num_points=data.table.num_points, bench_dir=bench_dir,
@@ -375,7 +378,7 @@ def main(argv=None) -> int:
             "infer": lambda r: run_infer(ctx, model_batches * 2, r)}
     warms = [run_naive, run_cached, run_model_step, run_train, run_infer]
     if device.type == "cpu" and inference_backend(params, device) == "onnx":
-        from landmarks_lib.export import onnx_network
+        from landmarks_lib.inference.export import onnx_network
 
         ctx["onnx_model"] = onnx_network({"meta": meta, "state_dict": infer_model.state_dict()})
         runs["infer_onnx"] = lambda r: run_infer_onnx(ctx, model_batches * 2, r)

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     """``landmarks_lib.Predictor`` without importing torch at package import."""
     if name == "Predictor":
-        from .predictor import Predictor
+        from .inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'landmarks_lib' has no attribute {name!r}")

@@ -46,7 +46,12 @@ shape_threshold = 6.0       # flag a shape when its residual exceeds median + th
 import numpy as np
 import pandas as pd
 
-from landmarks_lib import engine, geometry, noise, validate, viz, workflow
+from landmarks_lib.core import geometry
+from landmarks_lib.data import symmetry, validate
+from landmarks_lib.evaluation import eda
+from landmarks_lib.reporting import viz
+from landmarks_lib.runs import workflow
+from landmarks_lib.training import engine, noise
 
 params, run = workflow.start("01_eda", globals())
 pd.Series(run.read_info(), dtype=object)
@@ -135,7 +140,7 @@ viz.save_figure(fig, run.figure("01_face_placement"))
 fig
 
 # %%
-coverage = pd.DataFrame(geometry.crop_coverage(points, train_sizes["width"], train_sizes["height"],
+coverage = pd.DataFrame(eda.crop_coverage(points, train_sizes["width"], train_sizes["height"],
                                                params["crop_size"], params["face_scale"]))
 coverage.round(2)
 
@@ -153,8 +158,8 @@ coverage.round(2)
 
 # %%
 perm = data.flip_perm()
-train_shapes = data.point_view(data.train_idx)[geometry.sample_rows(len(data.train_idx))]  # seeded sample
-mirror_err = geometry.mirror_error(train_shapes, perm)
+train_shapes = data.point_view(data.train_idx)[eda.sample_rows(len(data.train_idx))]  # seeded sample
+mirror_err = symmetry.mirror_error(train_shapes, perm)
 pd.Series({"points": len(perm), "mirror pairs": int((perm > np.arange(len(perm))).sum()),
            "midline points": int((perm == np.arange(len(perm))).sum()),
            "involution": bool((perm[perm] == np.arange(len(perm))).all()), "mirror error": mirror_err,
@@ -176,8 +181,8 @@ fig
 # a turned head); the pictures tell.
 
 # %%
-reference = geometry.shape_reference(points)
-residuals = geometry.shape_residuals(points, reference=reference)
+reference = eda.shape_reference(points)
+residuals = eda.shape_residuals(points, reference=reference)
 shape_flags = noise.flag_outliers(residuals, shape_threshold)
 shape_table = pd.DataFrame({"file_name": data.names, "residual": residuals, "flagged": shape_flags})
 print(f"{int(shape_flags.sum())} of {len(shape_flags)} training shapes flagged "
@@ -199,7 +204,7 @@ fig
 
 # %%
 worst = int(np.argmax(residuals))
-_, point_residuals = geometry.shape_residuals(points[worst:worst + 1], per_point=True, reference=reference)
+_, point_residuals = eda.shape_residuals(points[worst:worst + 1], per_point=True, reference=reference)
 fig = viz.show_points(load_train(worst), points[worst], values=point_residuals[0],
                       title=f"{data.names[worst]}: shape residual {residuals[worst]:.3f}",
                       value_label="distance to the mean shape, shape radii")

@@ -47,7 +47,9 @@ retrain = False             # train again the stages whose parameters changed (e
 # %%
 # %matplotlib inline
 
-from landmarks_lib import engine, viz, workflow
+from landmarks_lib.reporting import viz
+from landmarks_lib.runs import workflow
+from landmarks_lib.training import engine
 
 params, run = workflow.start("02_train", globals())
 

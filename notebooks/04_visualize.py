@@ -41,10 +41,13 @@ overrides = {}              # parameter values, e.g. {"epochs": 3}; they are wri
 # %matplotlib inline
 import numpy as np
 import pandas as pd
-
 from IPython.display import HTML
 
-from landmarks_lib import engine, geometry, metrics, viewer, viz, workflow
+from landmarks_lib.core import geometry
+from landmarks_lib.evaluation import eda, metrics
+from landmarks_lib.reporting import viewer, viz
+from landmarks_lib.runs import workflow
+from landmarks_lib.training import engine
 
 params, run = workflow.start("04_visualize", globals())
 n_fig = params["num_figures"]
@@ -55,7 +58,7 @@ val_truth = data.points(data.val_idx)
 val_pred = run.read_predictions("val")
 val_nme = metrics.per_image_nme(val_pred, val_truth)
 load_val = workflow.image_loader(data.image_dir, val_names)
-mean_shape = geometry.mean_shape(data.point_view(data.train_idx)[geometry.sample_rows(len(data.train_idx))])
+mean_shape = geometry.mean_shape(data.point_view(data.train_idx)[eda.sample_rows(len(data.train_idx))])
 run_metrics = run.read_metrics()
 pd.Series(run_metrics, name="value").to_frame()
 

@@ -4,7 +4,7 @@ the unfused input conversion (``to_input`` then ``normalize``) that ``data.netwo
 
 import torch
 
-from landmarks_lib import augment
+from landmarks_lib.data import augment
 
 
 def identity_matrices(n: int, pad: int) -> torch.Tensor:

@@ -73,7 +73,7 @@ def standin_dir():
 def tiny_dataset(tmp_path_factory):
     """A tiny synthetic contest-format dataset (24 training and 6 test images, 68 points), written once per
     session; returns ``synthetic.write_dataset``'s summary dict (``out_dir``, paths, counts)."""
-    from landmarks_lib import synthetic
+    from landmarks_lib.data import synthetic
 
     out = tmp_path_factory.mktemp("tiny-synthetic")
     return synthetic.write_dataset(out / "data", n_train=24, n_test=6, num_points=68, seed=0)

@@ -1,10 +1,9 @@
 """Batch augmentation: images and landmarks move together; flips re-index points; identity is exact."""
 
 import torch
-
-from landmarks_lib import augment
-
 from augment_reference import identity_matrices, photometric  # noqa: E402
+
+from landmarks_lib.data import augment
 
 
 def _blob_images(points, sc, sigma=1.2):

@@ -13,11 +13,13 @@ import shutil
 
 import pytest
 
-from landmarks_lib import params as lp
-from landmarks_lib import pipeline, synthetic
-from landmarks_lib.io import DataFormatError, read_groups, read_landmarks, read_test_points
-from landmarks_lib.run import MARKER, RunFolder, RunFolderError
-from landmarks_lib.validate import validate_dataset
+from landmarks_lib.core import params as lp
+from landmarks_lib.core.files import MARKER
+from landmarks_lib.data import synthetic
+from landmarks_lib.data.tables import DataFormatError, read_groups, read_landmarks, read_test_points
+from landmarks_lib.data.validate import validate_dataset
+from landmarks_lib.runs import pipeline
+from landmarks_lib.runs.run_folder import RunFolder, RunFolderError
 
 LM, TP, GR = "train/landmarks.csv", "test/test_points.csv", "train/groups.csv"
 
@@ -183,8 +185,8 @@ def test_one_training_row_is_too_few_for_a_split(ds):
     lines = (ds / LM).read_text().splitlines()
     (ds / LM).write_text("\n".join(lines[:2]) + "\n")
     assert_names_file_and_line(fatal(validate_dataset(ds), "too_few_rows"), LM, 1)
-    from landmarks_lib import engine
-    from landmarks_lib import params as lp
+    from landmarks_lib.core import params as lp
+    from landmarks_lib.training import engine
 
     p = lp.resolve(data_dir=str(ds), overrides={"cache_dir": str(ds / "cache"), "val_split": "random"})
     with pytest.raises(DataFormatError, match=r"landmarks.csv: 1 usable row\(s\) leave no image to train on"):
@@ -210,7 +212,7 @@ def _png_claiming(path, width, height):
 
 
 def test_an_image_over_the_pixel_limit_is_fatal_in_the_validator_and_refused_by_the_loader(ds):
-    from landmarks_lib.images import ImageError, load_image
+    from landmarks_lib.core.images import ImageError, load_image
 
     name = read_landmarks(ds / LM).names[1]
     img = ds / "train" / "images" / name
@@ -223,9 +225,10 @@ def test_an_image_over_the_pixel_limit_is_fatal_in_the_validator_and_refused_by_
 
 
 def test_a_model_with_another_number_of_points_is_named_as_such(tmp_path):
-    from landmarks_lib import checkpoint, workflow
-    from landmarks_lib import params as lp
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.core import params as lp
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.runs import workflow
+    from landmarks_lib.runs.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run").create("test")
     checkpoint.save(run.model, {"kind": "model", "face": {"meta": {"num_points": 68}}, "localizer": None,
@@ -243,8 +246,8 @@ def test_a_full_disk_is_named_with_its_folder(tmp_path, monkeypatch):
 
     import torch
 
-    from landmarks_lib import checkpoint
-    from landmarks_lib.files import atomic_write_json
+    from landmarks_lib.core.files import atomic_write_json
+    from landmarks_lib.models import checkpoint
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -264,7 +267,7 @@ def test_a_full_disk_is_named_with_its_folder(tmp_path, monkeypatch):
 
 
 def test_half_built_caches_are_removed_only_when_their_builder_is_gone(tmp_path):
-    from landmarks_lib import cache
+    from landmarks_lib.data import cache
 
     dead = tmp_path / ".crops-abc.999999999.x1"
     mine = tmp_path / f".crops-abc.{os.getpid()}.x2"
@@ -279,8 +282,8 @@ def test_half_built_caches_are_removed_only_when_their_builder_is_gone(tmp_path)
 def test_a_dead_kernel_is_named_and_its_report_written(tmp_path, monkeypatch):
     import nbformat
 
-    from landmarks_lib import pipeline
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs import pipeline
+    from landmarks_lib.runs.run_folder import RunFolder
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
@@ -326,7 +329,7 @@ def test_retrain_goes_with_resume(tmp_path, capsys):
 
 
 def test_notebook_kernels_share_the_lock_and_keep_runners_out(tmp_path, monkeypatch):
-    from landmarks_lib import workflow
+    from landmarks_lib.runs import workflow
 
     monkeypatch.delenv("LANDMARKS_RUN_LOCK", raising=False)
     ns = {"run_dir": str(tmp_path / "r"), "overrides": {"synthetic_train": 8, "synthetic_test": 2,

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from landmarks_lib import cache, geometry
-from landmarks_lib.images import load_image
+from landmarks_lib.core import geometry
+from landmarks_lib.core.images import load_image
+from landmarks_lib.data import cache
 
 
 def _images(d, n=5):

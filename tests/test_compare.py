@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from landmarks_lib import compare
+from landmarks_lib.runs import compare
 
 
 def _run(path, lr, mse, source, minutes=(1.0, 2.0), capability="AVX2"):

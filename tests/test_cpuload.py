@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from landmarks_lib import cpuload
+from landmarks_lib.training import cpuload
 
 HOG = [sys.executable, "-c", "while True: pass"]
 LINUX = os.path.exists("/proc/stat") and os.path.exists("/proc/self/task")
@@ -70,7 +70,7 @@ def test_the_watcher_sleeps_at_the_first_busy_sample_and_spins_again_after_calm_
 
 @pytest.mark.skipif(not (LINUX and TWO_CPUS), reason="needs Linux and 2 CPUs")
 def test_the_helper_team_raises_libgomps_thread_count_and_is_freed():
-    code = ("import os, json, torch\nfrom landmarks_lib import cpuload\n"
+    code = ("import os, json, torch\nfrom landmarks_lib.training import cpuload\n"
             "torch.set_num_threads(2); torch.ones(1 << 20).add_(1)  # the main team exists\n"
             "n = lambda: len(os.listdir('/proc/self/task'))\n"
             "lib = cpuload.libgomp(); before = n()\n"
@@ -86,7 +86,7 @@ def test_the_helper_team_raises_libgomps_thread_count_and_is_freed():
 
 @pytest.mark.skipif(not (LINUX and TWO_CPUS), reason="needs Linux and 2 CPUs")
 def test_a_busy_loop_started_while_torch_runs_makes_waiting_threads_sleep_until_it_stops():
-    code = ("import json, subprocess, sys, time, torch\nfrom landmarks_lib import cpuload, engine\n"
+    code = ("import json, subprocess, sys, time, torch\nfrom landmarks_lib.training import cpuload, engine\n"
             "engine.apply_threads({'threads': 2})\n"
             "x = torch.randn(256, 256)\n"
             "def until(flag, limit=15.0):\n"
@@ -106,7 +106,7 @@ def test_a_busy_loop_started_while_torch_runs_makes_waiting_threads_sleep_until_
 
 
 def test_no_watcher_where_the_user_set_the_wait_or_one_thread_runs():
-    code = ("import json, threading, torch\nfrom landmarks_lib import cpuload, engine\n"
+    code = ("import json, threading, torch\nfrom landmarks_lib.training import cpuload, engine\n"
             "engine.apply_threads({'threads': THREADS})\n"
             "names = [t.name for t in threading.enumerate()]\n"
             "print(json.dumps([cpuload.STATE['policy'], 'landmarks-cpuload' in names]))\n")

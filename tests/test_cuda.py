@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from landmarks_lib import engine, models
-from landmarks_lib import params as P
-from landmarks_lib.data import BatchSampler, CacheBatches, make_loader
-from landmarks_lib.run import RunFolder
+from landmarks_lib.core import params as P
+from landmarks_lib.data.loading import BatchSampler, CacheBatches, make_loader
+from landmarks_lib.models import landmark
+from landmarks_lib.runs.run_folder import RunFolder
+from landmarks_lib.training import engine
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -28,7 +29,7 @@ def _setup(tiny_dataset, tmp_path, **over):
 def test_augmented_batch_on_the_gpu_matches_the_cpu(tiny_dataset, tmp_path):
     p, data, recipe, cache = _setup(tiny_dataset, tmp_path)
     batch = CacheBatches(cache)[np.arange(8)]
-    mean, std = models.input_normalization(recipe["backbone"], recipe["input_norm"])
+    mean, std = landmark.input_normalization(recipe["backbone"], recipe["input_norm"])
     perm = torch.as_tensor(data.flip_perm())
     out = {}
     for dev in ("cpu", "cuda"):

@@ -30,8 +30,10 @@ import numpy as np
 import pytest
 import torch
 
+from landmarks_lib.models import networks
+
 # Only light imports at module level: the spawned workers of the last test import this module.
-from landmarks_lib import distributed
+from landmarks_lib.training import distributed
 
 REL_TOL = 0.06
 SETTINGS = {
@@ -54,7 +56,8 @@ def _args(data_dir, run_dir, cache_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Launch the 2-process run, run the single-process reference in this process meanwhile, wait for both."""
-    from landmarks_lib import synthetic, train
+    from landmarks_lib.data import synthetic
+    from landmarks_lib.runs import train
 
     root = tmp_path_factory.mktemp("dist")
     data_dir, cache_dir = root / "data", root / "cache"
@@ -91,8 +94,9 @@ def runs(tmp_path_factory):
 def test_two_processes_write_one_run_folder(runs):
     import pandas as pd
 
-    from landmarks_lib import checkpoint, engine
-    from landmarks_lib import params as params_mod
+    from landmarks_lib.core import params as params_mod
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.training import engine
 
     ddp = runs["ddp"]
     assert sorted(os.listdir(ddp)) == [".lock", ".thousand-landmarks-run.json", "checkpoints", "history.csv",
@@ -139,8 +143,12 @@ def test_best_checkpoint_is_the_plain_validated_model(runs):
     """``train_best.pt`` holds the unwrapped state dict, and re-validating it gives the MSE the ranks agreed on."""
     import pandas as pd
 
-    from landmarks_lib import checkpoint, engine, geometry, localizer, metrics, predict
-    from landmarks_lib import params as params_mod
+    from landmarks_lib.core import geometry
+    from landmarks_lib.core import params as params_mod
+    from landmarks_lib.evaluation import metrics
+    from landmarks_lib.inference import passes
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.training import engine
 
     ddp = runs["ddp"]
     params = params_mod.resolve(run_dir=ddp)
@@ -148,13 +156,13 @@ def test_best_checkpoint_is_the_plain_validated_model(runs):
     for stage in ("localizer", "train"):
         ck = checkpoint.load(ddp / "checkpoints" / f"{stage}_best.pt", "stage")
         assert not any(k.startswith("module.") for k in ck["state_dict"])
-        model = checkpoint.network(ck)
+        model = networks.network(ck)
         c = engine.stage_cache(engine.stage_recipe(params, stage), data, params, progress=False)
         if stage == "localizer":  # a face-box detector: its validation MSE is that of the chosen face's box
-            pred = localizer.predict_boxes_cache(model, ck["meta"], c, data.val_idx)
+            pred = passes.predict_boxes_cache(model, ck["meta"], c, data.val_idx)
             mse = float(np.mean((pred - geometry.face_boxes(data.points(data.val_idx))) ** 2))
         else:
-            pred = predict.predict_cache(model, ck["meta"], c, data.val_idx)
+            pred = passes.predict_cache(model, ck["meta"], c, data.val_idx)
             mse = metrics.mse(pred, data.points(data.val_idx))
         h = pd.read_csv(ddp / "history.csv")
         best = h[h["stage"] == stage]["val_mse"].min()
@@ -164,12 +172,14 @@ def test_best_checkpoint_is_the_plain_validated_model(runs):
 def test_finetune_continues_from_the_distributed_run(runs, tmp_path):
     import pandas as pd
 
-    from landmarks_lib import engine, viz, workflow
-    from landmarks_lib import params as params_mod
+    from landmarks_lib.core import params as params_mod
+    from landmarks_lib.reporting import viz
+    from landmarks_lib.runs import workflow
+    from landmarks_lib.training import engine
 
     run_dir = tmp_path / "run"
     shutil.copytree(runs["ddp"], run_dir)
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs.run_folder import RunFolder
 
     params = params_mod.resolve(run_dir=run_dir, overrides={"finetune_epochs": 1})
     data = engine.load_train_data(params, progress=False)

@@ -10,10 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from floats import assert_close
 
-from landmarks_lib import engine, params as P, predict, synthetic, workflow
-from landmarks_lib.io import read_test_points
-from landmarks_lib.run import RunFolder
+from landmarks_lib.core import params as P
+from landmarks_lib.data import synthetic
+from landmarks_lib.data.tables import read_test_points
+from landmarks_lib.inference import passes, predict
+from landmarks_lib.models import networks
+from landmarks_lib.runs import workflow
+from landmarks_lib.runs.run_folder import RunFolder
+from landmarks_lib.training import engine
 
 TINY = dict(backbone="resnet18", pretrained=False, crop_mode="letterbox", crop_size=32, localizer_crop_size=32,
             epochs=2, localizer_epochs=1, finetune_epochs=0, batch_size=8, localizer_batch_size=8, threads=1,
@@ -85,7 +91,7 @@ def test_stage_keys_hash_only_the_scopes_each_stage_reads():
 
 @pytest.mark.parametrize("stage", ["localizer", "train"])
 def test_a_stage_reads_nothing_outside_its_scopes(tiny_data, tmp_path, stage):
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs.run_folder import RunFolder
 
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", crop_mode="face", epochs=1)
     data = engine.load_train_data(p, progress=False)
@@ -99,8 +105,8 @@ def test_a_stage_reads_nothing_outside_its_scopes(tiny_data, tmp_path, stage):
 
 @pytest.mark.parametrize("head", ["linear", "spatial", "softargmax"])
 def test_checkpoint_round_trip(tiny_data, tmp_path, head):
-    from landmarks_lib import checkpoint
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.runs.run_folder import RunFolder
 
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", head=head)
     run = RunFolder(p["run_dir"]).create("test")
@@ -112,7 +118,7 @@ def test_checkpoint_round_trip(tiny_data, tmp_path, head):
     meta = ck["meta"]
     assert meta["num_points"] == 24 and meta["crop_size"] == 32 and meta["crop_mode"] == "letterbox"
     assert meta["backbone"] == "resnet18" and len(meta["flip_perm"]) == 24 and meta["head"] == head
-    model = checkpoint.network(ck)
+    model = networks.network(ck)
     assert type(model).__name__ == {"linear": "LandmarkModel", "spatial": "SpatialLandmarkModel",
                                     "softargmax": "SoftArgmaxLandmarkModel"}[head]
     if head == "softargmax":
@@ -120,7 +126,7 @@ def test_checkpoint_round_trip(tiny_data, tmp_path, head):
             engine.fit({**p, "normalize_targets": False}, data, RunFolder(tmp_path / "other"), "train",
                        progress=False)
     c = engine.stage_cache(engine.stage_recipe(p, "train"), data, p, progress=False)
-    pred = predict.predict_cache(model, meta, c, data.val_idx)
+    pred = passes.predict_cache(model, meta, c, data.val_idx)
     mse = float(np.mean((pred - data.points(data.val_idx)) ** 2))
     assert mse == pytest.approx(ck["val_mse"], rel=1e-6)
     hist = run.read_history()
@@ -167,7 +173,7 @@ def test_scheduler_warm_up_then_cosine():
         sched.step()
     assert per_step
     np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0])
-    np.testing.assert_allclose(lrs[4:], [0.5 * (1 + np.cos(np.pi * t / 8)) for t in range(8)], atol=1e-9)
+    assert_close(lrs[4:], [0.5 * (1 + np.cos(np.pi * t / 8)) for t in range(8)])
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data, tmp_path):
@@ -195,7 +201,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data,
     h_full, h_cut = pd.read_csv(full / "history.csv"), pd.read_csv(cut / "history.csv")
     np.testing.assert_array_equal(h_full["val_mse"].to_numpy(), h_cut["val_mse"].to_numpy())
     np.testing.assert_array_equal(h_full["train_loss"].to_numpy(), h_cut["train_loss"].to_numpy())
-    from landmarks_lib import checkpoint
+    from landmarks_lib.models import checkpoint
 
     a = checkpoint.load(full / "checkpoints" / "train_best.pt")["state_dict"]
     b = checkpoint.load(cut / "checkpoints" / "train_best.pt")["state_dict"]
@@ -204,7 +210,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_data,
 
 
 def _train_and_submit(data_dir, run_dir, cache_dir):
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs.run_folder import RunFolder
 
     p = _params(data_dir, run_dir, cache_dir)
     run = RunFolder(run_dir).create("test")
@@ -229,8 +235,8 @@ def test_same_seed_gives_byte_identical_submission(tiny_data, tmp_path):
 
 
 def test_face_mode_trains_the_localizer_and_the_model_holds_both(tiny_data, tmp_path):
-    from landmarks_lib import checkpoint
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.runs.run_folder import RunFolder
 
     p = _params(tiny_data, tmp_path / "run", tmp_path / "cache", crop_mode="face", epochs=1)
     run = RunFolder(p["run_dir"]).create("test")
@@ -250,8 +256,8 @@ def test_face_mode_trains_the_localizer_and_the_model_holds_both(tiny_data, tmp_
 def test_a_weak_model_flags_no_exact_synthetic_label(tmp_path):
     """Exact labels (the synthetic generator's) judged by a model after 2 epochs: the training errors alone have
     outliers (hard drawings), but none stands above the model's own validation errors, so nothing is flagged."""
-    from landmarks_lib import noise
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs.run_folder import RunFolder
+    from landmarks_lib.training import noise
 
     d = tmp_path / "data"
     synthetic.write_dataset(d, n_train=120, n_test=2, num_points=24, seed=2, min_size=64, max_size=96)
@@ -322,8 +328,8 @@ def test_synthetic_default_is_regenerated_when_its_parameters_change(tmp_path):
 
 
 def test_final_stage_is_the_better_of_train_and_finetune(tmp_path):
-    from landmarks_lib import checkpoint
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.models import checkpoint
+    from landmarks_lib.runs.run_folder import RunFolder
 
     run = RunFolder(tmp_path).create("test")
     with pytest.raises(FileNotFoundError, match="train notebook"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landmarks_lib.images import ImageError, image_size, load_image, to_rgb
+from landmarks_lib.core.images import ImageError, image_size, load_image, to_rgb
 
 RNG = np.random.RandomState(0)
 
@@ -158,7 +158,7 @@ def test_unconvertible_mode_names_the_file(tmp_path, monkeypatch):
     def refuse(im):
         raise ValueError(f"conversion from {im.mode} to RGB not supported")
 
-    monkeypatch.setattr("landmarks_lib.images.to_rgb", refuse)
+    monkeypatch.setattr("landmarks_lib.core.images.to_rgb", refuse)
     with pytest.raises(ImageError, match=r"odd\.png: image mode RGB cannot be converted to RGB \(conversion from"):
         load_image(p)
 

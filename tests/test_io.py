@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from landmarks_lib import io as lio
-from landmarks_lib.files import atomic_open, atomic_write_json
-from landmarks_lib.io import DataFormatError, parse_header, read_landmarks, read_test_points
+from landmarks_lib.core.files import atomic_open, atomic_write_json
+from landmarks_lib.data import tables as lio
+from landmarks_lib.data.tables import DataFormatError, parse_header, read_landmarks, read_test_points
 
 
 def header(k):
@@ -309,7 +309,7 @@ def test_atomic_open_replaces_on_success_and_json(tmp_path):
 
 
 def test_labels_are_pixel_indices_converted_at_the_boundary(tmp_path):
-    from landmarks_lib.io import LABEL_OFFSET, labels_to_points, points_to_labels
+    from landmarks_lib.core.coords import LABEL_OFFSET, labels_to_points, points_to_labels
 
     lab = np.array([[[0, 3], [-2, 7]]], dtype=np.int16)
     pts = labels_to_points(lab)

@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from floats import assert_close
 
-from landmarks_lib import geometry, localizer as L, robustness as R
+from landmarks_lib.core import geometry
+from landmarks_lib.data import reframing
+from landmarks_lib.evaluation import robustness as R
+from landmarks_lib.models import codecs, facebox
 
 
 def _perfect_output(codec, target, boxes, present):
@@ -23,49 +27,49 @@ def _perfect_output(codec, target, boxes, present):
 
 
 def test_codec_round_trip_and_choice_never_averages():
-    codec = L.FaceBoxCodec(96)
+    codec = codecs.FaceBoxCodec(96)
     boxes = torch.tensor([[[30.2, 40.7, 50.0], [80.0, 15.0, 20.0]], [[47.9, 48.1, 70.0], [0, 0, 0]]])
     present = torch.tensor([[True, True], [True, False]])
     target = codec.encode(boxes, present)
     assert target["heat"].shape == (2, 6, 6) and float(target["heat"].max()) == pytest.approx(1.0)
     out = _perfect_output(codec, target, boxes, present)
-    dec, scores = codec.decode(out)
+    dec, scores = codec.decode(out.numpy())
     np.testing.assert_allclose(dec[0, :2], boxes[0].numpy(), atol=1e-4)
-    box, score, faces = L.choose(dec, scores)
+    box, score, faces = codecs.choose(dec, scores)
     assert faces.tolist() == [2, 1]
     # the larger face wins; the chosen box is one detection, not a mix of two
     np.testing.assert_allclose(box, boxes[:, 0].numpy(), atol=1e-4)
     # ... also when the smaller one scores higher
     sc2 = scores.copy()
     sc2[0, :2] = [0.6, 0.9]
-    np.testing.assert_allclose(L.choose(dec, sc2)[0][0], dec[0, 0])
+    np.testing.assert_allclose(codecs.choose(dec, sc2)[0][0], dec[0, 0])
     # a face under half the best score does not count: the confident smaller face wins
     sc2[0, :2] = [0.2, 0.9]
-    b2, _, n2 = L.choose(dec, sc2)
+    b2, _, n2 = codecs.choose(dec, sc2)
     np.testing.assert_allclose(b2[0], dec[0, 1])
     assert n2[0] == 1
 
 
 def test_loss_is_lower_for_the_true_boxes():
-    codec = L.FaceBoxCodec(64)
+    codec = codecs.FaceBoxCodec(64)
     boxes = torch.tensor([[[20.0, 30.0, 25.0], [0, 0, 0]]])
     present = torch.tensor([[True, False]])
     target = codec.encode(boxes, present)
     good = _perfect_output(codec, target, boxes, present)
     bad = torch.roll(good, shifts=2, dims=3)
-    assert float(codec.loss(good, target)) < float(codec.loss(bad, target)) / 10
+    assert float(facebox.facebox_loss(good, target)) < float(facebox.facebox_loss(bad, target)) / 10
 
 
 def test_boxes_to_original_inverts_the_letterbox():
     frame = geometry.letterbox_frame(300, 200, 96)
     truth = np.array([[150.0, 80.0, 90.0]])
     in_input = np.array([[(150 - frame.x0) * frame.scale, (80 - frame.y0) * frame.scale, 90 * frame.scale]])
-    np.testing.assert_allclose(geometry.boxes_to_original(in_input, frame.as_array()[None]), truth, atol=1e-9)
-    rect = L.content_rects(frame.as_array()[None])[0]
-    np.testing.assert_allclose(rect, [0, (96 - 64) / 2, 96, (96 + 64) / 2], atol=1e-9)
+    assert_close(geometry.boxes_to_original(in_input, frame.as_array()[None]), truth, ulps=64)
+    rect = reframing.content_rects(frame.as_array()[None])[0]
+    assert_close(rect, [0, (96 - 64) / 2, 96, (96 + 64) / 2])
     fr = geometry.box_frames(truth, 112, 1.15)[0]
     ref = geometry.face_frame(np.array([[105.0, 35.0], [195.0, 125.0]]), 112, 1.15)
-    np.testing.assert_allclose(fr, ref.as_array(), atol=1e-9)
+    assert_close(fr, ref.as_array())
 
 
 def _letterbox_batch(n=12, c=64, seed=0):
@@ -79,7 +83,7 @@ def _letterbox_batch(n=12, c=64, seed=0):
 
 def test_reframe_batch_is_seeded_and_keeps_the_faces_in_the_frame():
     imgs, pts, content = _letterbox_batch()
-    run = lambda s: L.reframe_batch(imgs, pts, content, 64, torch.Generator().manual_seed(s), second_face=1.0)  # noqa
+    run = lambda s: reframing.reframe_batch(imgs, pts, content, 64, torch.Generator().manual_seed(s), second_face=1.0)  # noqa
     a, b = run(3), run(3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], run(4)[0])
@@ -97,19 +101,19 @@ def test_reframe_batch_is_seeded_and_keeps_the_faces_in_the_frame():
 def test_reframe_without_reframing_is_the_letterbox():
     imgs, pts, content = _letterbox_batch(n=4)
     content = np.tile([0.0, 0.0, 64.0, 64.0], (4, 1))
-    img, boxes, _ = L.reframe_batch(imgs, pts, content, 64, torch.Generator().manual_seed(0), reframe=0.0,
+    img, boxes, _ = reframing.reframe_batch(imgs, pts, content, 64, torch.Generator().manual_seed(0), reframe=0.0,
                                     second_face=0.0, flip=False, scale_jitter=0.0)
     np.testing.assert_allclose(img.numpy(), imgs.permute(0, 3, 1, 2).float().numpy(), atol=1e-3)
     np.testing.assert_allclose(boxes[:, 0].numpy(), geometry.face_boxes(pts.numpy()), atol=1e-3)
 
 
 def test_trunk_stride_and_output_shape():
-    net = L.build_localizer("resnet18")
+    net = facebox.build_localizer("resnet18")
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 4, 4, 4)
-    net = L.build_localizer("mobilenet_v2")
+    net = facebox.build_localizer("mobilenet_v2")
     assert net.eval()(torch.zeros(1, 3, 96, 96)).shape == (1, 4, 6, 6)
     with pytest.raises(ValueError, match="multiple of 16"):
-        L.FaceBoxCodec(100)
+        codecs.FaceBoxCodec(100)
 
 
 # ------------------------------------------------------------------------------------------- robustness set
@@ -140,7 +144,7 @@ def test_robustness_draws_are_seeded_and_keep_the_face_one_to_one():
             np.testing.assert_array_equal(out[y - r.y0, x - r.x0], images[i][y, x])
         long = max(r.width, r.height)
         extent = (points[i].max(0) - points[i].min(0)).max()
-        assert extent / long <= R.FACE_SHARE[1] + 1e-6
+        assert extent / long <= reframing.FACE_SHARE[1] + 1e-6
 
 
 def test_off_face_counts_missed_and_wrongly_sized_crops():

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmarks_lib import metrics, submission
-from landmarks_lib.io import TestPoints, read_test_points
+from landmarks_lib.data.tables import TestPoints, read_test_points
+from landmarks_lib.evaluation import metrics, submission
 
 
 def test_mse_is_per_coordinate():
@@ -142,8 +142,8 @@ def test_failed_check_writes_nothing(tmp_path):
 def test_partial_run_writes_a_partial_submission_only(tmp_path):
     """``max_test_images`` below the test set: ``submission_partial.csv`` (its rows checked), no ``submission.csv``
     (an earlier one is removed, never left looking like this run's); a complete run puts ``submission.csv`` back."""
-    from landmarks_lib import params as lp
-    from landmarks_lib import workflow
+    from landmarks_lib.core import params as lp
+    from landmarks_lib.runs import workflow
 
     data, run = tmp_path / "data", tmp_path / "run"
     (data / "train").mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_partial_run_writes_a_partial_submission_only(tmp_path):
         "file_name\tpoint_index_list\n" + "".join(f"img{i}.jpg\t[0, 2]\n" for i in range(5)))
     full = read_test_points(data / "test" / "test_points.csv", num_points=3)
     pred = np.arange(5 * 3 * 2, dtype=float).reshape(5, 3, 2)
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs.run_folder import RunFolder
 
     p = lp.resolve(data_dir=str(data), run_dir=str(run), overrides={"max_test_images": 2})
     folder = RunFolder(run).create("test")

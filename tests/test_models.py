@@ -7,14 +7,14 @@ import pytest
 import torch
 import torchvision
 
-from landmarks_lib import models
+from landmarks_lib.models import codecs, landmark
 
 SHARED_TORCH_HOME = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "torch_home")
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "resnext50_32x4d", "efficientnet_b0"])
 def test_backbones_give_k_points(backbone):
-    m = models.build_model(backbone, num_points=7).eval()
+    m = landmark.build_model(backbone, num_points=7).eval()
     with torch.no_grad():
         out = m(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, 7, 2)
@@ -22,28 +22,28 @@ def test_backbones_give_k_points(backbone):
 
 def test_head_starts_at_the_mean_shape():
     shape = torch.tensor([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.25]])
-    m = models.build_model("resnet18", 3, init_shape=shape).eval()
+    m = landmark.build_model("resnet18", 3, init_shape=shape).eval()
     with torch.no_grad():
         out = m(torch.randn(4, 3, 48, 48))
     # weights scaled down 100x: every output is close to the mean shape
     assert (out - shape).abs().max() < 0.05
-    px = models.to_crop_pixels(shape, 96, True)
+    px = codecs.LandmarkCodec(96, True).decode(shape)
     torch.testing.assert_close(px, (shape + 0.5) * 96)
-    torch.testing.assert_close(models.to_target_units(px, 96, True), shape)
-    torch.testing.assert_close(models.to_target_units(px, 96, False), px)
+    torch.testing.assert_close(codecs.LandmarkCodec(96, True).encode(px), shape)
+    torch.testing.assert_close(codecs.LandmarkCodec(96, False).encode(px), px)
 
 
 def test_input_normalization():
-    mean, std = models.input_normalization("mobilenet_v2", "weights")
+    mean, std = landmark.input_normalization("mobilenet_v2", "weights")
     assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
-    assert models.input_normalization("resnet18", "half") == ((0.5,) * 3, (0.5,) * 3)
+    assert landmark.input_normalization("resnet18", "half") == ((0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ValueError, match="input_norm"):
-        models.input_normalization("resnet18", "zscore")
+        landmark.input_normalization("resnet18", "zscore")
 
 
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown backbone"):
-        models.build_model("resnet9000", 5)
+        landmark.build_model("resnet9000", 5)
 
 
 def test_unavailable_weights_give_a_clear_message(monkeypatch, tmp_path):
@@ -53,8 +53,8 @@ def test_unavailable_weights_give_a_clear_message(monkeypatch, tmp_path):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.models, "get_model", offline)
-    with pytest.raises(models.WeightsUnavailable) as e:
-        models.build_model("resnet18", 5, pretrained=True)
+    with pytest.raises(landmark.WeightsUnavailable) as e:
+        landmark.build_model("resnet18", 5, pretrained=True)
     msg = str(e.value)
     assert "resnet18-f37072fd.pth" in msg and "TORCH_HOME" in msg and "pretrained=false" in msg
 
@@ -63,7 +63,7 @@ def test_unavailable_weights_give_a_clear_message(monkeypatch, tmp_path):
                     reason="../shared/torch_home not present")
 def test_pretrained_mobilenet_loads_offline_from_torch_home(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", os.path.abspath(SHARED_TORCH_HOME))
-    m = models.build_model("mobilenet_v2", 5, pretrained=True)
+    m = landmark.build_model("mobilenet_v2", 5, pretrained=True)
     ref = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1")
     torch.testing.assert_close(m.backbone.features[0][0].weight, ref.features[0][0].weight)
 
@@ -71,8 +71,8 @@ def test_pretrained_mobilenet_loads_offline_from_torch_home(monkeypatch):
 @pytest.mark.parametrize("backbone,size,grid", [("resnet18", 64, 2), ("mobilenet_v2", 96, 3)])
 def test_spatial_head_keeps_the_feature_grid_and_starts_at_the_mean_shape(backbone, size, grid):
     shape = torch.tensor([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.25]])
-    m = models.build_model(backbone, 3, init_shape=shape, head="spatial", crop_size=size).eval()
-    assert isinstance(m, models.SpatialLandmarkModel)
+    m = landmark.build_model(backbone, 3, init_shape=shape, head="spatial", crop_size=size).eval()
+    assert isinstance(m, landmark.SpatialLandmarkModel)
     assert m.head.in_features == 128 * grid * grid
     with torch.no_grad():
         x = torch.randn(4, 3, size, size)
@@ -83,15 +83,15 @@ def test_spatial_head_keeps_the_feature_grid_and_starts_at_the_mean_shape(backbo
     assert out.shape == (4, 3, 2) and (out - shape).abs().max() < 0.05
     torch.testing.assert_close(out, direct)
     with pytest.raises(ValueError, match="crop_size"):
-        models.build_model(backbone, 3, head="spatial")
+        landmark.build_model(backbone, 3, head="spatial")
     with pytest.raises(ValueError, match="head"):
-        models.build_model(backbone, 3, head="heatmap")
+        landmark.build_model(backbone, 3, head="heatmap")
 
 
 def test_softargmax_head_starts_at_the_mean_shape_and_reads_its_heatmaps():
     shape = torch.tensor([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.25]])
-    m = models.build_model("resnet18", 3, init_shape=shape, head="softargmax", crop_size=64).eval()
-    assert isinstance(m, models.SoftArgmaxLandmarkModel) and m.prior.shape == (3, 4, 4)  # 2x2 grid, upsampled 2x
+    m = landmark.build_model("resnet18", 3, init_shape=shape, head="softargmax", crop_size=64).eval()
+    assert isinstance(m, landmark.SoftArgmaxLandmarkModel) and m.prior.shape == (3, 4, 4)  # 2x2 grid, upsampled 2x
     with torch.no_grad():
         out = m(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 3, 2)

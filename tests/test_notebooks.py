@@ -12,8 +12,8 @@ import jupytext
 import papermill
 import pytest
 
-from landmarks_lib import params as lp
-from landmarks_lib import pipeline
+from landmarks_lib.core import params as lp
+from landmarks_lib.runs import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.py")))
@@ -107,7 +107,7 @@ def test_cells_hold_no_logic_or_path_tricks(py):
         text = f.read()
     assert "sys.path" not in text
     assert not re.search(r"(?<![\w.])eval\(", text)
-    assert "import landmarks_lib" in text or "from landmarks_lib import" in text
+    assert "import landmarks_lib" in text or "from landmarks_lib" in text
     nb = jupytext.read(py)
     for i, c in enumerate(nb.cells):
         if c.cell_type != "code":

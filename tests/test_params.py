@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from landmarks_lib import params as lp
-from landmarks_lib import pipeline, workflow
+from landmarks_lib.core import params as lp
+from landmarks_lib.runs import pipeline, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILES = sorted(glob.glob(os.path.join(REPO, "params", "*.yaml")))

@@ -15,9 +15,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from landmarks_lib import cpuload, geometry, io, pipeline, submission, viz, workflow
-from landmarks_lib.run import MARKER, RunFolder
-from landmarks_lib import params as lp
+from landmarks_lib.core import geometry
+from landmarks_lib.core import params as lp
+from landmarks_lib.core.files import MARKER
+from landmarks_lib.data import symmetry, tables
+from landmarks_lib.evaluation import eda, submission
+from landmarks_lib.reporting import viz
+from landmarks_lib.runs import pipeline, workflow
+from landmarks_lib.runs.run_folder import RunFolder
+from landmarks_lib.training import cpuload
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, N_TEST = 68, 8
@@ -122,7 +128,7 @@ def test_params_yaml_holds_typed_overrides(tiny_run):
 
 
 def test_history_metrics_predictions_and_the_final_model(tiny_run):
-    from landmarks_lib import checkpoint
+    from landmarks_lib.models import checkpoint
 
     run_dir = tiny_run["run_dir"]
     h = pd.read_csv(run_dir / "history.csv")
@@ -143,7 +149,7 @@ def test_history_metrics_predictions_and_the_final_model(tiny_run):
 
 def test_submission_is_valid(tiny_run):
     run_dir = tiny_run["run_dir"]
-    tp = io.read_test_points(run_dir / "data" / "test" / "test_points.csv")
+    tp = tables.read_test_points(run_dir / "data" / "test" / "test_points.csv")
     df = submission.validate_submission(run_dir / "submission.csv", tp)
     assert df.shape == (N_TEST, 1 + 60)
 
@@ -200,7 +206,7 @@ def test_retrain_keeps_the_localizer_and_retrains_what_reads_epochs(tiny_run):
     assert list(h["stage"]) == ["localizer", "train", "train", "finetune"]
     assert (run / "checkpoints" / "localizer_best.pt").stat().st_mtime_ns == loc
     assert _state(run)["03_finetune"]["params"]["epochs"] == 2
-    from landmarks_lib import compare
+    from landmarks_lib.runs import compare
 
     table = compare.compare_runs(tiny_run["run_dir"], run)
     assert table.loc[("param", "epochs"), "a"] == 1 and table.loc[("param", "epochs"), "b"] == 2
@@ -341,7 +347,7 @@ def test_plan_follows_the_scopes_each_notebook_reads(tmp_path):
 def test_crop_coverage_counts_points_outside_image_and_crop():
     # image 200 x 100; a face in the middle (x 80..120, y 30..70) and one point at x = 10 (outside the centre crop)
     pts = np.array([[[80, 30], [120, 30], [80, 70], [120, 70], [10, 50]]], np.float64)
-    cov = pd.DataFrame(geometry.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25)).set_index("crop_mode")
+    cov = pd.DataFrame(eda.crop_coverage(pts, [200], [100], crop_size=64, face_scale=1.25)).set_index("crop_mode")
     assert list(cov.index) == ["center", "letterbox", "face"]
     assert cov.loc["center", "points_outside_crop_pct"] == pytest.approx(20.0)
     assert cov.loc["center", "images_cut_pct"] == pytest.approx(100.0)
@@ -354,9 +360,9 @@ def test_crop_coverage_counts_points_outside_image_and_crop():
     assert cov.loc["face", "face_share_median"] == pytest.approx(1 / 1.25)
     out = pts.copy()
     out[0, 4] = [-5, 50]
-    assert geometry.crop_coverage(out, [200], [100], 64)[0]["points_outside_image_pct"] == pytest.approx(20.0)
+    assert eda.crop_coverage(out, [200], [100], 64)[0]["points_outside_image_pct"] == pytest.approx(20.0)
     with pytest.raises(ValueError):
-        geometry.crop_coverage(pts, [200], [100], 64, modes=["zoom"])
+        eda.crop_coverage(pts, [200], [100], 64, modes=["zoom"])
 
 
 def test_shape_residuals_ignore_pose_and_find_a_broken_shape():
@@ -369,34 +375,34 @@ def test_shape_residuals_ignore_pose_and_find_a_broken_shape():
         r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         shapes.append(base @ r.T * rng.uniform(0.5, 2) + rng.uniform(0, 200, 2))
     shapes = np.array(shapes)
-    assert geometry.shape_residuals(shapes).max() < 1e-6
+    assert eda.shape_residuals(shapes).max() < 1e-6
     broken = shapes.copy()
     broken[7] = broken[7][rng.permutation(20)]
-    res, per_point = geometry.shape_residuals(broken, per_point=True)
+    res, per_point = eda.shape_residuals(broken, per_point=True)
     assert int(np.argmax(res)) == 7 and res[7] > 0.3
     assert per_point.shape == (30, 20)
-    from landmarks_lib import noise
+    from landmarks_lib.training import noise
 
     assert np.flatnonzero(noise.flag_outliers(res + rng.normal(0, 1e-3, 30), 6.0)).tolist() == [7]
 
 
 def test_image_loader(tiny_dataset):
-    names = io.read_test_points(tiny_dataset["test_points"]).names
+    names = tables.read_test_points(tiny_dataset["test_points"]).names
     load = workflow.image_loader(tiny_dataset["test_images"], names)
     img = load(np.int64(1))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
 
 
 def test_mirror_check_and_face_placement_plots(tiny_dataset, tmp_path):
-    table = io.read_landmarks(tiny_dataset["train_landmarks"])
+    table = tables.read_landmarks(tiny_dataset["train_landmarks"])
     pts = table.points.astype(np.float32)
-    perm = geometry.estimate_mirror_permutation(pts)
-    fig = viz.plot_mirror_check(geometry.mean_shape(pts), perm, error=geometry.mirror_error(pts, perm))
+    perm = symmetry.estimate_mirror_permutation(pts)
+    fig = viz.plot_mirror_check(geometry.mean_shape(pts), perm, error=symmetry.mirror_error(pts, perm))
     assert "mirror pairs" in fig.axes[0].get_title()
     assert viz.save_figure(fig, tmp_path / "m.png").stat().st_size > 2000
     with pytest.raises(ValueError):
         viz.plot_mirror_check(geometry.mean_shape(pts), perm[:-1])
-    from landmarks_lib import images
+    from landmarks_lib.core import images
 
     sizes = np.array([images.image_size(os.path.join(tiny_dataset["train_images"], n)) for n in table.names])
     fig = viz.plot_face_placement(pts, sizes[:, 0], sizes[:, 1])
@@ -405,7 +411,7 @@ def test_mirror_check_and_face_placement_plots(tiny_dataset, tmp_path):
 
 
 def test_mean_shape_baseline(tiny_dataset, cache_dir):
-    from landmarks_lib import engine
+    from landmarks_lib.training import engine
 
     p = lp.resolve(data_dir=tiny_dataset["out_dir"], overrides={"val_fraction": 0.25, "cache_dir": cache_dir})
     data = engine.load_train_data(p, progress=False)

@@ -8,16 +8,22 @@ import sys
 import numpy as np
 import pytest
 import torch
+from floats import assert_close
 
-from landmarks_lib import checkpoint, engine, noise, params as P, predict, synthetic
-from landmarks_lib.io import labels_to_points, read_landmarks
+from landmarks_lib.core import params as P
+from landmarks_lib.core.coords import labels_to_points
+from landmarks_lib.data import synthetic
+from landmarks_lib.data.tables import read_landmarks
+from landmarks_lib.inference import passes, predict
+from landmarks_lib.models import checkpoint, networks
+from landmarks_lib.training import engine, noise
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A letterbox model trained for one epoch; returns ``(params, data, model dict, run folder)``."""
-    from landmarks_lib import workflow
-    from landmarks_lib.run import RunFolder
+    from landmarks_lib.runs import workflow
+    from landmarks_lib.runs.run_folder import RunFolder
 
     root = tmp_path_factory.mktemp("pred")
     data_dir = root / "data"
@@ -54,17 +60,17 @@ def test_flip_tta_unflips_and_reindexes():
     meta = {"crop_size": 40, "num_points": 3, "flip_perm": [1, 0, 2], "input_mean": [0.5] * 3,
             "input_std": [0.5] * 3, "normalize_targets": True}
     crops = np.zeros((2, 40, 40, 3), np.uint8)
-    plain = predict.predict_crops(_Const(shape), meta, crops, "cpu", tta_flip=False)
-    tta = predict.predict_crops(_Const(shape), meta, crops, "cpu", tta_flip=True)
+    plain = passes.predict_crops(_Const(shape), meta, crops, tta_flip=False)
+    tta = passes.predict_crops(_Const(shape), meta, crops, tta_flip=True)
     px = (shape.numpy() + 0.5) * 40
     np.testing.assert_allclose(plain[0], px, atol=1e-5)
     mirrored = px.copy()
     mirrored[:, 0] = 40 - mirrored[:, 0]
     np.testing.assert_allclose(tta[0], (px + mirrored[[1, 0, 2]]) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="mirror permutation"):
-        predict.predict_crops(_Const(shape), {**meta, "flip_perm": None}, crops, "cpu", tta_flip=True)
+        passes.predict_crops(_Const(shape), {**meta, "flip_perm": None}, crops, tta_flip=True)
     # a point without a mirror partner keeps its unflipped prediction; the others are averaged as before
-    odd = predict.predict_crops(_Const(shape), {**meta, "flip_unmatched": [2]}, crops, "cpu", tta_flip=True)
+    odd = passes.predict_crops(_Const(shape), {**meta, "flip_unmatched": [2]}, crops, tta_flip=True)
     np.testing.assert_allclose(odd[0, 2], px[2], atol=1e-5)
     np.testing.assert_allclose(odd[0, :2], tta[0, :2], atol=1e-5)
     assert abs(odd[0, 2, 0] - tta[0, 2, 0]) > 1.0
@@ -78,7 +84,7 @@ def test_ensemble_averages_in_original_pixels(trained):
     shifted["face"]["state_dict"]["head.bias"] += 0.1  # 0.1 of the crop to the right and down
     b = predict.predict_images(shifted, _images(p, data))
     both = predict.predict_images([model, shifted], _images(p, data))
-    np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
+    assert_close(both, (a + b) / 2, dtype=np.float32)
     assert np.abs(b - a).mean() > 1.0
 
 
@@ -111,7 +117,7 @@ def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_im
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_results_do_not_depend_on_the_batch_or_its_other_images(trained, backend):
-    from landmarks_lib.predictor import Predictor
+    from landmarks_lib.inference.predictor import Predictor
 
     p, data, model, run = trained
     paths = [os.path.join(data.image_dir, n) for n in data.names[:9]]
@@ -138,7 +144,7 @@ def test_results_do_not_depend_on_the_batch_or_its_other_images(trained, backend
 
 
 def data_image(data, name):
-    from landmarks_lib.images import load_image
+    from landmarks_lib.core.images import load_image
 
     return load_image(os.path.join(data.image_dir, name))
 
@@ -201,36 +207,35 @@ def test_scale_tta_averages_single_scale_passes(trained):
 
     def run(scales, refine=1):
         return predict.predict_images(face, _images(p, data), "cpu",
-                                      predict.Inference(refine_steps=refine, tta_scales=P.parse_scales(scales)))
+                                      passes.Inference(refine_steps=refine, tta_scales=P.parse_scales(scales)))
 
     one, small, large = run("1.0"), run((0.8,)), run([1.2])
-    np.testing.assert_allclose(run("0.8, 1.2"), (small + large) / 2, atol=1e-5)
-    np.testing.assert_allclose(predict.predict_images(face, _images(p, data), "cpu", predict.Inference()), one,
-                               atol=1e-6)
+    assert_close(run("0.8, 1.2"), (small + large) / 2, dtype=np.float32)
+    assert_close(predict.predict_images(face, _images(p, data), "cpu", passes.Inference()), one, dtype=np.float32)
     assert np.abs(small - large).mean() > 0.1  # the scales really place other crops
     assert np.abs(run("1.0", refine=0) - one).mean() > 0.01  # and refinement re-places them
-    assert predict.parse_scales("0.92;1") == (0.92, 1.0) and predict.parse_scales(1.1) == (1.1,)
+    assert P.parse_scales("0.92;1") == (0.92, 1.0) and P.parse_scales(1.1) == (1.1,)
     for bad in ("", "0", "-1", "a", "1,nan"):
         with pytest.raises(ValueError, match="scale"):
-            predict.parse_scales(bad)
+            P.parse_scales(bad)
     with pytest.raises(checkpoint.CheckpointError, match="localizer"):
         predict.predict_images(dict(face, localizer=None), _images(p, data))
 
 
 def _with_facebox_localizer(model):
     """The fixture's model as a ``face`` model placed by an (untrained, seeded) face-box localizer."""
-    from landmarks_lib import localizer
+    from landmarks_lib.models import codecs, facebox
 
     torch.manual_seed(0)
-    net = localizer.build_localizer("resnet18").eval()
-    meta = dict(model["face"]["meta"], head=localizer.HEAD, crop_size=64, crop_mode="letterbox", stage="localizer")
+    net = facebox.build_localizer("resnet18").eval()
+    meta = dict(model["face"]["meta"], head=codecs.HEAD, crop_size=64, crop_mode="letterbox", stage="localizer")
     face = dict(model["face"], meta=dict(model["face"]["meta"], crop_mode="face", face_scale=1.25))
     return dict(model, face=face, localizer={"meta": meta, "state_dict": net.state_dict()})
 
 
 def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained):
-    from landmarks_lib import localizer
-    from landmarks_lib.predictor import Predictor
+    from landmarks_lib.inference import passes
+    from landmarks_lib.inference.predictor import Predictor
 
     p, data, model, _ = trained
     m = _with_facebox_localizer(model)
@@ -238,7 +243,7 @@ def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pr = Predictor([m], "cpu", predict.Inference(refine_steps=0, tta_flip=False), micro_batch=4)
+        pr = Predictor([m], "cpu", passes.Inference(refine_steps=0, tta_flip=False), micro_batch=4)
         whole = pr.predict(paths)
         ones = [pr.predict([x]) for x in paths]
         sevens = pr.predict(paths[2:9])
@@ -249,14 +254,14 @@ def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained
     assert whole.faces.dtype == np.int32 and (whole.faces >= 1).all()
     assert ((whole.confidence >= 0) & (whole.confidence <= 1)).all()
     # without refinement the crop is the chosen detection's box scaled by face_scale: check against a direct decode
-    from landmarks_lib import checkpoint, geometry
-    from landmarks_lib.images import load_image
+    from landmarks_lib.core import geometry
+    from landmarks_lib.core.images import load_image
 
     img = load_image(paths[0])
     fr = geometry.letterbox_frame(img.shape[1], img.shape[0], 64)
     crops = np.zeros((4, 64, 64, 3), np.uint8)
     crops[0] = geometry.crop_image(img, fr)
-    box, score, _ = localizer.detect_crops(checkpoint.network(m["localizer"]), m["localizer"]["meta"], crops, "cpu", 4)
+    box, score, _ = passes.detect_crops(networks.network(m["localizer"]), m["localizer"]["meta"], crops, 4)
     orig = geometry.boxes_to_original(box[:1], fr.as_array()[None])[0]
     side = orig[2] * 1.25
     np.testing.assert_allclose(whole.boxes[0], [orig[0] - side / 2, orig[1] - side / 2, orig[0] + side / 2,
@@ -265,12 +270,12 @@ def test_a_facebox_localizer_places_one_face_per_image_batch_invariantly(trained
 
 def test_onnx_backend_matches_torch_with_a_facebox_localizer(trained):
     pytest.importorskip("onnxruntime")
-    from landmarks_lib.predictor import Predictor
+    from landmarks_lib.inference.predictor import Predictor
 
     p, data, model, _ = trained
     m = _with_facebox_localizer(model)
     paths = [os.path.join(data.image_dir, n) for n in data.names[:5]]
-    settings = predict.Inference(refine_steps=1, tta_flip=False)
+    settings = passes.Inference(refine_steps=1, tta_flip=False)
     a = Predictor([m], "cpu", settings, micro_batch=4).predict(paths)
     b = Predictor([m], "cpu", settings, micro_batch=4, backend="onnx").predict(paths)
     assert np.abs(a.points - b.points).max() <= 2e-3 and np.array_equal(a.faces, b.faces)
@@ -279,7 +284,7 @@ def test_onnx_backend_matches_torch_with_a_facebox_localizer(trained):
 def test_faces_csv_is_the_text_pandas_writes(tmp_path):
     import pandas as pd
 
-    from landmarks_lib.predict import write_faces_csv
+    from landmarks_lib.inference.predict import write_faces_csv
 
     names = ["a.jpg", "with,comma.jpg", 'quote".png', "nan.jpg"]
     boxes = np.array([[1.23456, -2.5, 10.0, 20.0005], [0, 0, 1, 1], [3.3, 4.4, 5.5, 6.6], [np.nan] * 4])

@@ -3,8 +3,13 @@ in-memory ones (exact figures exactly; sampled figures seeded and reproducible).
 
 import numpy as np
 import pytest
+from floats import assert_close
 
-from landmarks_lib import cache, engine, files, geometry, io, viz
+from landmarks_lib.core import coords, files, geometry
+from landmarks_lib.data import cache
+from landmarks_lib.evaluation import eda
+from landmarks_lib.reporting import viz
+from landmarks_lib.training import engine
 from tests.test_cache import _images
 
 
@@ -16,8 +21,8 @@ def _labels(n=37, k=12, seed=0):
 
 def test_points_view_converts_only_what_is_indexed():
     labels = _labels()
-    full = io.labels_to_points(labels)
-    view = io.PointsView(labels)
+    full = coords.labels_to_points(labels)
+    view = coords.PointsView(labels)
     assert len(view) == 37 and view.shape == (37, 12, 2) and view.dtype == np.float32
     np.testing.assert_array_equal(view[3], full[3])
     np.testing.assert_array_equal(view[5:9], full[5:9])
@@ -25,14 +30,14 @@ def test_points_view_converts_only_what_is_indexed():
     np.testing.assert_array_equal(np.asarray(view), full)
     np.testing.assert_array_equal(np.concatenate([b for _, b in view.chunks(5)]), full)
     assert [s for s, _ in view.chunks(10)] == [0, 10, 20, 30]
-    sub = io.PointsView(labels, np.array([4, 1, 20]))
+    sub = coords.PointsView(labels, np.array([4, 1, 20]))
     assert sub.shape == (3, 12, 2)
     np.testing.assert_array_equal(sub[1:], full[[1, 20]])
     np.testing.assert_array_equal(sub[np.array([2, 0])], full[[20, 4]])
     # a view hashes as the array it converts to, whatever the block size
     assert files.fingerprint(view) == files.fingerprint(full)
     assert files.fingerprint(sub) == files.fingerprint(full[[4, 1, 20]])
-    assert files.fingerprint(io.PointsView(labels[:36])) != files.fingerprint(view)
+    assert files.fingerprint(coords.PointsView(labels[:36])) != files.fingerprint(view)
 
 
 def _coverage_in_memory(points, widths, heights, crop_size, face_scale):
@@ -58,16 +63,16 @@ def _coverage_in_memory(points, widths, heights, crop_size, face_scale):
 
 def test_crop_coverage_in_blocks_equals_in_memory():
     labels = _labels(n=41)
-    view = io.PointsView(labels)
+    view = coords.PointsView(labels)
     rng = np.random.default_rng(3)
     w, h = rng.integers(50, 90, 41), rng.integers(50, 90, 41)
     expected = _coverage_in_memory(np.asarray(view), w, h, 32, 1.2)
     for chunk in (1, 6, 1000):
-        assert geometry.crop_coverage(view, w, h, 32, 1.2, chunk=chunk) == expected
-    assert geometry.crop_coverage(np.asarray(view), w, h, 32, 1.2) == expected
+        assert eda.crop_coverage(view, w, h, 32, 1.2, chunk=chunk) == expected
+    assert eda.crop_coverage(np.asarray(view), w, h, 32, 1.2) == expected
     assert expected[0]["points_outside_image_pct"] > 0 and expected[0]["images_cut_pct"] > 0  # not a vacuous check
     with pytest.raises(ValueError, match="N widths"):
-        geometry.crop_coverage(view, w[:-1], h[:-1], 32)
+        eda.crop_coverage(view, w[:-1], h[:-1], 32)
 
 
 def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkeypatch):
@@ -75,7 +80,7 @@ def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkey
     the same as through the nan-functions (forced here for every block)."""
     labels = _labels(n=41, k=30)
     labels[3] = labels[3][::-1]
-    view = io.PointsView(labels)
+    view = coords.PointsView(labels)
     rng = np.random.default_rng(5)
     w, h = rng.integers(50, 90, 41), rng.integers(50, 90, 41)
     a = np.asarray(view, np.float64)
@@ -85,8 +90,8 @@ def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkey
             np.testing.assert_array_equal(ours(a, axis), numpy_nan(a, axis=axis))
 
     def figures():
-        return (geometry.crop_coverage(view, w, h, 32, 1.2, chunk=8), geometry.shape_reference(view),
-                geometry.shape_residuals(view, chunk=8), geometry.face_placement(view, w, h, chunk=8))
+        return (eda.crop_coverage(view, w, h, 32, 1.2, chunk=8), eda.shape_reference(view),
+                eda.shape_residuals(view, chunk=8), eda.face_placement(view, w, h, chunk=8))
 
     fast = figures()
     monkeypatch.setattr(geometry, "_has_nan", lambda arr: True)  # numpy's nan-functions everywhere
@@ -100,70 +105,70 @@ def test_nan_free_blocks_take_numpy_plain_reductions_with_the_same_values(monkey
     with_nan[2, :5] = np.nan
     with_nan[2, 5] = (np.nan, -500.0)  # one coordinate unknown, the other far outside: the point counts nowhere
     with_nan[9, 0] = (np.inf, 10.0)
-    cov = geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
+    cov = eda.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
     assert cov == _coverage_in_memory(with_nan, w, h, 32, 1.2)
     clean = a.copy()
     clean[2, :6] = clean[9, :1] = np.nan  # the same points ignored, differently
-    assert cov == geometry.crop_coverage(clean, w, h, 32, 1.2, chunk=8)
+    assert cov == eda.crop_coverage(clean, w, h, 32, 1.2, chunk=8)
     with_nan[2] = np.nan
     with pytest.raises(ValueError, match="no finite landmarks to place the crop of image 2"):
-        geometry.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
+        eda.crop_coverage(with_nan, w, h, 32, 1.2, chunk=8)
 
 
 def test_crop_frames_equal_make_frame():
-    p = io.labels_to_points(_labels(n=9)).astype(np.float64)
+    p = coords.labels_to_points(_labels(n=9)).astype(np.float64)
     w, h = np.arange(60, 69), np.arange(80, 71, -1)
     for mode in geometry.CROP_MODES:
         expected = np.array([geometry.make_frame(mode, w[i], h[i], 24, p[i], 1.3).as_array() for i in range(9)])
-        np.testing.assert_array_equal(geometry.crop_frames(mode, w, h, 24, p, 1.3), expected)
+        np.testing.assert_array_equal(eda.crop_frames(mode, w, h, 24, p, 1.3), expected)
     with pytest.raises(ValueError, match="unknown crop_mode"):
-        geometry.crop_frames("zoom", w, h, 24)
+        eda.crop_frames("zoom", w, h, 24)
 
 
 def test_shape_residuals_in_blocks_equal_in_memory():
     labels = _labels(n=50, k=20)
     labels[7] = labels[7][::-1]  # a scrambled shape: the outlier
-    pts = io.labels_to_points(labels).astype(np.float64)
+    pts = coords.labels_to_points(labels).astype(np.float64)
     # the in-memory algorithm: generalised Procrustes with a median reference over every shape
     q = geometry.normalize_shapes(pts)
     m = np.nanmedian(q, axis=0)
     m -= np.nanmean(m, axis=0)
     for _ in range(3):
-        m = np.nanmedian(geometry._rotate_onto(q, m), axis=0)
+        m = np.nanmedian(eda._rotate_onto(q, m), axis=0)
         m -= np.nanmean(m, axis=0)
-    d = np.sqrt(((geometry._rotate_onto(q, m) - m) ** 2).sum(-1))
+    d = np.sqrt(((eda._rotate_onto(q, m) - m) ** 2).sum(-1))
     expected = np.sqrt((d ** 2).mean(axis=1))
-    np.testing.assert_array_equal(geometry.shape_reference(pts), m)
-    view = io.PointsView(labels)
+    np.testing.assert_array_equal(eda.shape_reference(pts), m)
+    view = coords.PointsView(labels)
     for chunk in (1, 7, 10000):
-        np.testing.assert_array_equal(geometry.shape_residuals(view, chunk=chunk), expected)
-    res, per_point = geometry.shape_residuals(view[7:8], per_point=True, reference=m)
+        np.testing.assert_array_equal(eda.shape_residuals(view, chunk=chunk), expected)
+    res, per_point = eda.shape_residuals(view[7:8], per_point=True, reference=m)
     np.testing.assert_array_equal(per_point[0], d[7])
     assert int(np.argmax(expected)) == 7
 
 
 def test_sampled_reference_is_seeded_and_reproducible():
     labels = _labels(n=60, k=10)
-    a = geometry.shape_reference(io.PointsView(labels), sample=25)
-    np.testing.assert_array_equal(a, geometry.shape_reference(io.PointsView(labels), sample=25))
-    assert not np.array_equal(a, geometry.shape_reference(io.PointsView(labels), sample=25, seed=1))
-    idx = geometry.sample_rows(60, 25)
+    a = eda.shape_reference(coords.PointsView(labels), sample=25)
+    np.testing.assert_array_equal(a, eda.shape_reference(coords.PointsView(labels), sample=25))
+    assert not np.array_equal(a, eda.shape_reference(coords.PointsView(labels), sample=25, seed=1))
+    idx = eda.sample_rows(60, 25)
     assert len(idx) == 25 and np.all(np.diff(idx) > 0)
-    np.testing.assert_array_equal(idx, geometry.sample_rows(60, 25))
-    np.testing.assert_array_equal(geometry.sample_rows(20, 25), np.arange(20))
+    np.testing.assert_array_equal(idx, eda.sample_rows(60, 25))
+    np.testing.assert_array_equal(eda.sample_rows(20, 25), np.arange(20))
 
 
 def test_face_placement_in_blocks():
-    view = io.PointsView(_labels(n=23))
+    view = coords.PointsView(_labels(n=23))
     w, h = np.full(23, 100), np.full(23, 80)
     p = np.asarray(view, np.float64)
     lo, hi = p.min(axis=1), p.max(axis=1)
     expected = np.stack([(lo[:, 0] + hi[:, 0]) / 2 / 100, (lo[:, 1] + hi[:, 1]) / 2 / 80, (hi[:, 0] - lo[:, 0]) / 100], 1)
-    np.testing.assert_array_equal(geometry.face_placement(view, w, h, chunk=4), expected)
+    np.testing.assert_array_equal(eda.face_placement(view, w, h, chunk=4), expected)
 
 
 def test_figures_state_their_sample():
-    view = io.PointsView(_labels(n=30))
+    view = coords.PointsView(_labels(n=30))
     fig = viz.plot_mean_shape(view, sample=12)
     assert "12 of 30 faces (seeded sample)" in fig.axes[0].get_title()
     assert "sample" not in viz.plot_mean_shape(view).axes[0].get_title()
@@ -180,13 +185,13 @@ def test_nanmean_rows_in_blocks():
     rows = np.array([0, 3, 5, 7, 11, 39, 20])
     expected = np.nanmean(pts[rows], axis=0)
     np.testing.assert_array_equal(engine._nanmean_rows(pts, rows), expected)  # one block: the very same
-    np.testing.assert_allclose(engine._nanmean_rows(pts, rows, chunk=2), expected, rtol=1e-6, atol=1e-6)
+    assert_close(engine._nanmean_rows(pts, rows, chunk=2), expected)
 
 
 def test_cache_from_a_points_view_equals_the_array(tmp_path):
     names = _images(tmp_path / "img", n=70)  # >= 64: the windowed process pool
     labels = np.random.default_rng(1).integers(5, 30, (70, 4, 2)).astype(np.int16)
-    view = io.PointsView(labels)
+    view = coords.PointsView(labels)
     arr = np.asarray(view)
     a = cache.get_cache(tmp_path / "img", names, "face", 16, tmp_path / "a", points=arr, num_workers=1,
                         progress=False)
@@ -249,7 +254,7 @@ def test_scale_benchmark_touches_only_its_own_work_folder(tmp_path):
 def test_cache_keeps_no_copy_of_the_points(tmp_path):
     names = _images(tmp_path / "img", n=6)
     labels = np.random.default_rng(2).integers(5, 30, (6, 5, 2)).astype(np.int16)
-    view = io.PointsView(labels)
+    view = coords.PointsView(labels)
     c = cache.get_cache(tmp_path / "img", names, "face", 16, tmp_path / "c", margin=0.25, points=view,
                         num_workers=1, progress=False)
     import os
@@ -271,12 +276,11 @@ def test_cache_keeps_no_copy_of_the_points(tmp_path):
 def test_the_openmp_spin_count_and_wait_policy_change_no_result():
     """The same weights under every wait: spin counts, PASSIVE, and cpuload's helper team switched on for the
     second step and off after it (the watcher's switch while training runs)."""
-    import hashlib
     import os
     import subprocess
     import sys
     code = ("import hashlib, os, landmarks_lib, torch\n"
-            "from landmarks_lib import cpuload, models\n"
+            "from landmarks_lib.training import cpuload\nfrom landmarks_lib.models import landmark as models\n"
             "torch.set_num_threads(2); torch.manual_seed(0)\n"
             "m = models.build_model('mobilenet_v2', 10, pretrained=False, head='linear', crop_size=32).train()\n"
             "opt = torch.optim.AdamW(m.parameters(), 1e-3); x = torch.randn(8, 3, 32, 32); t = torch.randn(8, 20)\n"

@@ -14,13 +14,14 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from landmarks_lib import augment, geometry, images, models, synthetic
-from landmarks_lib import cache as cache_mod
-from landmarks_lib import io as lio
-from landmarks_lib.data import BatchSampler, make_loader
-
 from augment_reference import identity_matrices, normalize, photometric, to_input  # noqa: E402
+
+from landmarks_lib.core import geometry, images
+from landmarks_lib.data import augment, synthetic
+from landmarks_lib.data import cache as cache_mod
+from landmarks_lib.data import tables as lio
+from landmarks_lib.data.loading import BatchSampler, make_loader
+from landmarks_lib.models import landmark
 
 
 # --------------------------------------------------------------------------------------------------- CSV parsing
@@ -230,7 +231,7 @@ def test_channels_last_matches_contiguous_on_cpu(backbone):
     """Same weights, same input in both memory formats: outputs equal to float32 rounding (relative 1e-4 of the
     output scale; oneDNN may pick other kernels, hence not bit-exact) in eval and train mode."""
     torch.manual_seed(0)
-    model = models.build_model(backbone, 8, pretrained=False)
+    model = landmark.build_model(backbone, 8, pretrained=False)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     for train in (False, True):
         model.train(train)
@@ -274,8 +275,9 @@ def test_closed_form_affine_inverse():
 
 def test_prepare_batch_equals_the_step_by_step_definition(tiny):
     """``engine.prepare_batch`` (fused) against to_input -> warp -> points -> photometric -> normalize."""
-    from landmarks_lib import engine, params
-    from landmarks_lib.data import CacheBatches
+    from landmarks_lib.core import params
+    from landmarks_lib.data.loading import CacheBatches
+    from landmarks_lib.training import engine
 
     c = cache_mod.get_cache(tiny["image_dir"], tiny["names"], "face", 40, tiny["cache_dir"], margin=0.125,
                             points=tiny["points"], num_workers=1, progress=False)

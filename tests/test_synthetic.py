@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from landmarks_lib import synthetic as S
-from landmarks_lib.geometry import estimate_mirror_permutation
-from landmarks_lib.io import read_landmarks, read_test_points
+from landmarks_lib.data import synthetic as S
+from landmarks_lib.data.symmetry import estimate_mirror_permutation
+from landmarks_lib.data.tables import read_landmarks, read_test_points
 
 
 def _tree_bytes(root):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from landmarks_lib.validate import DatasetError, Problem, ValidationReport, main, validate_dataset
+from landmarks_lib.data.validate import DatasetError, Problem, ValidationReport, main, validate_dataset
 
 K = 5
 W, H = 40, 48
@@ -400,7 +400,7 @@ def test_the_points_check_in_chunks_equals_the_whole_table_at_once():
 
     import pandas as pd
 
-    from landmarks_lib import validate
+    from landmarks_lib.data import validate
 
     rng = np.random.default_rng(0)
     n, k = 11, 7

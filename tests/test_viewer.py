@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from landmarks_lib import viewer, viz
+from landmarks_lib.reporting import viewer, viz
 
 K, N = 60, 5
 

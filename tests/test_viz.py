@@ -11,7 +11,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from landmarks_lib import geometry, metrics, viz  # noqa: E402
+from landmarks_lib.core import geometry
+from landmarks_lib.evaluation import metrics
+from landmarks_lib.inference import drawing
+from landmarks_lib.reporting import viz
 
 W, H, K, N = 48, 36, 12, 6  # non-square images, few points
 
@@ -42,7 +45,7 @@ def test_render_points_pixel_exact_non_square():
     img = np.zeros((H, W, 3), dtype=np.uint8)
     cells = [(0, 0), (W - 1, 0), (0, H - 1), (W - 1, H - 1), (1, 2), (17, 5), (40, 30), (3, 33)]  # (col i, row j)
     pts = np.array(cells, dtype=np.float64) + 0.5
-    out = viz.render_points(img, pts, color=(255, 0, 0), marker_px=1)
+    out = drawing.render_points(img, pts, color=(255, 0, 0), marker_px=1)
     assert out.shape == (H, W, 3) and out.dtype == np.uint8
     expected = np.zeros_like(img)
     for i, j in cells:
@@ -52,10 +55,10 @@ def test_render_points_pixel_exact_non_square():
 
 def test_render_points_y_grows_downward():
     img = np.zeros((H, W, 3), dtype=np.uint8)
-    out = viz.render_points(img, [[10.5, 2.5]], color=(0, 255, 0))
+    out = drawing.render_points(img, [[10.5, 2.5]], color=(0, 255, 0))
     rows, cols = np.nonzero(out[..., 1])
     assert list(rows) == [2] and list(cols) == [10]  # near the top, not at row H - 3
-    out = viz.render_points(img, [[10.5, H - 2.5]], color=(0, 255, 0))
+    out = drawing.render_points(img, [[10.5, H - 2.5]], color=(0, 255, 0))
     rows, _ = np.nonzero(out[..., 1])
     assert list(rows) == [H - 3]
 
@@ -63,8 +66,8 @@ def test_render_points_y_grows_downward():
 def test_render_points_keeps_image_and_marker_size():
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(viz.render_points(img, np.zeros((0, 2))), img)  # image unchanged, 1:1
-    out = viz.render_points(img, [[20.5, 10.5], [np.nan, np.nan]], color=(255, 255, 255), marker_px=3)
+    np.testing.assert_array_equal(drawing.render_points(img, np.zeros((0, 2))), img)  # image unchanged, 1:1
+    out = drawing.render_points(img, [[20.5, 10.5], [np.nan, np.nan]], color=(255, 255, 255), marker_px=3)
     changed = (out != img).any(-1)
     block = np.zeros((H, W), dtype=bool)
     block[9:12, 19:22] = True
@@ -144,7 +147,7 @@ def test_a_known_point_lands_on_its_pixel_in_the_face_view():
     assert x1 - x0 < 100  # cropped to the face, not the 300-px image
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
-    for (x, y), color in ((truth[0], viz.TRUTH_COLOR), (pred[0], viz.PRED_COLOR)):  # the others lie under pred
+    for (x, y), color in ((truth[0], viz.TRUTH_COLOR), (pred[0], drawing.PRED_COLOR)):  # the others lie under pred
         dx, dy = ax.transData.transform((x, y))
         px = rgba[int(round(rgba.shape[0] - dy)), int(round(dx)), :3].astype(int)
         want = np.array([int(color[i: i + 2], 16) for i in (1, 3, 5)])

@@ -16,8 +16,10 @@ from io import StringIO
 import numpy as np
 import pandas as pd
 
-from .files import atomic_open
-from .io import TestPoints, points_to_labels
+from ..core import coords
+from ..core.coords import points_to_labels
+from ..core.files import atomic_open
+from ..data.tables import TestPoints
 
 
 class SubmissionError(ValueError):
@@ -27,11 +29,6 @@ class SubmissionError(ValueError):
 def submission_columns(m: int) -> list:
     """``["file_name", "Point_M0_X", "Point_M0_Y", ..., "Point_M{m-1}_Y"]``."""
     return ["file_name"] + [f"Point_M{i}_{a}" for i in range(m) for a in "XY"]
-
-
-def round_half_up(values) -> np.ndarray:
-    """Round to the nearest integer, halves up (``floor(v + 0.5)``); ``int64``."""
-    return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
 
 
 def make_submission(test_points: TestPoints, predictions, decimals: int = 2) -> pd.DataFrame:
@@ -61,7 +58,7 @@ def make_submission(test_points: TestPoints, predictions, decimals: int = 2) -> 
         r = int(np.flatnonzero(~np.isfinite(sel).all(axis=(1, 2)))[0])
         raise SubmissionError(f"prediction for {test_points.names[r]} (row {r + 1}) has NaN or infinite values")
     labels = points_to_labels(sel.reshape(n, 2 * m))
-    labels = round_half_up(labels) if int(decimals) == 0 else np.round(labels, int(decimals))
+    labels = coords.round_half_up(labels) if int(decimals) == 0 else np.round(labels, int(decimals))
     df = pd.DataFrame(labels, columns=submission_columns(m)[1:])
     df.insert(0, "file_name", list(test_points.names))
     return df

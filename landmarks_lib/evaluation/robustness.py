@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import geometry, metrics
-from .localizer import ASPECT, FACE_SHARE, SECOND_FACE, sample_frame  # noqa: F401  (the training's re-framing)
-from .images import load_image
+from ..core import geometry
+from ..core.images import load_image
+from ..data.reframing import SECOND_FACE, sample_frame
+from . import metrics
 
 MAX_IMAGES = 2000
 SEED = 0

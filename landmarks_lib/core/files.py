@@ -145,3 +145,5 @@ def file_identity(path) -> str:
     except OSError:
         return f"{path}|missing"
     return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+MARKER = ".thousand-landmarks-run.json"

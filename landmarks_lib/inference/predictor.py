@@ -7,7 +7,7 @@ a confidence per image) and ``predict_iter`` streams a large folder chunk by chu
 pass runs on a fixed micro-batch (padded), so a result does not depend on the batch size or on the other images of
 a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
 
-Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``runtime.choose``
+Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``codecs.choose``
 picks one; its box, scaled by the face model's ``face_scale``, is the first face crop, and each refinement re-places
 the crop around the predicted points. (A model with the older landmark-regression localizer is placed by that
 model's points.)
@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checkpoint, geometry, runtime
-from .images import ImageError, load_image
-from .predict import Inference, predict_crops
+from ..core import geometry
+from ..core.devices import select_device
+from ..core.images import ImageError, load_image
+from ..models import checkpoint, codecs
+from . import backends
+from .passes import Inference, detect_crops, predict_crops
 
 FAST = {"tta_flip": False, "refine_steps": 0, "tta_scales": "1.0"}
 BACKENDS = ("torch", "onnx")
@@ -53,8 +56,8 @@ class Prediction:
             final points agree with the box that placed their crop, ``exp(-d / CONFIDENCE_SCALE)`` with ``d`` the
             RMS difference of the two boxes' centre and extent over the extent (0 for an unreadable image).
         errors: ``{index: message}`` for images that could not be read.
-        faces: ``int32 [N]`` faces the localizer found (scores of at least ``runtime.MIN_SCORE`` and half the
-            best; the prediction is for one of them, ``runtime.choose``); 1 for crop modes without a face-box
+        faces: ``int32 [N]`` faces the localizer found (scores of at least ``codecs.MIN_SCORE`` and half the
+            best; the prediction is for one of them, ``codecs.choose``); 1 for crop modes without a face-box
             localizer, 0 for an unreadable image.
     """
 
@@ -80,10 +83,10 @@ class Predictor:
     Args:
         models: one or more model dicts (``checkpoint.load_model``); an ensemble averages points in original pixels.
         device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU; with ``backend="onnx"`` and
-            torch not imported, onnxruntime's CUDA provider when it has one, else the CPU: ``runtime.onnx_device``).
+            torch not imported, onnxruntime's CUDA provider when it has one, else the CPU: ``backends.onnx_device``).
         settings: ``predict.Inference``; default the first model's stored settings.
         micro_batch: images per network pass (the last pass of a chunk is padded to it).
-        backend: ``"torch"`` (``checkpoint.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
+        backend: ``"torch"`` (``networks.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
             may then be ``export.read_export``'s, without torch weights).
     Raises:
         ValueError: another ``backend``.
@@ -101,25 +104,25 @@ class Predictor:
                                               for m in self.models for p in ("localizer", "face"))
         if onnx_only:  # export folders alone: torch is not imported for them
             if isinstance(device, str) and "torch" in sys.modules:
-                from .predict import select_device
-
                 device = select_device(device)
-            self.device = runtime.onnx_device(device) if isinstance(device, str) else device
+            self.device = backends.onnx_device(device) if isinstance(device, str) else device
             where = getattr(self.device, "type", str(self.device))
-            self._nets = [{part: None if m.get(part) is None else runtime.onnx_file_network(m[part]["onnx"], where)
+            self._nets = [{part: None if m.get(part) is None else backends.onnx_file_network(m[part]["onnx"], where)
                            for part in ("localizer", "face")} for m in self.models]
             return
         import torch
 
-        from .predict import select_device
+        from ..models import networks  # torch: kept off the export folders' path
+        from . import export
 
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
-        if backend == "onnx":
-            from .export import onnx_network as build
-        else:
-            build = checkpoint.network
-        self._nets = [{part: None if m.get(part) is None else build(m[part], self.device)
-                       for part in ("localizer", "face")} for m in self.models]
+        def build(part):
+            if backend == "onnx":
+                return export.onnx_network(part, self.device)
+            return backends.TorchNetwork(networks.network(part, self.device), self.device, self.settings.amp)
+
+        self._nets = [{part: None if m.get(part) is None else build(m[part]) for part in ("localizer", "face")}
+                      for m in self.models]
 
     @classmethod
     def load(cls, paths, device="auto", backend: str = "torch", inference: str = "accurate",
@@ -140,9 +143,9 @@ class Predictor:
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         models = []
         for p in paths:
-            if runtime.is_export(p) and backend != "onnx":
+            if backends.is_export(p) and backend != "onnx":
                 raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
-            models.append(runtime.read_export(p) if runtime.is_export(p) else checkpoint.load_model(p))
+            models.append(backends.read_export(p) if backends.is_export(p) else checkpoint.load_model(p))
         stored = FAST if inference == "fast" else models[0]["inference"]
         return cls(models, device, Inference.from_settings(stored), micro_batch, backend)
 
@@ -169,20 +172,15 @@ class Predictor:
         padded micro-batches."""
         crops = self._crops(images, frames, int(meta["crop_size"]))
         tta = tta and meta.get("flip_perm") is not None
-        pred = predict_crops(net, meta, crops, self.device, self.micro_batch, tta, self.settings.amp)
+        pred = predict_crops(net, meta, crops, self.micro_batch, tta)
         return geometry.frames_to_original(pred[:len(images)], frames)
 
     def _locate(self, net, lm, images, tta_flip: bool = False):
         """A ``facebox`` localizer on the letterboxed images: ``(boxes float64 [n, 3]`` original pixels,
-        ``scores float64 [n]``, ``faces int64 [n]``); see ``runtime.choose``."""
+        ``scores float64 [n]``, ``faces int64 [n]``); see ``codecs.choose``."""
         n, lframes = len(images), self._letterbox_frames(images, int(lm["crop_size"]))
         crops = self._crops(images, lframes, int(lm["crop_size"]))
-        if self.backend == "onnx":
-            boxes, scores, faces = runtime.detect_crops(net, lm, crops, self.micro_batch, tta_flip)
-        else:
-            from .localizer import detect_crops
-
-            boxes, scores, faces = detect_crops(net, lm, crops, self.device, self.micro_batch, tta_flip)
+        boxes, scores, faces = detect_crops(net, lm, crops, self.micro_batch, tta_flip)
         return geometry.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
 
     def _one_model(self, nets, model, images):
@@ -199,7 +197,7 @@ class Predictor:
             raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
         lm = model["localizer"]["meta"]
         scores = faces = None
-        if lm.get("head") == runtime.HEAD:
+        if lm.get("head") == codecs.HEAD:
             place, scores, faces = self._locate(nets["localizer"], lm, images, s.tta_flip)
         else:  # a landmark-regression localizer: its points place the crop
             lframes = self._letterbox_frames(images, int(lm["crop_size"]))

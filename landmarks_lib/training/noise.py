@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import checkpoint as checkpoint_mod
-from . import metrics
-from .io import POINT_CHUNK
-from .predict import predict_cache, select_device
+from ..core.coords import POINT_CHUNK
+from ..core.devices import select_device
+from ..evaluation import metrics
+from ..inference.export import onnx_network
+from ..inference.passes import predict_cache
+from ..models import checkpoint as checkpoint_mod
+from ..models import networks
 
 
 def robust_cut(errors, threshold: float) -> float:
@@ -84,12 +88,11 @@ def scoring_network(checkpoint, device="cpu", backend: str = "torch"):
     """
     ck = checkpoint_mod.load(checkpoint, "stage") if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     if backend == "onnx":
-        from .export import onnx_network
 
         return onnx_network(ck, "cpu"), ck["meta"]
     if backend != "torch":
         raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-    return checkpoint_mod.network(ck, select_device(str(device))), ck["meta"]
+    return networks.network(ck, select_device(str(device))), ck["meta"]
 
 
 def training_predictions(checkpoint, data, crop_cache, indices=None, device="cpu", batch_size: int = 16,
@@ -121,7 +124,6 @@ def training_errors(checkpoint, data, crop_cache, indices=None, device="cpu", ba
     Returns:
         ``float64 [n]`` NME per image, percent, in ``indices`` order.
     """
-    from tqdm.auto import tqdm
 
     network = scoring_network(checkpoint, device, backend)
     idx = np.arange(len(data.names)) if indices is None else np.asarray(indices, dtype=np.int64)

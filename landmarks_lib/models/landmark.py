@@ -19,12 +19,10 @@ import socket
 
 import torch
 import torch.nn as nn
+import torchvision
 
-# torchvision is imported where a network is built (about a second: its ops pull in torch._dynamo), so that
-# predicting with an ONNX export folder never imports it.
+from ..core import params
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large",
-             "efficientnet_b0", "convnext_tiny")
 HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -40,12 +38,11 @@ def weights_enum(backbone: str, name: str = "IMAGENET1K_V1"):
     Raises:
         ValueError: unknown backbone.
     """
-    import torchvision
 
     try:
         enum = torchvision.models.get_model_weights(backbone)
     except (ValueError, KeyError) as e:
-        raise ValueError(f"unknown backbone {backbone!r}; try one of {BACKBONES}") from e
+        raise ValueError(f"unknown backbone {backbone!r}; try one of {params.BACKBONES}") from e
     return enum[name] if name in enum.__members__ else enum.DEFAULT
 
 
@@ -72,7 +69,6 @@ def load_pretrained(backbone: str, timeout_s: float = 20.0) -> nn.Module:
     Raises:
         WeightsUnavailable: the weights are neither cached nor downloadable (message names the file and the fix).
     """
-    import torchvision
 
     weights = weights_enum(backbone)
     fname = os.path.basename(weights.url)
@@ -240,7 +236,6 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
         ValueError: unknown backbone or head, or a grid head without ``crop_size``.
         WeightsUnavailable: pretrained weights cannot be had.
     """
-    import torchvision
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -248,7 +243,7 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
         raise ValueError(f"head={head!r} needs crop_size")
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown backbone {backbone!r}: not a torchvision classification model; try one of "
-                         f"{BACKBONES}")
+                         f"{params.BACKBONES}")
     net = load_pretrained(backbone) if pretrained else torchvision.models.get_model(backbone, weights=None)
     if head != "linear":
         trunk = feature_extractor(net)
@@ -270,13 +265,3 @@ def build_model(backbone: str, num_points: int, pretrained: bool = False, dropou
             model.head.weight.mul_(0.01)
             model.head.bias.copy_(torch.as_tensor(init_shape, dtype=torch.float32).reshape(-1))
     return model
-
-
-def to_crop_pixels(out: torch.Tensor, size: int, normalize_targets: bool) -> torch.Tensor:
-    """Model output (target units) -> crop pixels."""
-    return (out + 0.5) * size if normalize_targets else out
-
-
-def to_target_units(points: torch.Tensor, size: int, normalize_targets: bool) -> torch.Tensor:
-    """Crop pixels -> target units (inverse of ``to_crop_pixels``)."""
-    return points / size - 0.5 if normalize_targets else points

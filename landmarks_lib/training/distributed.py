@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
+from ..core.devices import select_device
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_MIN = 180.0
 
@@ -152,7 +154,6 @@ def init_from_env(device_param: str = "auto", backend: str | None = None) -> Con
             visible GPUs (``--nproc_per_node`` larger than the GPU count).
         RuntimeError: from ``init_process_group`` (e.g. the master address cannot be reached before the timeout).
     """
-    from .predict import select_device
 
     env = os.environ
     if not launched_by_torchrun(env) or int(env["WORLD_SIZE"]) <= 1:

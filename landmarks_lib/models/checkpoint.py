@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from .files import atomic_open, no_space
+from ..core.files import atomic_open, no_space
 
 FORMAT = "thousand-landmarks/2"
 OLD_FORMATS = ("thousand-landmarks/1",)
@@ -93,22 +93,6 @@ def load_model(path_or_run_dir, map_location="cpu") -> dict:
         if not os.path.exists(p):
             raise FileNotFoundError(f"{p}: the run has no final model yet; run the finetune notebook (03) first")
     return load(p, "model", map_location)
-
-
-def network(part: dict, device="cpu") -> "torch.nn.Module":
-    """Rebuild the network of a stage checkpoint or of a model part (``{"meta", "state_dict"}``), eval mode, on
-    ``device`` (no pretrained download: the weights are in the file)."""
-    from . import localizer, models
-
-    meta = part["meta"]
-    if meta.get("head") == localizer.HEAD:
-        net = localizer.build_localizer(meta["backbone"], pretrained=False)
-        net.load_state_dict(part["state_dict"])
-        return net.to(device).eval()
-    net = models.build_model(meta["backbone"], meta["num_points"], pretrained=False, dropout=meta.get("dropout", 0),
-                             head=meta.get("head", "linear"), crop_size=meta["crop_size"])
-    net.load_state_dict(part["state_dict"])
-    return net.to(device).eval()
 
 
 def make_model(face: dict, localizer: dict | None, inference: dict, source: str) -> dict:

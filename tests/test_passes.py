@@ -1,42 +1,47 @@
-"""The torch-free inference steps (``runtime``) against their torch forms: the same values."""
+"""The passes around the networks (``inference.passes``), written once in numpy: the training input they share, the
+face-box decoding, and the same values through both backends' interface (a torch module and a numpy callable)."""
 
 import numpy as np
 import pytest
 import torch
 
-from landmarks_lib import localizer, runtime, workflow
-from landmarks_lib.data import network_input
-from landmarks_lib.predict import predict_crops
+from landmarks_lib.data.loading import network_input
+from landmarks_lib.inference import backends, passes
+from landmarks_lib.models import codecs
+from landmarks_lib.runs import workflow
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def _numpy(net):
-    """A torch network called with and returning numpy (as an ``OnnxNetwork`` is)."""
+    """A torch network called with and returning numpy, contiguous NCHW (an ``OnnxNetwork`` stands in the same way)."""
     def call(x):
         with torch.no_grad():
             return net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
     return call
 
 
-def test_network_input_equals_torch():
+def test_network_input_equals_the_training_input():
     crops = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
-    got = runtime.network_input(crops, MEAN, STD)
+    got = passes.network_input(crops, MEAN, STD)
     want = network_input(crops, MEAN, STD, torch.device("cpu")).numpy()
     assert got.dtype == np.float32 and got.shape == (3, 3, 20, 24) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
 
 
-def test_decode_faceboxes_equals_the_codec():
+def test_decode_faceboxes_finds_the_local_maxima():
     rng = np.random.default_rng(1)
     out = rng.normal(size=(5, 4, 6, 6)).astype(np.float32) * 2
     out[1, 0] -= 20  # no face anywhere: every score tiny
-    got_b, got_s = runtime.decode_faceboxes(out, 96)
-    want_b, want_s = localizer.FaceBoxCodec(96).decode(torch.from_numpy(out))
-    assert got_b.shape == (5, 8, 3) and got_s.shape == (5, 8)
-    np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-9)
-    real = want_s > 0  # rows past an image's maxima (score 0) may list another cell
-    np.testing.assert_allclose(got_b[real], want_b[real], rtol=1e-5)
+    out[2, 0] = -20
+    out[2, 0, 1, 4] = 5.0  # one clear face at cell (x 4, y 1)
+    out[2, 1:, 1, 4] = [0.25, -0.25, np.log(0.5)]
+    boxes, scores = codecs.FaceBoxCodec(96).decode(out)
+    assert boxes.shape == (5, 8, 3) and scores.shape == (5, 8) and boxes.dtype == np.float64
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    assert scores[1].max() < 1e-6
+    np.testing.assert_allclose(boxes[2, 0], [(4.5 + 0.25) * 16, (1.5 - 0.25) * 16, 48.0], rtol=1e-6)
+    np.testing.assert_allclose(scores[2, 0], 1 / (1 + np.exp(-5.0)), rtol=1e-6)
 
 
 class _Heat(torch.nn.Module):
@@ -50,13 +55,13 @@ class _Heat(torch.nn.Module):
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_detect_crops_equals_torch(tta):
+def test_detect_crops_is_the_same_through_both_interfaces(tta):
     net = _Heat().eval()
     meta = {"crop_size": 64, "input_mean": MEAN, "input_std": STD}
     crops = np.random.default_rng(2).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
-    got = runtime.detect_crops(_numpy(net), meta, crops, batch_size=4, tta_flip=tta)
-    want = localizer.detect_crops(net, meta, crops, "cpu", batch_size=4, tta_flip=tta)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+    got = passes.detect_crops(_numpy(net), meta, crops, batch_size=4, tta_flip=tta)
+    want = passes.detect_crops(backends.TorchNetwork(net), meta, crops, batch_size=4, tta_flip=tta)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     np.testing.assert_array_equal(got[2], want[2])
 
@@ -73,18 +78,18 @@ class _Points(torch.nn.Module):
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_predict_crops_equals_torch(tta):
+def test_predict_crops_is_the_same_through_both_interfaces(tta):
     k = 6
     net = _Points(k).eval()
     meta = {"crop_size": 32, "num_points": k, "input_mean": MEAN, "input_std": STD, "normalize_targets": True,
             "flip_perm": [5, 4, 3, 2, 1, 0], "flip_unmatched": [2]}
     crops = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    got = runtime.predict_crops(_numpy(net), meta, crops, batch_size=2, tta_flip=tta)
-    want = predict_crops(net, meta, crops, "cpu", batch_size=2, tta_flip=tta)
+    got = passes.predict_crops(_numpy(net), meta, crops, batch_size=2, tta_flip=tta)
+    want = passes.predict_crops(net, meta, crops, batch_size=2, tta_flip=tta)  # a torch module: TorchNetwork
     assert got.dtype == np.float32 and got.shape == (5, k, 2)
     np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="mirror permutation"):
-        runtime.predict_crops(_numpy(net), dict(meta, flip_perm=None), crops, tta_flip=True)
+        passes.predict_crops(_numpy(net), dict(meta, flip_perm=None), crops, tta_flip=True)
 
 
 def test_inference_backend_resolution(monkeypatch):
@@ -101,6 +106,6 @@ def test_inference_backend_resolution(monkeypatch):
 def test_threads_follow_the_environment_without_torch(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "torch")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert runtime.num_threads() == 3
+    assert backends.num_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "")
-    assert runtime.num_threads() >= 1
+    assert backends.num_threads() >= 1

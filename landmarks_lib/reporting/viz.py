@@ -19,21 +19,24 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection, PatchCollection
-from matplotlib.colors import to_rgba
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from . import geometry, metrics
+from ..core import geometry
+from ..core.files import atomic_open
+from ..core.images import as_image
+from ..evaluation import eda, metrics
+from ..inference import drawing
 
 __all__ = [
-    "show_points", "region_labels", "render_points", "plot_prediction", "select_by_error", "gallery",
+    "show_points", "region_labels", "plot_prediction", "select_by_error", "gallery",
     "plot_point_errors", "plot_ced", "plot_history", "plot_mean_shape", "plot_size_histogram", "save_figure",
 ]
 
 TRUTH_COLOR = "#00d5ff"  # cyan: ground truth
-PRED_COLOR = "#ff1fce"  # magenta: prediction (contrasts with cyan, and with skin, hair and dark outlines)
 SEGMENT_COLOR = "#ffe600"  # yellow: truth -> prediction, for the worst points only
 EDGE = dict(edgecolors="black", linewidths=0.25)  # a dark rim keeps dots visible on light and dark pixels
 
@@ -61,15 +64,6 @@ def _axes(ax, figsize=(6.0, 6.0)):
         return _root_figure(ax), ax
     fig = new_figure(figsize)
     return fig, fig.add_subplot(1, 1, 1)
-
-
-def _as_image(image) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"expected an image [H, W, 3] (or [H, W]), got shape {a.shape}")
-    return a
 
 
 def _as_points(points, name="points") -> np.ndarray:
@@ -107,7 +101,7 @@ def face_view(*point_sets, margin: float = 0.15):
 
 
 def _draw_image(ax, image) -> tuple[int, int]:
-    img = _as_image(image)
+    img = as_image(image)
     h, w = img.shape[:2]
     ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
     ax.set_xlim(0, w)
@@ -168,7 +162,7 @@ def show_points(image, points, ax=None, values=None, colors=None, size=None, cma
         else:
             ax.scatter(pts[:, 0], pts[:, 1], c=colors, **kw)
     else:
-        ax.scatter(pts[:, 0], pts[:, 1], c=PRED_COLOR, **kw)
+        ax.scatter(pts[:, 0], pts[:, 1], c=drawing.PRED_COLOR, **kw)
     ax.set_xlim(0, np.asarray(image).shape[1])
     ax.set_ylim(np.asarray(image).shape[0], 0)
     if title is not None:
@@ -226,51 +220,6 @@ def region_labels(mean_shape, n_regions: int = 8, seed: int = 0, n_iter: int = 1
     return out
 
 
-def render_points(image, points, color=(255, 0, 0), marker_px: float = 1, dpi: float = 100) -> np.ndarray:
-    """Render an image with square point markers at its native resolution, through matplotlib.
-
-    The figure is exactly ``W x H`` pixels with one axes filling it and no margins, so one data unit is one pixel:
-    a point ``(i + 0.5, j + 0.5)`` with ``marker_px=1`` fills exactly pixel ``(i, j)`` (row ``j``, column ``i`` of
-    the output). Markers are axis-aligned, non-antialiased ``marker_px x marker_px`` squares centred on the point
-    (in image pixels), so with odd ``marker_px`` and a point at a pixel centre the result is pixel-exact. Pixels
-    without a marker are the input image, unchanged.
-
-    Args:
-        image: ``uint8 [H, W, 3]`` RGB (or ``[H, W]`` grayscale).
-        points: ``[K, 2]`` (x, y) original pixels; NaN rows are skipped. May be empty.
-        color: ``(r, g, b)`` in ``0..255`` or any matplotlib colour.
-        marker_px: marker side in image pixels.
-        dpi: figure dpi (does not change the output; the figure is sized in pixels).
-    Returns:
-        ``uint8 [H, W, 3]``.
-    """
-    img = _as_image(image)[..., :3]
-    h, w = img.shape[:2]
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    if isinstance(color, (tuple, list, np.ndarray)) and len(color) in (3, 4) and max(color) > 1:
-        color = tuple(np.asarray(color, dtype=np.float64) / 255.0)
-    rgba = to_rgba(color)
-    # + 1e-3 px so that int() or round() of figsize * dpi both give exactly w, h.
-    fig = Figure(figsize=((w + 1e-3) / dpi, (h + 1e-3) / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest", resample=False)
-    half = marker_px / 2.0
-    if len(pts):
-        rects = [Rectangle((x - half, y - half), marker_px, marker_px) for x, y in pts]
-        ax.add_collection(PatchCollection(rects, facecolor=rgba, edgecolor="none", linewidth=0,
-                                          antialiased=False))
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    canvas.draw()
-    buf = np.asarray(canvas.buffer_rgba())
-    if buf.shape[:2] != (h, w):
-        raise RuntimeError(f"render_points: canvas is {buf.shape[1]}x{buf.shape[0]}, expected {w}x{h}")
-    return np.ascontiguousarray(buf[..., :3]).astype(np.uint8)
-
-
 # ------------------------------------------------------------------------------------------- predictions, errors
 def plot_prediction(image, truth, pred, ax=None, title=None, size=None, crop: bool = True, worst: int = 20,
                     legend: bool = True) -> Figure:
@@ -311,7 +260,7 @@ def plot_prediction(image, truth, pred, ax=None, title=None, size=None, crop: bo
     if t is not None:
         ax.scatter(t[:, 0], t[:, 1], s=s, c=TRUTH_COLOR, zorder=3, label="truth", **EDGE)
     if p is not None:
-        ax.scatter(p[:, 0], p[:, 1], s=s, c=PRED_COLOR, zorder=4, label="prediction", **EDGE)
+        ax.scatter(p[:, 0], p[:, 1], s=s, c=drawing.PRED_COLOR, zorder=4, label="prediction", **EDGE)
     x0, x1, y0, y1 = view if view else (0, w, 0, h)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
@@ -486,7 +435,6 @@ def plot_runs(histories: dict, val_nmes: dict | None = None, threshold: float = 
     Returns:
         The ``Figure`` (one panel, or two side by side).
     """
-    import pandas as pd
 
     panels = 2 if val_nmes else 1
     fig = new_figure((6.5 * panels, 4.5))
@@ -522,7 +470,6 @@ def plot_history(history) -> Figure:
     Returns:
         The ``Figure`` (three panels sharing x).
     """
-    import pandas as pd
 
     df = pd.read_csv(history) if isinstance(history, (str, os.PathLike)) else pd.DataFrame(history).copy()
     missing = {"epoch", "stage", "train_loss", "val_mse", "lr"} - set(df.columns)
@@ -565,7 +512,7 @@ def plot_history(history) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------- EDA
-def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = geometry.SHAPE_SAMPLE, seed: int = 0) -> Figure:
+def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = eda.SHAPE_SAMPLE, seed: int = 0) -> Figure:
     """EDA: the mean of normalised shapes with every point, coloured by its spread.
 
     Shapes are normalised by ``geometry.normalize_shapes`` (centred, RMS radius 1); the mean is
@@ -584,7 +531,7 @@ def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = geometry.SHAP
     shape = tuple(points.shape) if hasattr(points, "shape") else np.shape(points)
     if len(shape) != 3 or shape[2] != 2:
         raise ValueError(f"points: expected [N, K, 2], got shape {shape}")
-    idx = geometry.sample_rows(shape[0], sample, seed)
+    idx = eda.sample_rows(shape[0], sample, seed)
     q = geometry.normalize_shapes(np.asarray(points[idx], dtype=np.float64))
     ms = np.nanmedian(q, axis=0)
     spread = np.sqrt(np.nanmean(((q - ms[None]) ** 2).sum(-1), axis=0))
@@ -593,7 +540,7 @@ def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = geometry.SHAP
     sc = ax.scatter(ms[:, 0], ms[:, 1], c=spread, s=s, cmap=cmap, linewidths=0)
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="spread (RMS distance, normalised units)")
     _shape_axes(ax)
-    ax.set_title(f"mean shape of {geometry.sample_note(len(idx), shape[0])}, {shape[1]} points")
+    ax.set_title(f"mean shape of {eda.sample_note(len(idx), shape[0])}, {shape[1]} points")
     return fig
 
 
@@ -637,7 +584,6 @@ def save_figure(fig, path, dpi: float = 100) -> Path:
     Returns:
         The target ``Path``.
     """
-    from .files import atomic_open
 
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
@@ -673,7 +619,7 @@ def plot_mirror_check(mean_shape, perm, ax=None, error=None) -> Figure:
     seg = np.stack([p[pairs], p[perm[pairs]]], axis=1)
     ax.add_collection(LineCollection(seg, colors="0.8", linewidths=0.4, zorder=1))
     ax.scatter(p[:, 0], p[:, 1], s=s, c="#3366cc", linewidths=0, zorder=2, label="mean shape")
-    ax.scatter(mirrored[:, 0], mirrored[:, 1], s=s * 2.5, facecolors="none", edgecolors=PRED_COLOR,
+    ax.scatter(mirrored[:, 0], mirrored[:, 1], s=s * 2.5, facecolors="none", edgecolors=drawing.PRED_COLOR,
                linewidths=0.5, zorder=3, label="mirrored, re-indexed by perm")
     ax.axvline(cx, color="0.6", ls="--", lw=0.8)
     _shape_axes(ax)
@@ -684,7 +630,7 @@ def plot_mirror_check(mean_shape, perm, ax=None, error=None) -> Figure:
     return fig
 
 
-def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = geometry.SHAPE_SAMPLE,
+def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = eda.SHAPE_SAMPLE,
                         seed: int = 0) -> Figure:
     """EDA: where faces sit in their images and how large they are (``geometry.face_placement``).
 
@@ -703,9 +649,9 @@ def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = g
     Raises:
         ValueError: shapes that disagree.
     """
-    place = geometry.face_placement(points, widths, heights)
+    place = eda.face_placement(points, widths, heights)
     cx, cy, share = place[:, 0], place[:, 1], place[:, 2]
-    shown = geometry.sample_rows(len(place), sample, seed)
+    shown = eda.sample_rows(len(place), sample, seed)
     fig = new_figure((11.0, 4.6))
     a0, a1 = fig.subplots(1, 2)
     a0.scatter(cx[shown], cy[shown], s=6, c="#4477aa", alpha=0.5, linewidths=0)
@@ -717,7 +663,7 @@ def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = g
     a0.set_aspect("equal")
     a0.set_xlabel("face centre x / image width")
     a0.set_ylabel("face centre y / image height")
-    a0.set_title(f"face centres of {geometry.sample_note(len(shown), len(place), 'images')}\n"
+    a0.set_title(f"face centres of {eda.sample_note(len(shown), len(place), 'images')}\n"
                  f"(median of all {np.nanmedian(cx):.2f}, {np.nanmedian(cy):.2f})", fontsize=10)
     v = share[np.isfinite(share)]
     a1.hist(v, bins=bins, color="#4477aa")

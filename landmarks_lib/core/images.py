@@ -23,7 +23,6 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): larger images are refused
 
 
@@ -129,3 +128,18 @@ def image_size(path) -> tuple[int, int]:
             return int(im.size[0]), int(im.size[1])
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def as_image(image) -> np.ndarray:
+    """An image array as ``[H, W, 3]`` (or ``[H, W, 4]``): a grayscale ``[H, W]`` repeated on three channels, the
+    dtype kept.
+
+    Raises:
+        ValueError: another shape.
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3] (or [H, W]), got shape {a.shape}")
+    return a

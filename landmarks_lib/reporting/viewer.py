@@ -25,8 +25,12 @@ import io as _io
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image
 
-from . import metrics, viz
+from ..evaluation import metrics
+from ..inference import drawing
+from . import viz
 
 MAX_IMAGES = 50
 _ROWS, _COLS = ("upper", "middle", "lower"), ("left", "center", "right")
@@ -79,7 +83,6 @@ def _jpeg(image, view) -> tuple[str, tuple]:
     """The face crop of ``image`` (``uint8 [H, W, 3]``) inside ``view`` as a base64 JPEG (quality 90: a report of
     50 faces stays a few MB), and the crop's extent ``(x0, x1, y0, y1)`` in original pixels (clipped to the
     image)."""
-    from PIL import Image
 
     h, w = image.shape[:2]
     x0, x1, y0, y1 = view
@@ -162,13 +165,12 @@ def image_viewer(items: list, title: str = "", error_label: str = "NME %"):
     Returns:
         ``plotly.graph_objects.Figure``.
     """
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     per = 2
     for i, it in enumerate(items):
         sets = [("truth", it["truth"], it["truth_text"], viz.TRUTH_COLOR),
-                ("prediction", it["pred"], it["pred_text"], viz.PRED_COLOR)]
+                ("prediction", it["pred"], it["pred_text"], drawing.PRED_COLOR)]
         for kind, pts, text, color in sets:
             xy = np.zeros((0, 2)) if pts is None else pts
             fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=kind, text=text or None,
@@ -214,7 +216,6 @@ def point_viewer(mean_shape, pred, truth, names, regions=None, region_names=None
     Returns:
         ``plotly.graph_objects.Figure``.
     """
-    import plotly.graph_objects as go
 
     p = np.asarray(mean_shape, np.float64)
     regions = np.zeros(len(p), np.int64) if regions is None else np.asarray(regions)

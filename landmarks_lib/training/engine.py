@@ -33,16 +33,23 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from . import augment, checkpoint, cpuload, geometry, metrics, models
-from . import localizer as localizer_mod
-from . import cache as cache_mod
-from .data import BatchSampler, make_loader
+from ..core import geometry
+from ..core.coords import POINT_CHUNK, PointsView, labels_to_points
+from ..core.devices import select_device
+from ..core.files import atomic_open, derived_seed, fingerprint
+from ..core.params import SPEC, default_cache_dir, names_in, scoped
+from ..data import augment, reframing, symmetry
+from ..data import cache as cache_mod
+from ..data.loading import BatchSampler, make_loader
+from ..data.tables import DataFormatError, LandmarksTable, read_landmarks
+from ..evaluation import metrics
+from ..inference import passes
+from ..inference.passes import predict_cache
+from ..models import checkpoint, codecs, facebox, landmark
+from . import cpuload
 from .distributed import Context
-from .files import atomic_open, derived_seed, fingerprint
-from .io import POINT_CHUNK, DataFormatError, LandmarksTable, PointsView, labels_to_points, read_landmarks
-from .params import SPEC, default_cache_dir, names_in, scoped
-from .predict import predict_cache, select_device
 
 STAGES = ("localizer", "train", "finetune")
 STAGE_SCOPES = {"localizer": ("data", "localizer"), "train": ("data", "train"),
@@ -111,8 +118,8 @@ class TrainData:
             if len(idx) > 2000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, 2000, replace=False))
             shapes = self.points(idx)
-            self._perm = geometry.estimate_mirror_permutation(shapes)
-            self._unmatched = geometry.mirror_unmatched(shapes, self._perm)
+            self._perm = symmetry.estimate_mirror_permutation(shapes)
+            self._unmatched = symmetry.mirror_unmatched(shapes, self._perm)
         return self._perm
 
     def flip_unmatched(self) -> np.ndarray:
@@ -203,7 +210,7 @@ def stage_recipe(params: dict, stage: str) -> dict:
     sp = stage_params(params, stage)
     if stage == "localizer":
         r = dict(LOCALIZER_RECIPE, **{k[len("localizer_"):]: sp[k] for k in names_in("localizer")})
-        if r["head"] == localizer_mod.HEAD:  # re-framed on the fly from the whole letterboxed image
+        if r["head"] == codecs.HEAD:  # re-framed on the fly from the whole letterboxed image
             r["cache_margin"] = 0.0
         else:  # "landmarks": the face model's linear regression of every point on the letterbox
             r["head"] = "linear"
@@ -349,7 +356,7 @@ def model_meta(recipe: dict, num_points: int, flip_perm, flip_unmatched=None) ->
     """What prediction needs to rebuild and run a stage's model (stored in each checkpoint): backbone, number of
     points, crop geometry, input normalisation, target units, head, the mirror permutation and the points it cannot
     mirror (``TrainData.flip_perm``, ``TrainData.flip_unmatched``)."""
-    mean, std = models.input_normalization(recipe["backbone"], recipe["input_norm"])
+    mean, std = landmark.input_normalization(recipe["backbone"], recipe["input_norm"])
     return {"backbone": recipe["backbone"], "num_points": int(num_points), "crop_size": int(recipe["crop_size"]),
             "crop_mode": recipe["crop_mode"], "face_scale": float(recipe["face_scale"]),
             "input_mean": list(mean), "input_std": list(std), "normalize_targets": bool(recipe["normalize_targets"]),
@@ -433,7 +440,7 @@ def train_step(model, optimizer, scheduler, x, points, weights, recipe: dict, si
     unit = size if recipe["normalize_targets"] else 1.0
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
         out = model(x)
-    target = models.to_target_units(points, size, recipe["normalize_targets"])
+    target = codecs.LandmarkCodec(size, recipe["normalize_targets"]).encode(points)
     return optimise(landmark_loss(out.float() * unit, target * unit, recipe["loss"], weights), optimizer, scheduler,
                     recipe)
 
@@ -507,19 +514,19 @@ def _nanmean_rows(points, rows, chunk: int = POINT_CHUNK) -> np.ndarray:
 def _initial_model(recipe: dict, data: TrainData, cache, init_checkpoint) -> torch.nn.Module:
     """The stage's starting network: ``init_checkpoint``'s weights (finetune), else ImageNet or scratch with the
     regression head's bias at the mean training shape (``normalize_targets``)."""
-    if recipe["head"] == localizer_mod.HEAD:
-        return localizer_mod.build_localizer(recipe["backbone"], recipe["pretrained"])
+    if recipe["head"] == codecs.HEAD:
+        return facebox.build_localizer(recipe["backbone"], recipe["pretrained"])
     kw = dict(dropout=recipe["dropout"], head=recipe["head"], crop_size=recipe["crop_size"])
     k = data.table.num_points
     if init_checkpoint:
-        model = models.build_model(recipe["backbone"], k, pretrained=False, **kw)
+        model = landmark.build_model(recipe["backbone"], k, pretrained=False, **kw)
         model.load_state_dict(checkpoint.load(init_checkpoint, "stage")["state_dict"])
         return model
     init_shape = None
     if recipe["normalize_targets"]:
         ms = _nanmean_rows(cache.points, data.train_idx)
-        init_shape = models.to_target_units(torch.as_tensor(ms), recipe["crop_size"], True)
-    return models.build_model(recipe["backbone"], k, recipe["pretrained"], init_shape=init_shape, **kw)
+        init_shape = codecs.LandmarkCodec(recipe["crop_size"], True).encode(torch.as_tensor(ms))
+    return landmark.build_model(recipe["backbone"], k, recipe["pretrained"], init_shape=init_shape, **kw)
 
 
 def build(params: dict, data: TrainData, run, stage: str, init_checkpoint=None, sample_weights=None,
@@ -619,7 +626,7 @@ def train_one_epoch(st: Stage, progress: bool = True) -> float:
     st.train_model.train()
     total, count = 0.0, 0
     bar = _bar(len(st.sampler), f"{st.name} {epoch + 1}/{r['epochs']}", progress and st.dist.is_main)
-    boxes = r["head"] == localizer_mod.HEAD
+    boxes = r["head"] == codecs.HEAD
     for batch in st.loader:
         if boxes:
             loss = localizer_step(st, batch, gen)
@@ -642,21 +649,21 @@ def train_one_epoch(st: Stage, progress: bool = True) -> float:
 
 def localizer_step(st: Stage, batch: dict, gen: torch.Generator) -> float:
     """One optimisation step of a ``facebox`` localizer: the batch re-framed (``localizer.reframe_batch``), photometric
-    jitter and normalisation, ``FaceBoxCodec.loss`` against the faces' boxes. Returns the loss as a float."""
+    jitter and normalisation, ``facebox.facebox_loss`` against the faces' boxes. Returns the loss as a float."""
     r, size = st.recipe, st.size
     idx = batch["index"].numpy()
-    content = localizer_mod.content_rects(st.cache.frames[idx], st.cache.pad)
-    img, boxes, present = localizer_mod.reframe_batch(batch["images"], batch["points"], content, size, gen,
+    content = reframing.content_rects(st.cache.frames[idx], st.cache.pad)
+    img, boxes, present = reframing.reframe_batch(batch["images"], batch["points"], content, size, gen,
                                                       flip=r["flip"])
     x = augment.color_normalize(img.to(st.device), st.meta["input_mean"], st.meta["input_std"], r["photometric"],
                                 gen, value_scale=1 / 255.0)
     if st.runtime["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
-    codec = localizer_mod.FaceBoxCodec(size)
+    codec = codecs.FaceBoxCodec(size)
     target = codec.encode(boxes.to(st.device), present.to(st.device))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=st.runtime["amp"] and x.device.type == "cuda"):
         out = st.train_model(x)
-    return optimise(codec.loss(out, target), st.optimizer, st.scheduler if st.per_step else None, r)
+    return optimise(facebox.facebox_loss(out, target), st.optimizer, st.scheduler if st.per_step else None, r)
 
 
 def evaluate(st: Stage) -> float:
@@ -672,8 +679,8 @@ def evaluate(st: Stage) -> float:
     shard = np.arange(len(val))[st.dist.rank::st.dist.world_size]
     if not len(shard):
         mse = 0.0
-    elif st.recipe["head"] == localizer_mod.HEAD:
-        pred = localizer_mod.predict_boxes_cache(st.model, st.meta, st.cache, val[shard], st.device)
+    elif st.recipe["head"] == codecs.HEAD:
+        pred = passes.predict_boxes_cache(st.model, st.meta, st.cache, val[shard], st.device)
         truth = geometry.face_boxes(st.data.points(val[shard]))
         mse = float(np.mean((pred - truth) ** 2))
     else:
@@ -794,7 +801,6 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
 
 
 def _bar(total, desc, enabled):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=2.0)
 
