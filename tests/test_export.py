@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from landmarks_lib.core.coords import labels_to_points
 from landmarks_lib.core.images import load_image
 from landmarks_lib.data import synthetic
 from landmarks_lib.data.tables import read_landmarks
-from landmarks_lib.inference import export
+from landmarks_lib.inference import backends, export
 from landmarks_lib.inference.predictor import Predictor
 from landmarks_lib.models import checkpoint, landmark, networks
 
@@ -189,3 +190,49 @@ def test_predicting_from_an_export_folder_never_imports_torch(setup, tmp_path):
         np.testing.assert_allclose(labels_to_points(read_landmarks(out).points), want, atol=0.006)
     faces = (tmp_path / "pred.faces.csv").read_text().splitlines()
     assert faces[0] == "file_name,x0,y0,x1,y1,confidence,faces" and len(faces) == len(images) + 1
+
+
+def _run_folder_with_export(setup, root):
+    """A run-folder-like folder: ``model.pt`` (the setup's model) and the ``export/`` made from it."""
+    path = setup[0]
+    run = root / "run"
+    run.mkdir()
+    shutil.copy(path, run / "model.pt")
+    export.export(run / "model.pt", run / backends.RUN_EXPORT)
+    return run
+
+
+def test_a_run_folder_predicts_through_its_export_without_torch(setup, tmp_path):
+    """``model.pt``'s export in the run folder serves the predict CLI (backend auto): torch stays unimported and
+    the points are those of the export folder."""
+    _, _, image_dir, images = setup
+    run = _run_folder_with_export(setup, tmp_path)
+    assert backends.run_export(run) == str(run / backends.RUN_EXPORT)
+    out = tmp_path / "pred.csv"
+    code = ("import sys\nfrom landmarks_lib.inference import predict\n"
+            f"rc = predict.main(['--checkpoint', {str(run)!r}, '--images', {image_dir!r}, '--out', {str(out)!r}])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nraise SystemExit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    want = Predictor.load(run / backends.RUN_EXPORT, "cpu", backend="onnx").predict(images).points
+    np.testing.assert_allclose(labels_to_points(read_landmarks(out).points), want, atol=0.006)
+
+
+def test_a_stale_or_mixed_export_is_never_served(setup, tmp_path):
+    """A ``model.pt`` rewritten after its export makes the export stale (bypassed: the model is loaded from
+    ``model.pt``); an export folder whose ONNX file is not the one ``model.json`` lists is refused."""
+    run = _run_folder_with_export(setup, tmp_path)
+    model = checkpoint.load_model(run / "model.pt")
+    model["face"]["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v
+                                   for k, v in model["face"]["state_dict"].items()}
+    checkpoint.save(str(run / "model.pt"), model)
+    assert backends.run_export(run) is None
+    loaded = Predictor.load(run, "cpu", backend="onnx")
+    assert loaded.models[0]["face"].get("onnx") is None  # from model.pt, exported in memory
+    # an export interrupted partway: a new face.onnx beside the old model.json
+    other = tmp_path / "other"
+    export.export(run / "model.pt", other)
+    shutil.copy(other / "face.onnx", run / backends.RUN_EXPORT / "face.onnx")
+    with pytest.raises(checkpoint.CheckpointError, match="does not match model.json"):
+        backends.read_export(run / backends.RUN_EXPORT)
+    assert backends.read_export(other)["face"]["onnx"].endswith("face.onnx")

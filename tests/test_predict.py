@@ -297,3 +297,17 @@ def test_faces_csv_is_the_text_pandas_writes(tmp_path):
         if with_faces:
             df["faces"] = faces
         assert path.read_text() == df.to_csv(index=False, float_format="%.3f")
+
+
+def test_write_model_exports_the_model_into_the_run_folder(trained):
+    """``workflow.write_model`` writes ``model.pt`` and its export; the export records ``model.pt``'s SHA-256 and is
+    part of the run folder's manifest."""
+    from landmarks_lib.core.files import read_json, sha256_file
+    from landmarks_lib.inference import backends
+
+    _, _, _, run = trained
+    folder = run.file("export")
+    assert backends.run_export(run.path) == folder
+    doc = read_json(os.path.join(folder, "model.json"))
+    assert doc["model_sha256"] == sha256_file(run.model)
+    assert set(doc["files"]) == {"face.onnx"}  # a letterbox model: no localizer

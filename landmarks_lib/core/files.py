@@ -137,6 +137,19 @@ def derived_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:7], "little")
 
 
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, hex (read in ``chunk``-byte blocks: bounded memory).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_identity(path) -> str:
     """``"<real path>|<size>|<mtime ns>"`` of a file (links followed), or ``"<path>|missing"``: what a file
     contributes to a fingerprint without reading its content."""

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ..core.files import read_json
+from ..core.files import read_json, sha256_file
 from ..models.checkpoint import CheckpointError
 
 # Export folders (``export.export`` writes them).
@@ -191,13 +191,46 @@ def is_export(path) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MODEL_JSON))
 
 
+RUN_EXPORT = "export"  # a run folder's export of its model.pt (``workflow.write_model`` writes it)
+
+
+def run_export(path) -> str | None:
+    """The export folder that may stand for the final model at ``path``: ``path`` itself when it is an export folder;
+    for a run folder, its ``export/`` when that export's ``model.json`` records the SHA-256 of the run's current
+    ``model.pt`` (a missing, stale or partial export gives ``None``: the caller loads ``model.pt`` instead).
+    """
+    path = os.fspath(path)
+    if is_export(path):
+        return path
+    folder, model = os.path.join(path, RUN_EXPORT), os.path.join(path, "model.pt")
+    if not (os.path.isdir(path) and is_export(folder) and os.path.isfile(model)):
+        return None
+    doc = read_json(os.path.join(folder, MODEL_JSON))
+    recorded = doc.get("model_sha256") if isinstance(doc, dict) else None
+    return folder if recorded and recorded == _sha256_of(model) else None
+
+
+_SHA256_SEEN: dict = {}  # (path, size, mtime_ns, inode, ctime_ns) -> sha256: one hash of a model.pt per process
+
+
+def _sha256_of(path) -> str:
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = sha256_file(path)
+    return _SHA256_SEEN[key]
+
+
 def read_export(path) -> dict:
     """A model dict (as ``checkpoint.load_model`` returns, with ``state_dict`` None and ``onnx`` the part's file)
     from an export folder, for ``predictor.Predictor(..., backend="onnx")``.
 
+    ``model.json`` lists every file of the export with its size and SHA-256 (written last); a file that differs
+    (an export interrupted partway, or two exports mixed) is refused.
+
     Raises:
         FileNotFoundError: no ``model.json``, or a part's ONNX file is missing.
-        checkpoint.CheckpointError: ``model.json`` of another format.
+        checkpoint.CheckpointError: ``model.json`` of another format, or files that do not match it.
     """
 
     path = os.fspath(path)
@@ -215,6 +248,10 @@ def read_export(path) -> dict:
             f = os.path.join(path, p["file"])
             if not os.path.exists(f):
                 raise FileNotFoundError(f"{f}: ONNX file of the export is missing")
+            want = (doc.get("files") or {}).get(p["file"])
+            if want is not None and (os.path.getsize(f) != want["size"] or sha256_file(f) != want["sha256"]):
+                raise CheckpointError(f"{f}: does not match {MODEL_JSON} (an interrupted or mixed export); "
+                                      f"export again (landmarks export)")
             p = {"meta": p["meta"], "state_dict": None, "onnx": f}
         model[name] = p
     return model

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..core.files import atomic_open, atomic_write_json
+from ..core.files import atomic_open, atomic_write_json, sha256_file
 from ..models import checkpoint, networks
 from .backends import (
     EXPORT_FORMAT,
@@ -140,7 +140,9 @@ def export(model_path_or_run_dir, out_dir) -> dict:
     ``model.json`` (written last), each atomically; a previous export there is replaced (a stale
     ``localizer.onnx`` removed).
 
-    ``model.json``: ``format`` (``FORMAT``), ``source`` (absolute path of the ``model.pt``), ``inference`` (the
+    ``model.json``: ``format`` (``FORMAT``), ``source`` (absolute path of the ``model.pt``), ``model_sha256`` (its
+    SHA-256: a run folder's ``export/`` serves only the ``model.pt`` it was made from), ``files`` (each ONNX file's
+    ``size`` and ``sha256``, checked on load), ``inference`` (the
     model's validated settings), ``val_mse``, ``opset`` and ``parts``: ``{"face": {"file", "meta"}, "localizer":
     {"file", "meta"} or null}`` with each part's JSON-serialisable ``meta`` (crop geometry ``crop_size`` /
     ``crop_mode`` / ``face_scale`` in pixels and shares of the face, ``input_mean`` / ``input_std``,
@@ -163,6 +165,7 @@ def export(model_path_or_run_dir, out_dir) -> dict:
     src = os.fspath(model_path_or_run_dir)
     model = checkpoint.load_model(src)
     source = os.path.abspath(os.path.join(src, "model.pt") if os.path.isdir(src) else src)
+    model_sha256 = sha256_file(source)
     parts = {}
     for name in PARTS:
         part = model.get(name)
@@ -173,7 +176,10 @@ def export(model_path_or_run_dir, out_dir) -> dict:
         with atomic_open(os.path.join(out_dir, f"{name}.onnx"), "wb") as f:
             f.write(data)
         parts[name] = {"file": f"{name}.onnx", "meta": _plain(dict(part["meta"]))}
-    doc = {"format": FORMAT, "source": source, "inference": _plain(dict(model["inference"])),
+    files = {p["file"]: {"size": os.path.getsize(os.path.join(out_dir, p["file"])),
+                         "sha256": sha256_file(os.path.join(out_dir, p["file"]))} for p in parts.values() if p}
+    doc = {"format": FORMAT, "source": source, "model_sha256": model_sha256, "files": files,
+           "inference": _plain(dict(model["inference"])),
            "val_mse": _plain(model.get("val_mse")), "opset": OPSET, "parts": parts,
            "input": {"name": "image", "dtype": "float32", "shape": ["N", 3, "crop_size", "crop_size"],
                      "values": "RGB / 255, then (x - input_mean) / input_std per channel"},

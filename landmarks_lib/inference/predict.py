@@ -180,13 +180,12 @@ def _draw(draw_dir, path, points) -> None:
 
 
 def _backend(choice: str, checkpoints, device: str) -> str:
-    """The CLI's ``--backend`` resolved (``backends.resolve_backend``): ``auto`` is onnx for export folders alone
-    (they hold no torch weights) when onnxruntime imports, else onnx on the CPU (``select_device``) and torch on an
-    accelerator."""
-
+    """The CLI's ``--backend`` resolved (``backends.resolve_backend``): ``auto`` is onnx for export folders and run
+    folders with a current ``export/`` alone (``backends.run_export``: no torch is imported for them) when
+    onnxruntime imports, else onnx on the CPU (``select_device``) and torch on an accelerator."""
     if choice != "auto":
         return choice
-    exports = all(backends.is_export(c) for c in checkpoints)
+    exports = all(backends.run_export(c) for c in checkpoints)
     return backends.resolve_backend("auto", "cpu" if exports else devices.select_device(device).type)
 
 

@@ -129,7 +129,9 @@ class Predictor:
              micro_batch: int = 16) -> "Predictor":
         """From run folders or ``model.pt`` files (with ``backend="onnx"`` also export folders, ``export.export``'s);
         ``inference`` ``"accurate"`` (the model's stored settings) or ``"fast"`` (``FAST``: one localizer and one
-        face pass, no TTA).
+        face pass, no TTA). With ``backend="onnx"`` a run folder whose ``export/`` was made from its current
+        ``model.pt`` (``backends.run_export``) loads that export, without torch; otherwise ``model.pt`` is loaded
+        and exported in memory.
 
         Raises:
             FileNotFoundError, checkpoint.CheckpointError: no final model there (or an export folder with the
@@ -145,7 +147,8 @@ class Predictor:
         for p in paths:
             if backends.is_export(p) and backend != "onnx":
                 raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
-            models.append(backends.read_export(p) if backends.is_export(p) else checkpoint.load_model(p))
+            ready = backends.run_export(p) if backend == "onnx" else None
+            models.append(backends.read_export(ready) if ready else checkpoint.load_model(p))
         stored = FAST if inference == "fast" else models[0]["inference"]
         return cls(models, device, Inference.from_settings(stored), micro_batch, backend)
 
