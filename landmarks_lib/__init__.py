@@ -6,16 +6,13 @@ Points are ``(x, y)`` pairs in **continuous pixel coordinates**: pixel column ``
 centre of pixel ``(i, j)`` is at ``(i + 0.5, j + 0.5)``, the image spans ``[0, W] x [0, H]``, ``x`` grows to the
 right and ``y`` grows downward. A horizontal flip maps ``x -> W - x``. Arrays of points are ``float32`` of shape
 ``[K, 2]`` or ``[N, K, 2]`` unless a docstring says otherwise. Files (``landmarks.csv``, submissions) hold *labels*,
-pixel indices (label ``i`` is continuous ``i + 0.5``, ``io.LABEL_OFFSET``); ``io.labels_to_points`` and
-``io.points_to_labels`` convert at that boundary, and nowhere else (the integer labels are stored as ``int16``).
+pixel indices (label ``i`` is continuous ``i + 0.5``, ``core.coords.LABEL_OFFSET``); ``coords.labels_to_points`` and
+``coords.points_to_labels`` convert at that boundary, and nowhere else (the integer labels are stored as ``int16``).
 Libraries with another convention (torchvision v2 flips keypoints as ``W - 1 - x``) are converted at the boundary.
 
-Modules, one per step of the data flow: ``io`` (CSV tables), ``images`` (decoding), ``geometry`` (crops and affine
-maps), ``cache`` (preprocessed crops), ``augment``, ``data``, ``models``, ``engine`` (training), ``localizer`` (the
-face-box detector), ``predict`` and ``predictor`` (inference), ``export`` (ONNX) and ``runtime`` (its torch-free
-side), ``robustness`` (the re-framed validation set), ``metrics``, ``submission``, ``viz``, ``viewer``, ``synthetic``,
-``validate``, ``params``, ``run``, ``checkpoint``, ``files``, ``workflow``, ``pipeline``, ``cpuload`` (ARCHITECTURE.md
-maps them).
+Layers, each importing only those before it (``tests/test_layers.py`` keeps them honest; ARCHITECTURE.md maps them):
+``core`` < ``data`` < ``models`` < ``inference`` < ``evaluation`` < ``training`` < ``reporting`` < ``runs``, and
+``cli`` (the ``landmarks`` command) above them all. ``landmarks_lib.Predictor`` is ``inference.predictor.Predictor``.
 """
 
 __version__ = "0.1.0"

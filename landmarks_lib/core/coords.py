@@ -9,7 +9,7 @@ import numpy as np
 #: horizontal mirror maps labels ``v -> W - 1 - v``. Evidence on the stand-in data: a model trained with flips under
 #: the other reading (labels continuous, mirrored ``v -> W - v``) predicts x 0.37 px to the right of the labels on
 #: average (y: -0.06 px), the shift that reading predicts (up to +0.5 px: flipped targets one pixel off). Files in
-#: label convention: ``landmarks.csv``, submissions, ``predict.write_points_csv``; everything else is continuous.
+#: label convention: ``landmarks.csv``, submissions, the predict CLI's points file; everything else is continuous.
 LABEL_OFFSET = 0.5
 
 

@@ -105,7 +105,7 @@ def list_images(image_dir) -> list:
 
 
 class PointsWriter:
-    """Rows of ``landmarks.csv`` layout written as they come (``write_points_csv`` for a whole array at once): labels
+    """Rows of ``landmarks.csv`` layout written as they come: labels
     (``io.points_to_labels``: minus ``io.LABEL_OFFSET``), tab-separated, 2 decimals, an empty field for NaN; each row
     formatted by one ``%`` template (the text pandas' ``to_csv(float_format="%.2f")`` writes, about 10x faster).
 
@@ -151,15 +151,6 @@ class FacesWriter:
         extra = [np.asarray(faces, np.int64).tolist()] if self.with_faces else []
         for i, name in enumerate(names):
             self.w.writerow([name] + ["" if np.isnan(c[i]) else "%.3f" % c[i] for c in cols] + [e[i] for e in extra])
-
-
-def write_points_csv(path, names, points) -> None:
-    """Write ``[N, K, 2]`` continuous original-pixel points as labels in ``landmarks.csv`` layout and convention
-    (``PointsWriter``), atomically."""
-
-    points = np.asarray(points)
-    with atomic_open(path, "w", newline="") as f:
-        PointsWriter(f, points.shape[1]).write(names, points)
 
 
 def write_faces_csv(path, names, boxes, confidence, faces=None) -> None:

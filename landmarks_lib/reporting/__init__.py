@@ -1,1 +1,2 @@
-"""reporting"""
+"""Layer 7, reporting: ``viz`` (every figure) and ``viewer`` (interactive HTML).
+"""
