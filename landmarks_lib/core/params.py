@@ -175,8 +175,9 @@ _SPEC = [
                                                "installed, else torch); the points agree within 2e-3 px",
        choices=("auto", "torch", "onnx")),
     _p("num_workers", -1, "runtime", "DataLoader workers (-1 = chosen for the device)", low=-1),
-    _p("threads", 1, "runtime",
-       "torch CPU threads (0 = all cores; waiting threads sleep while other jobs use the CPU: cpuload)", low=0),
+    _p("threads", 1, "runtime", "torch CPU threads (0 = all cores)", low=0),
+    _p("adaptive_threads", False, "runtime", "while other processes keep the CPU busy, let OpenMP's waiting threads "
+                                             "sleep (for a CPU shared with other jobs)"),
     _p("amp", True, "runtime", "bf16 autocast on CUDA (ignored on CPU)"),
     _p("channels_last", True, "runtime", "channels-last memory format for training (CUDA and CPU)"),
     _p("time_budget_min", 0.0, "runtime", "stop a training stage after this many minutes (0 = off)", low=0.0),

@@ -7,7 +7,8 @@ busy loop held one core; with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep
 that policy costs about 30 % when the machine is free (``benchmarks/threads_under_load.py``). libgomp reads
 ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` once, when it loads, but it has a documented rule of its own that it
 applies at every wait: when it manages more threads than there are CPUs, a waiting thread spins only 100 times
-before it sleeps (the libgomp manual, ``GOMP_SPINCOUNT``). ``Watcher`` uses that rule:
+before it sleeps (the libgomp manual, ``GOMP_SPINCOUNT``). ``Watcher`` uses that rule, when a run opts in with the
+``adaptive_threads`` parameter (off by default: a run then keeps libgomp's own waiting):
 
 - every ``SAMPLE_S`` it reads ``/proc/stat``; when other processes kept at least ``BUSY_CORES`` cores busy over
   the sample, a helper thread opens an OpenMP team of its own (``Throttle``: its threads sleep, and only their
@@ -16,13 +17,15 @@ before it sleeps (the libgomp manual, ``GOMP_SPINCOUNT``). ``Watcher`` uses that
 - after ``CALM_SAMPLES`` samples in a row below ``BUSY_CORES`` the helper's team ends and libgomp's own spinning
   comes back;
 - a policy the user set (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment) is kept (no watcher), and
-  ``LANDMARKS_WAIT_POLICY=default`` turns the watcher off; without libgomp (another OpenMP runtime), without
-  ``/proc/stat`` (not Linux) or with one torch thread (no team to wait in) there is nothing to do.
+  ``LANDMARKS_WAIT_POLICY=default`` turns the watcher off even with ``adaptive_threads``; without libgomp (another
+  OpenMP runtime), without ``/proc/stat`` (not Linux) or with one torch thread (no team to wait in) there is nothing
+  to do.
 
 The wait changes no result: the thread count and so the split of every sum stay as they are (tested: the same
 weights with the helper's team on, off, or switched during training). ``engine.apply_threads`` (every stage's
-thread setting: training, prediction, noise finding, evaluation) starts the watcher once per process; ``STATE``
-says what it does and has done, and ``workflow.run_info`` records the policy in ``run_info.json``.
+thread setting: training, prediction, noise finding, evaluation) calls ``watch``, which starts the watcher once per
+process when ``adaptive_threads`` is true; ``STATE`` says what it does and has done (or why it does not run), and
+``workflow.run_info`` records the policy in ``run_info.json``.
 """
 
 from __future__ import annotations
@@ -231,19 +234,25 @@ def policy(environ=None) -> tuple[str, str | None]:
     return "adaptive", None
 
 
-def watch(threads: int) -> dict:
+NOT_ASKED = "adaptive_threads is false: libgomp's own waiting"
+
+
+def watch(threads: int, adaptive: bool = True) -> dict:
     """Start the watcher for a process whose torch uses ``threads`` CPU threads (once per process; a later call
-    with another count restarts it). Returns ``STATE``. Nothing starts when ``policy()`` is not adaptive, with one
-    thread, or without libgomp or ``/proc/stat`` (``STATE["policy"]`` then says which)."""
+    with another count restarts it). Returns ``STATE``. Nothing starts, and a running watcher stops, when
+    ``adaptive`` is false (the ``adaptive_threads`` parameter), when ``policy()`` is not adaptive, with one thread,
+    or without libgomp or ``/proc/stat`` (``STATE["policy"]`` and ``STATE["reason"]`` then say which)."""
     global _WATCHER
     threads = int(threads)
-    if _WATCHER is not None and STATE.get("threads") == threads:
+    if adaptive and _WATCHER is not None and STATE.get("threads") == threads:
         return STATE
     unwatch()
     kind, reason = policy()
     lib = None
     if kind == "adaptive":
-        if threads < 2:
+        if not adaptive:
+            kind, reason = "default", NOT_ASKED
+        elif threads < 2:
             kind, reason = "default", "one thread: no team to wait in"
         elif threads > available_cpus():
             kind, reason = "default", "more threads than CPUs: libgomp already sleeps soon"
@@ -269,7 +278,13 @@ def unwatch() -> None:
 
 
 def summary() -> dict:
-    """What ``run_info.json`` records: the policy, why (when not adaptive), the thread count and the thresholds."""
-    kind, reason = (STATE["policy"], STATE["reason"]) if STATE else policy()
+    """What ``run_info.json`` records: the policy, why (when not adaptive), the thread count and the thresholds.
+    Before any ``watch`` call no watcher runs: the user's policy, or libgomp's default (``NOT_ASKED``)."""
+    if STATE:
+        kind, reason = STATE["policy"], STATE["reason"]
+    else:
+        kind, reason = policy()
+        if kind == "adaptive":
+            kind, reason = "default", NOT_ASKED
     return {"policy": kind, "reason": reason, "threads": STATE.get("threads"), "busy_cores": BUSY_CORES,
             "sample_s": SAMPLE_S}

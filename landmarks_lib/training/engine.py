@@ -264,14 +264,15 @@ def stages_reading(names) -> list:
 
 
 def apply_threads(params: dict) -> int:
-    """Set torch's CPU thread count for this process from ``params["threads"]`` (0 leaves torch's default: all
-    cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same count, and
-    start ``cpuload.watch`` for it (OpenMP's waiting threads sleep while other processes keep the CPU busy; no
-    result changes). Returns the count in use."""
+    """Set torch's CPU thread count for this process to ``params["threads"]`` exactly as set (0 leaves torch's
+    default: all cores, or ``OMP_NUM_THREADS``), so training, prediction, noise finding and evaluation use the same
+    count. With ``params["adaptive_threads"]`` true, also start ``cpuload.watch`` for it (OpenMP's waiting threads
+    sleep while other processes keep the CPU busy; no result changes); otherwise no watcher runs and
+    ``cpuload.STATE`` records why. Returns the count in use."""
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
     n = torch.get_num_threads()
-    cpuload.watch(n)
+    cpuload.watch(n, adaptive=bool(params.get("adaptive_threads")))
     return n
 
 
