@@ -3,7 +3,7 @@
 ``python benchmarks/threads_under_load.py [--spins auto,unset,1000,0] [--series 4] [--rounds 2] [--batches 12]
 [--json]``
 
-For each setting (``auto``: the project's default, nothing set: ``landmarks_lib.cpuload``'s watcher lets waiting
+For each setting (``auto``: ``adaptive_threads`` on, nothing set: ``landmarks_lib.training.cpuload``'s watcher lets waiting
 threads sleep while other processes keep the CPU busy; ``unset``: libgomp's default, the watcher off; a number:
 ``GOMP_SPINCOUNT``; ``0`` is what ``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of
 ``params/cpu.yaml`` (its backbone, crop, batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``)
@@ -35,9 +35,11 @@ CHILD = r"""
 import json, os, subprocess, sys, time
 sys.path.insert(0, REPO)
 import torch
-from landmarks_lib import cpuload, engine, models, params as P
-p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False})
-engine.apply_threads(p)  # starts cpuload's watcher (the default) unless the environment sets the wait
+from landmarks_lib.core import params as P
+from landmarks_lib.models import landmark as models
+from landmarks_lib.training import cpuload, engine
+p = P.resolve(profile=REPO + "/params/cpu.yaml", overrides={"pretrained": False, "adaptive_threads": True})
+engine.apply_threads(p)  # starts cpuload's watcher (adaptive_threads) unless the environment sets the wait
 size, b, k = int(p["crop_size"]), int(p["batch_size"]), 971
 torch.manual_seed(0)
 model = models.build_model(p["backbone"], k, pretrained=False, head=p["head"], crop_size=size,
@@ -111,7 +113,7 @@ def _child(env: dict, mode: str, rounds: int, batches: int) -> dict:
 
 def measure(spin: str, rounds: int, batches: int) -> dict:
     """One setting: ``unset`` (libgomp's default, ``LANDMARKS_WAIT_POLICY=default``), a spin count, or ``auto``
-    (the project's default: nothing set, ``cpuload``'s watcher runs; also timed in a process started while the
+    (``adaptive_threads``: nothing set, ``cpuload``'s watcher runs; also timed in a process started while the
     busy loop already runs, ``loaded_at_start``)."""
     env = default_env()
     if spin == "auto":

@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     threads = a.threads if a.threads is not None else params["threads"]
     if threads:
         params["threads"] = int(threads)
-    engine.apply_threads(params)  # as every stage does: the thread count and cpuload's watcher
+    engine.apply_threads(params)  # as every stage does: the thread count (and cpuload's watcher with adaptive_threads)
     device = select_device(params["device"])
     load_before = os.getloadavg()
 
