@@ -15,7 +15,11 @@ Layers, each importing only those before it (``tests/test_layers.py`` keeps them
 ``cli`` (the ``landmarks`` command) above them all. ``landmarks_lib.Predictor`` is ``inference.predictor.Predictor``.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # messages are shown by ``core.logs.show``
 
 
 def __getattr__(name):

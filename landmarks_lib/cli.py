@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .core import logs
+
 # command -> (module with ``main(argv) -> int``, one line of help)
 COMMANDS = {
-    "run": ("landmarks_lib.runs.pipeline", "run the four notebooks on a run folder: train, evaluate, predict the test set (resumable)"),
+    "run": ("landmarks_lib.runs.pipeline", "the four notebooks on a run folder: train, evaluate, submit (resumable)"),
     "train": ("landmarks_lib.runs.train", "the training notebook's job from the shell (also under torchrun)"),
-    "predict": ("landmarks_lib.inference.predict", "predict landmarks on images with a run folder or an export folder"),
-    "export": ("landmarks_lib.inference.export", "export a run's final model to an ONNX folder (torch-free prediction)"),
+    "predict": ("landmarks_lib.inference.predict", "landmarks of images, from a run folder or an export folder"),
+    "export": ("landmarks_lib.inference.export", "a run's final model as an ONNX folder (torch-free prediction)"),
     "compare": ("landmarks_lib.runs.compare", "compare run folders side by side"),
     "validate": ("landmarks_lib.data.validate", "check a data folder (tables and images), with file and line"),
     "params": ("landmarks_lib.core.params", "list every parameter with its default, scope and help"),
@@ -31,6 +33,7 @@ def run_command(name: str, argv=None) -> int:
         KeyError: an unknown command name.
     """
     module, _ = COMMANDS[name]
+    logs.show()
     return int(importlib.import_module(module).main(argv) or 0)
 
 

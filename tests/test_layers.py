@@ -156,3 +156,24 @@ def test_the_check_sees_a_broken_edge(tmp_path, monkeypatch):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_each_layer_is_a_package(layer):
     assert os.path.isfile(os.path.join(PKG, layer, "__init__.py"))
+
+
+def test_progress_goes_through_the_package_logger(capsys):
+    """Status messages use the ``landmarks_lib`` logger: shown on stdout by ``logs.show``, quieted by its level."""
+    import logging
+
+    from landmarks_lib.core import logs
+
+    log = logs.logger("landmarks_lib.training.engine")
+    root = logging.getLogger(logs.NAME)
+    level = root.level
+    try:
+        logs.show()
+        log.info("epoch line")
+        assert capsys.readouterr().out == "epoch line\n"
+        root.setLevel(logging.WARNING)
+        logs.show()  # a level the caller set is kept
+        log.info("quiet")
+        assert capsys.readouterr().out == ""
+    finally:
+        root.setLevel(level)

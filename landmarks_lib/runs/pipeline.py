@@ -30,28 +30,28 @@ and refusals exit with status 2. At the end the validation metrics and the submi
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import signal
 import sys
 import threading
 import time
-from ..core import params as params_mod
-from ..training.engine import STAGES
-from ..training.engine import stages_reading
-from ..core.files import atomic_open
-from .run_folder import LOCK_ENV
-from .run_folder import RunFolder
-from .run_folder import RunFolderError
-from .workflow import data_fingerprint
-import copy
-import nbformat
-from nbconvert import HTMLExporter
-from nbconvert.preprocessors import TagRemovePreprocessor
+
 import jupytext
 import nbformat
 import papermill as pm
 from nbclient.exceptions import DeadKernelError
-import nbformat
+from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
+
+from ..core import logs
+from ..core import params as params_mod
+from ..core.files import atomic_open
+from ..training.engine import STAGES, stages_reading
+from .run_folder import LOCK_ENV, RunFolder, RunFolderError
+from .workflow import data_fingerprint
+
+LOG = logs.logger(__name__)
 
 NOTEBOOKS = ("01_eda", "02_train", "03_finetune", "04_visualize")
 # The parameter scopes each notebook reads (a change re-runs the first notebook that reads it, and every later one).
@@ -299,8 +299,7 @@ def run_notebook(name: str, run: RunFolder, retrain: bool = False, quiet: bool =
         try:
             export_html(out, os.path.join(run.file("reports"), f"{name}.html"), title=f"{name} · {run.name}")
         except Exception as e:  # noqa: BLE001 - a report that cannot be rendered must not hide the run's result
-            print(f"[pipeline] warning: could not export the report of {name}: {type(e).__name__}: {e}",
-                  file=sys.stderr)
+            LOG.warning(f"[pipeline] warning: could not export the report of {name}: {type(e).__name__}: {e}")
     if failure:
         raise NotebookFailed(failure, name, out)
     return time.time() - t0
@@ -338,12 +337,11 @@ def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool
         for name in NOTEBOOKS:
             if name not in chosen:
                 if resume:
-                    print(f"[pipeline] {name}: finished earlier with these parameters, skipped (--resume)", flush=True)
+                    LOG.info(f"[pipeline] {name}: finished earlier with these parameters, skipped (--resume)")
                 continue
-            print(f"[pipeline] {name}: running -> {os.path.join(run.file('notebooks'), name + '.ipynb')}",
-                  flush=True)
+            LOG.info(f"[pipeline] {name}: running -> {os.path.join(run.file('notebooks'), name + '.ipynb')}")
             seconds = run_notebook(name, run, retrain=retrain, quiet=quiet)
-            print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
+            LOG.info(f"[pipeline] {name}: done in {seconds:.0f} s")
     finally:
         os.environ.pop(LOCK_ENV, None)
         run.unlock()
@@ -403,8 +401,8 @@ def _warn_ignored_profile(args, params) -> None:
     prof = params_mod.load_profile(args.params)
     other = sorted(k for k, v in prof.items() if k not in params_mod.PATH_PARAMS and params.get(k) != v)
     if other:
-        print(f"[pipeline] warning: --params {args.params} is ignored (a resumed run starts from its own "
-              f"params.yaml); it differs in {', '.join(other)}; change values with -p NAME VALUE", file=sys.stderr)
+        LOG.warning(f"[pipeline] warning: --params {args.params} is ignored (a resumed run starts from its own "
+                    f"params.yaml); it differs in {', '.join(other)}; change values with -p NAME VALUE")
 
 
 def _main(args) -> int:
@@ -426,6 +424,6 @@ def _main(args) -> int:
     except OSError as e:
         print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"[pipeline] finished in {time.time() - t0:.0f} s; run folder {run.path}")
+    LOG.info(f"[pipeline] finished in {time.time() - t0:.0f} s; run folder {run.path}")
     print(summarize(run), flush=True)
     return 0

@@ -82,16 +82,18 @@ import math
 import os
 import sys
 import time
+
 import torch
-from ..training import distributed
-from ..training import engine
+
+from ..core import logs
 from ..core import params as params_mod
-from ..core.files import atomic_write_json
-from .run_folder import RunFolder
-from .run_folder import RunFolderError
-from .workflow import run_info
-from .workflow import resolve_data_dir
 from ..core.devices import select_device
+from ..core.files import atomic_write_json
+from ..training import distributed, engine
+from .run_folder import RunFolder, RunFolderError
+from .workflow import resolve_data_dir, run_info
+
+LOG = logs.logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,8 +181,8 @@ def _train(params, ctx, folder, retrain, progress, t0, resolve_data_dir) -> dict
     if ctx.is_main:
         _write_run_files(params, data_dir, folder, ctx)
         if ctx.world_size > 1 and params["batch_size"] % ctx.world_size:
-            print(f"warning: batch_size {params['batch_size']} is not a multiple of {ctx.world_size} processes; "
-                  f"each takes {params['batch_size'] // ctx.world_size} images per step", file=sys.stderr)
+            LOG.warning(f"warning: batch_size {params['batch_size']} is not a multiple of {ctx.world_size} processes; "
+                        f"each takes {params['batch_size'] // ctx.world_size} images per step")
     ctx.barrier()
     _check_shared_run_dir(params, folder, ctx)
     params = dict(params, data_dir=data_dir)
@@ -193,9 +195,9 @@ def _train(params, ctx, folder, retrain, progress, t0, resolve_data_dir) -> dict
 
     data = _local_first(ctx, prepare)
     if progress and ctx.is_main:
-        print(f"training on {ctx.world_size} process(es), {ctx.device}"
-              f"{', backend ' + ctx.backend if ctx.backend else ''}: {len(data.train_idx)} train / "
-              f"{len(data.val_idx)} validation images ({data.split} split)", flush=True)
+        LOG.info(f"training on {ctx.world_size} process(es), {ctx.device}"
+                 f"{', backend ' + ctx.backend if ctx.backend else ''}: {len(data.train_idx)} train / "
+                 f"{len(data.val_idx)} validation images ({data.split} split)")
     res = engine.train_all(params, data, folder, retrain=retrain, progress=progress, dist=ctx)
     mine = [(r["stage"], r["epoch"], r["val_mse"]) for st in ("localizer", "train") if res[st]
             for r in res[st]["history"]]
@@ -205,8 +207,8 @@ def _train(params, ctx, folder, retrain, progress, t0, resolve_data_dir) -> dict
         raise RuntimeError(f"validation MSE differs between ranks: {every}")
     res.update(data_dir=data_dir, world_size=ctx.world_size, ranks_agree=agree, time_s=time.time() - t0)
     if progress and ctx.is_main:
-        print(f"done in {res['time_s']:.0f} s: best validation MSE {res['train']['best_val_mse']:.3f} px^2 -> "
-              f"{res['train']['best']}", flush=True)
+        LOG.info(f"done in {res['time_s']:.0f} s: best validation MSE {res['train']['best_val_mse']:.3f} px^2 -> "
+                 f"{res['train']['best']}")
     return res
 
 

@@ -10,45 +10,32 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+
 import numpy as np
 import pandas as pd
-from ..models import checkpoint
-from ..training import cpuload
-from ..training import engine
-from ..evaluation import metrics
-from ..training import noise
-from ..evaluation import robustness
-from ..data import synthetic
-from ..training.engine import apply_threads
-from ..core.files import atomic_open
-from ..core.files import atomic_save_npy
-from ..core.files import atomic_write_json
-from ..core.files import file_identity
-from ..core.files import fingerprint
-from ..core.files import read_json
-from ..data.tables import read_test_points
-from ..core.params import SPEC
-from ..core.params import dump
-from ..core.params import resolve
-from ..core.params import scoped
-from ..core.params import split_list
-from ..inference.predict import ImageSet
-from ..inference.passes import Inference
-from ..inference.predict import predict_images
-from ..core.devices import select_device
-from ..inference.predict import write_faces_csv
-from .run_folder import RunFolder
-from ..evaluation.submission import SubmissionError
-from ..evaluation.submission import write_submission
-from ..inference import backends, export
-from ..inference.predictor import Predictor
-from ..core.images import load_image
-from ..core.geometry import frames_to_crop
-from ..core.geometry import frames_to_original
-from ..core.geometry import letterbox_frame
-from ..evaluation.eda import sample_rows
-from ..core.images import image_size
 import torch
+
+from ..core import logs
+from ..core.devices import select_device
+from ..core.files import atomic_open, atomic_save_npy, atomic_write_json, file_identity, fingerprint, read_json
+from ..core.geometry import frames_to_crop, frames_to_original, letterbox_frame
+from ..core.images import image_size, load_image
+from ..core.params import SPEC, dump, resolve, scoped, split_list
+from ..data import synthetic
+from ..data.tables import read_test_points
+from ..evaluation import metrics, robustness
+from ..evaluation.eda import sample_rows
+from ..evaluation.submission import SubmissionError, write_submission
+from ..inference import backends, export
+from ..inference.passes import Inference
+from ..inference.predict import ImageSet, predict_images, write_faces_csv
+from ..inference.predictor import Predictor
+from ..models import checkpoint
+from ..training import cpuload, engine, noise
+from ..training.engine import apply_threads
+from .run_folder import RunFolder
+
+LOG = logs.logger(__name__)
 
 PACKAGES = ("torch", "torchvision", "onnxruntime", "numpy", "pandas", "pillow", "matplotlib", "papermill", "jupytext",
             "nbdime")
@@ -82,6 +69,7 @@ def start(notebook: str, namespace: dict) -> tuple[dict, RunFolder]:
         params.ParamError, run.RunFolderError (a non-empty folder that is not a run folder, or a runner working on
         it).
     """
+    logs.show()
     params = notebook_params(namespace)
     run = RunFolder(params["run_dir"]).create(created_by=f"notebook {notebook}").lock(notebook, shared=True)
     dump(params, run.file("params.yaml"))
@@ -383,8 +371,8 @@ def evaluate_robustness(params: dict, data: engine.TrainData, models, max_images
     pr = Predictor(models, dev, inference_settings(params), backend=inference_backend(params, dev))
     m, per = robustness.evaluate(pr, rset, float(models[0]["face"]["meta"]["face_scale"]))
     if progress:
-        print(f"robustness set: {m['n_robust']} re-framed validation images, MSE {m['robust_mse']:.2f} px^2, "
-              f"{m['robust_off_face']} with the face crop off the face", flush=True)
+        LOG.info(f"robustness set: {m['n_robust']} re-framed validation images, MSE {m['robust_mse']:.2f} px^2, "
+                 f"{m['robust_off_face']} with the face crop off the face")
     return m, per, rset
 
 

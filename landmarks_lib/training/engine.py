@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core import geometry
+from ..core import geometry, logs
 from ..core.coords import POINT_CHUNK, PointsView, labels_to_points
 from ..core.devices import select_device
 from ..core.files import atomic_open, derived_seed, fingerprint
@@ -50,6 +50,8 @@ from ..inference.passes import predict_cache
 from ..models import checkpoint, codecs, facebox, landmark
 from . import cpuload
 from .distributed import Context
+
+LOG = logs.logger(__name__)
 
 STAGES = ("localizer", "train", "finetune")
 STAGE_SCOPES = {"localizer": ("data", "localizer"), "train": ("data", "train"),
@@ -772,8 +774,8 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
     done = finished_result(params, data, run, stage, sample_weights, retrain)
     if done is not None:
         if done["stopped_early"] and progress:
-            print(f"{stage}: finished earlier, stopped early by time_budget_min after {len(done['history'])} of "
-                  f"{stage_recipe(params, stage)['epochs']} epochs; retrain to train it fully", flush=True)
+            LOG.info(f"{stage}: finished earlier, stopped early by time_budget_min after {len(done['history'])} of "
+                     f"{stage_recipe(params, stage)['epochs']} epochs; retrain to train it fully")
         return done
     st = build(params, data, run, stage, init_checkpoint, sample_weights, progress, dist)
     resume(st, retrain)
@@ -789,12 +791,11 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
             row["stopped_early"] = True
         save_epoch(st, row)
         if progress and st.dist.is_main:
-            print(f"{stage} epoch {st.epoch + 1}/{st.recipe['epochs']}: train loss {train_loss:.4f}, val MSE "
-                  f"{val_mse:.3f} px^2, {time.time() - t0:.0f} s", flush=True)
+            LOG.info(f"{stage} epoch {st.epoch + 1}/{st.recipe['epochs']}: train loss {train_loss:.4f}, val MSE "
+                     f"{val_mse:.3f} px^2, {time.time() - t0:.0f} s")
         st.epoch += 1
     if st.stopped and progress and st.dist.is_main:
-        print(f"{stage}: stopped early by time_budget_min after {st.epoch} of {st.recipe['epochs']} epochs",
-              flush=True)
+        LOG.info(f"{stage}: stopped early by time_budget_min after {st.epoch} of {st.recipe['epochs']} epochs")
     if not st.history:  # zero epochs: the initial model is the stage's result
         save_epoch(st, {"epoch": 0, "stage": stage, "train_loss": float("nan"), "val_mse": evaluate(st),
                         "lr": st.optimizer.param_groups[0]["lr"], "time_s": 0.0})
