@@ -175,42 +175,9 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
     remove_orphans(cache_dir)
     tmp = tempfile.mkdtemp(prefix=f".crops-{key}.{os.getpid()}.", dir=cache_dir)
     try:
-        n = len(names)
-        sc = int(size) + 2 * int(round(margin * size))
-        images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
-                                           shape=(n, sc, sc, 3))
-        out_frames = np.zeros((n, 4), np.float64)
-        # Points are read per image (an io.PointsView converts only the rows it is asked for): memory stays at one
-        # image's points plus the crops' memory map, at any dataset size.
-        jobs = ((os.path.join(image_dir, names[i]), crop_mode, int(size), float(margin), float(face_scale),
-                 None if points is None else np.asarray(points[i], dtype=np.float64),
-                 None if frames is None else np.asarray(frames[i])) for i in range(n))
-        workers = num_workers if num_workers > 0 else min(4, os.cpu_count() or 1)
-        nbytes = n * sc * sc * 3
-        bar = _progress(n, f"{desc} ({nbytes / 1e9:.2f} GB on disk)", progress)
-        if workers == 1 or n < 64:
-            results = map(_crop_one, jobs)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(workers)
-            results = _windowed_map(pool, jobs)
-        try:
-            for i, (crop, frame) in enumerate(results):
-                images[i] = crop
-                out_frames[i] = frame
-                bar.update(1)
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-        images.flush()
-        del images
-        np.save(os.path.join(tmp, "frames.npy"), out_frames)
-        meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
-                "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
-                "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f)
+        _build(tmp, key, image_dir, names, crop_mode, size, margin, face_scale, points, frames,
+               workers=num_workers if num_workers > 0 else min(4, os.cpu_count() or 1), desc=desc,
+               progress=progress)
         try:
             os.replace(tmp, path)
         except OSError:
@@ -220,6 +187,62 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _open(path, points)
+
+
+def _build(tmp, key, image_dir, names, crop_mode, size, margin, face_scale, points, frames, workers, desc,
+           progress) -> None:
+    """Write a complete cache into the folder ``tmp``: ``images.npy`` (``uint8 [N, Sc, Sc, 3]``, written through a
+    memory map), ``frames.npy`` (``float64 [N, 4]``), then ``meta.json``. Arguments as ``get_cache``'s (``points``
+    an array or an ``io.PointsView``, ``key`` its ``cache_key``); ``workers`` processes decode the images (1, or
+    under 64 images: in this process)."""
+    n = len(names)
+    sc = int(size) + 2 * int(round(margin * size))
+    images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
+                                       shape=(n, sc, sc, 3))
+    out_frames = np.zeros((n, 4), np.float64)
+    jobs = _crop_jobs(image_dir, names, crop_mode, size, margin, face_scale, points, frames)
+    nbytes = n * sc * sc * 3
+    bar = _progress(n, f"{desc} ({nbytes / 1e9:.2f} GB on disk)", progress)
+    _crop_all(jobs, n, workers, images, out_frames, bar)
+    images.flush()
+    del images
+    np.save(os.path.join(tmp, "frames.npy"), out_frames)
+    meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
+            "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
+            "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+def _crop_jobs(image_dir, names, crop_mode, size, margin, face_scale, points, frames):
+    """``_crop_one``'s argument tuples, one per image, made as they are consumed: points (``float64 [K, 2]``,
+    original pixels) and frame rows (``[4]``) are read per image (an ``io.PointsView`` converts only the rows it is
+    asked for), so memory stays at one image's points plus the crops' memory map, at any dataset size."""
+    return ((os.path.join(image_dir, names[i]), crop_mode, int(size), float(margin), float(face_scale),
+             None if points is None else np.asarray(points[i], dtype=np.float64),
+             None if frames is None else np.asarray(frames[i])) for i in range(len(names)))
+
+
+def _crop_all(jobs, n: int, workers: int, images: np.ndarray, out_frames: np.ndarray, bar) -> None:
+    """Run the ``n`` crop ``jobs`` in order, in this process (``workers == 1`` or ``n < 64``) or in a pool of
+    ``workers`` processes, writing crop ``i`` to ``images[i]`` (``uint8 [Sc, Sc, 3]``) and its frame to
+    ``out_frames[i]`` (``float64 [4]``), advancing the progress ``bar``; the bar is closed and the pool shut down
+    (pending jobs cancelled) whatever happens."""
+    if workers == 1 or n < 64:
+        results = map(_crop_one, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = _windowed_map(pool, jobs)
+    try:
+        for i, (crop, frame) in enumerate(results):
+            images[i] = crop
+            out_frames[i] = frame
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _alive(pid: int) -> bool:
@@ -245,7 +268,7 @@ def remove_orphans(cache_dir) -> list:
 
 
 def _progress(total, desc, enabled):
-
+    """A tqdm bar of ``total`` steps (hidden unless ``enabled``), redrawn at most once a second."""
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=1.0)
 
 
@@ -276,10 +299,10 @@ def clean_cache(cache_dir) -> int:
 
 
 def main(argv=None) -> int:
-
-
+    """``python -m landmarks_lib.cache [--info|--clean] [DIR]``: list the caches and their sizes, or remove them."""
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.cache", description=__doc__.split("\n")[0])
-    ap.add_argument("cache_dir", nargs="?", default=None, help="default: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks")
+    ap.add_argument("cache_dir", nargs="?", default=None,
+                    help="default: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--info", action="store_true", help="list caches and their sizes (the default)")
     g.add_argument("--clean", action="store_true", help="remove all caches")
