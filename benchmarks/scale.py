@@ -17,7 +17,8 @@ own process, in this order:
 Per stage it reports ``wall_s`` and ``peak_mb``: the largest sum, over the stage's whole process tree (the notebook
 kernel, loader and cache workers included), of ``Pss_Anon + Pss_Shmem`` from ``/proc/PID/smaps_rollup``, sampled
 every 0.5 s (or 10x as long as one sample takes, when that is longer: reading ``smaps_rollup`` of a process with
-tens of GB mapped costs tens of ms, and the sampler must not slow what it measures). Proportional set sizes count shared pages once across forked workers, and memory-mapped file pages
+tens of GB mapped costs tens of ms, and the sampler must not slow what it measures). Proportional set sizes count
+shared pages once across forked workers, and memory-mapped file pages
 (the crop caches, the parsed labels) are not anonymous, so they do not count: they are the page cache's to drop.
 ``train:<stage>`` rows give each training stage's time inside its epoch loops (``time_s`` of ``history.csv``);
 ``training_s`` is their sum, ``non_training_s`` everything else (the stages' wall times minus ``training_s``),

@@ -3,7 +3,8 @@
 ``python benchmarks/threads_under_load.py [--spins auto,unset,1000,0] [--series 4] [--rounds 2] [--batches 12]
 [--json]``
 
-For each setting (``auto``: ``adaptive_threads`` on, nothing set: ``landmarks_lib.training.cpuload``'s watcher lets waiting
+For each setting (``auto``: ``adaptive_threads`` on, nothing set: ``landmarks_lib.training.cpuload``'s watcher lets
+waiting
 threads sleep while other processes keep the CPU busy; ``unset``: libgomp's default, the watcher off; a number:
 ``GOMP_SPINCOUNT``; ``0`` is what ``OMP_WAIT_POLICY=PASSIVE`` does) a fresh process builds the model of
 ``params/cpu.yaml`` (its backbone, crop, batch, optimizer, channels-last; 2 threads on 2 cores with ``threads: 0``)

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.cache``: the same as ``landmarks cache`` (list or clean the crop caches; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.cache``: the same as ``landmarks cache`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

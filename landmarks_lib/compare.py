@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.compare``: the same as ``landmarks compare`` (compare run folders side by side; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.compare``: the same as ``landmarks compare`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.export``: the same as ``landmarks export`` (export a run's final model to an ONNX folder (torch-free prediction); ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.export``: the same as ``landmarks export`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.params``: the same as ``landmarks params`` (list every parameter with its default, scope and help; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.params``: the same as ``landmarks params`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

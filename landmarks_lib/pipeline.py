@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.pipeline``: the same as ``landmarks run`` (run the four notebooks on a run folder: train, evaluate, predict the test set (resumable); ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.pipeline``: the same as ``landmarks run`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.predict``: the same as ``landmarks predict`` (predict landmarks on images with a run folder or an export folder; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.predict``: the same as ``landmarks predict`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.synthetic``: the same as ``landmarks synthetic`` (write the embedded synthetic dataset; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.synthetic``: the same as ``landmarks synthetic`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.train``: the same as ``landmarks train`` (the training notebook's job from the shell (also under torchrun); ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.train``: the same as ``landmarks train`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

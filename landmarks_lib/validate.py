@@ -1,4 +1,4 @@
-"""``python -m landmarks_lib.validate``: the same as ``landmarks validate`` (check a data folder (tables and images), with file and line; ``landmarks_lib.cli``)."""
+"""``python -m landmarks_lib.validate``: the same as ``landmarks validate`` (``landmarks_lib.cli``)."""
 
 if __name__ == "__main__":
     import sys

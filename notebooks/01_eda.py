@@ -149,11 +149,11 @@ coverage.round(2)
 #
 # Horizontal flips (augmentation and test-time averaging) need to know which point becomes which when a face is
 # mirrored; the layout is undocumented, so it is estimated from the training shapes
-# (`geometry.estimate_mirror_permutation`, from at most 2,000 training shapes; the mirror error below from a seeded
+# (`symmetry.estimate_mirror_permutation`, from at most 2,000 training shapes; the mirror error below from a seeded
 # sample of at most `geometry.SHAPE_SAMPLE`). It must be an involution (applying it twice gives the identity), and the
 # mean face mirrored through it should land on itself: red rings on blue dots below, a small mirror error (in units
 # of the face's RMS radius). Points whose mirror lands more than 10 % of that radius from their partner have no
-# partner (`geometry.mirror_unmatched`): training leaves them out of the loss on flipped images and flip TTA keeps
+# partner (`symmetry.mirror_unmatched`): training leaves them out of the loss on flipped images and flip TTA keeps
 # their unflipped prediction. Many of them would mean a wrong mirror axis.
 
 # %%
@@ -175,10 +175,10 @@ fig
 # ## Labels that look wrong by shape
 #
 # Each labelled shape is aligned to the reference shape (position, scale, rotation; the reference is the robust
-# mean of a seeded sample, `geometry.shape_reference`) and its residual is the RMS distance of its points to the
-# reference's; every shape gets its residual. Shapes above `median + shape_threshold · 1.4826 · MAD` of all residuals are flagged
-# (a robust cut that the few bad labels do not inflate). A high residual is not always an error (an open mouth,
-# a turned head); the pictures tell.
+# mean of a seeded sample, `eda.shape_reference`) and its residual is the RMS distance of its points to the
+# reference's; every shape gets its residual. Shapes above `median + shape_threshold · 1.4826 · MAD` of all
+# residuals are flagged (a robust cut that the few bad labels do not inflate). A high residual is not always an
+# error (an open mouth, a turned head); the pictures tell.
 
 # %%
 reference = eda.shape_reference(points)

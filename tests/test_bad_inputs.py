@@ -320,7 +320,8 @@ def test_force_only_on_marked_folders_and_only_the_manifest(tmp_path, capsys):
     left = sorted(str(p.relative_to(r)) for p in r.rglob("*"))
     assert left == [".lock", MARKER, "checkpoints", "checkpoints/my_backup.pt", "figures", "figures/.x.tmp",
                     "figures/my_plot.png", "mydata", "notes.txt"]  # only the project's own files went
-    assert "removed 3 file(s)" in out and "kept" in out  # (and the stale temporary file, when the lock was taken) and "my_backup.pt" in out and "notes.txt" in out
+    # removed: 3 files (and the stale temporary file, when the lock was taken); kept, and listed: the user's files
+    assert "removed 3 file(s)" in out and "kept" in out and "my_backup.pt" in out and "notes.txt" in out
 
 
 def test_retrain_goes_with_resume(tmp_path, capsys):

@@ -34,11 +34,26 @@ def pyproject_pins():
         import tomllib
 
         with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-            deps = tomllib.load(f)["project"]["dependencies"]
+            project = tomllib.load(f)["project"]
+        deps = project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
     else:  # pragma: no cover - Python 3.10
-        block = re.search(r"^dependencies = \[(.*?)^\]", _read("pyproject.toml"), re.S | re.M).group(1)
-        deps = re.findall(r'"([^"]+)"', block)
-    return _pins(deps, "pyproject.toml")
+        deps = re.findall(r'^\s+"([^"]+)",?$', _read("pyproject.toml"), re.M)
+    return _pins([d for d in deps if not d.startswith("thousand-landmarks[")], "pyproject.toml")
+
+
+def test_the_core_group_predicts_without_the_training_stack():
+    """``pip install .`` gets numpy, Pillow, onnxruntime and PyYAML only; ``[train]`` adds torch and the training
+    stack, ``[notebooks]`` the notebook tools on top of it, ``[dev]`` the test and lint tools on top of that."""
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    core = {PIN.match(d).group(1) for d in project["dependencies"]}
+    assert core == {"numpy", "pillow", "onnxruntime", "pyyaml"}
+    groups = project["optional-dependencies"]
+    assert "torch" in {PIN.match(d).group(1) for d in groups["train"]}
+    assert "thousand-landmarks[train]" in groups["notebooks"] and "thousand-landmarks[notebooks]" in groups["dev"]
+    assert project["scripts"]["landmarks"] == "landmarks_lib.cli:main"
 
 
 def environment_pins():

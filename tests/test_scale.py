@@ -57,7 +57,8 @@ def _coverage_in_memory(points, widths, heights, crop_size, face_scale):
         rows.append({"crop_mode": mode, "points_outside_image_pct": 100.0 * out_img.sum() / ok.sum(),
                      "points_outside_crop_pct": 100.0 * out.sum() / ok.sum(),
                      "images_cut_pct": 100.0 * out.any(axis=1).mean(),
-                     "face_px_median": float(np.median(share * crop_size)), "face_share_median": float(np.median(share))})
+                     "face_px_median": float(np.median(share * crop_size)),
+                     "face_share_median": float(np.median(share))})
     return rows
 
 
@@ -163,7 +164,8 @@ def test_face_placement_in_blocks():
     w, h = np.full(23, 100), np.full(23, 80)
     p = np.asarray(view, np.float64)
     lo, hi = p.min(axis=1), p.max(axis=1)
-    expected = np.stack([(lo[:, 0] + hi[:, 0]) / 2 / 100, (lo[:, 1] + hi[:, 1]) / 2 / 80, (hi[:, 0] - lo[:, 0]) / 100], 1)
+    expected = np.stack([(lo[:, 0] + hi[:, 0]) / 2 / 100, (lo[:, 1] + hi[:, 1]) / 2 / 80,
+                         (hi[:, 0] - lo[:, 0]) / 100], 1)
     np.testing.assert_array_equal(eda.face_placement(view, w, h, chunk=4), expected)
 
 

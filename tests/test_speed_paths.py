@@ -80,7 +80,7 @@ def test_fast_and_exact_parsers_agree_on_bad_and_odd_tables(tmp_path, monkeypatc
            "\u00a05", "\x1c5", "\u0663", '"5"']
     p = tmp_path / "l.csv"
     fast_used = 0
-    for trial in range(150):
+    for _ in range(150):
         k = rnd.choice([1, 2, 3])
         rows = []
         for i in range(rnd.randint(0, 10)):

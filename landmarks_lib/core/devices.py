@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def select_device(name: str = "auto") -> "torch.device":
+if TYPE_CHECKING:
+    import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA if available, else MPS if available, else CPU; or the named device.
 
     Raises:

@@ -13,7 +13,8 @@ Crop modes (parameter ``crop_mode``):
 - ``center``: the course baseline: scale the shorter side to ``size`` and take the centre square.
 - ``letterbox``: scale the longer side to ``size`` and pad, so the whole image is kept.
 - ``face``: a square around the face, placed from landmarks: from the ground truth when training and from the
-  localizer's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of the
+  localizer's prediction at inference (``landmarks_lib.predict``). Its side is ``face_scale`` times the longer side of
+  the
   landmarks' bounding box.
 """
 
@@ -84,7 +85,7 @@ class CropFrame:
         p = np.asarray(points, dtype=np.float64)
         return p / self.scale + np.array([self.x0, self.y0])
 
-    def expand(self, margin: float) -> "CropFrame":
+    def expand(self, margin: float) -> CropFrame:
         """The same centre with ``margin * side`` added on every side, at ``size + 2 * round(margin * size)`` pixels.
 
         The extra pixels are a whole number on each side, so the original crop sits at an integer offset inside.
@@ -99,7 +100,7 @@ class CropFrame:
         return np.array([self.x0, self.y0, self.side, self.size], dtype=np.float64)
 
     @staticmethod
-    def from_array(a) -> "CropFrame":
+    def from_array(a) -> CropFrame:
         """Inverse of ``as_array``."""
         return CropFrame(float(a[0]), float(a[1]), float(a[2]), int(round(float(a[3]))))
 

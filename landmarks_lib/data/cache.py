@@ -48,7 +48,7 @@ class CropCache:
     names: list
     images: np.ndarray
     frames: np.ndarray
-    points: "CropPoints | None"
+    points: CropPoints | None
     size: int
     pad: int
 

@@ -2,7 +2,8 @@
 
 Reading a batch is one fancy-index of the memory-mapped cache (no per-sample decode), so on a CPU the main process
 does it (``num_workers=0``); on CUDA, workers, pinned memory and persistent workers overlap it with the GPU
-(``loader_settings``). Batch order is a permutation drawn from ``(seed, epoch)`` alone, so a resumed run sees the same batches as an
+(``loader_settings``). Batch order is a permutation drawn from ``(seed, epoch)`` alone, so a resumed run sees the same
+batches as an
 uninterrupted one; with ``world_size > 1`` each rank takes every ``world_size``-th sample of that permutation (as
 ``torch.utils.data.DistributedSampler`` does).
 """
@@ -16,7 +17,8 @@ import torch
 
 
 class BatchSampler(torch.utils.data.Sampler):
-    """Yields sorted ``int64`` index arrays (one per batch) over ``indices``, with ``torch.utils.data.DistributedSampler``'s
+    """Yields sorted ``int64`` index arrays (one per batch) over ``indices``, with
+    ``torch.utils.data.DistributedSampler``'s
     contract (``set_epoch``; with ``world_size > 1`` each rank takes every ``world_size``-th sample of the epoch's
     permutation, padded by wrapping unless ``drop_last``). The permutation is numpy's, drawn from
     ``default_rng([seed, epoch])``, so every recorded run reproduces exactly.

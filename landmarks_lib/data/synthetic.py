@@ -36,12 +36,15 @@ background (flat, gradient, noise or stripes; luma >= 110 so the dark strokes st
 
 Training images come in **mirror twins**: every person's images are pairs whose geometry is the exact horizontal
 mirror of each other (same person, rotation ``-theta``, centre ``W - cx``; the twin's labels are exactly
-``W - 1 - x`` of the first's (the mirror in label convention), permuted by ``mirror_permutation``). Backgrounds differ. So the set of training labels is
+``W - 1 - x`` of the first's (the mirror in label convention), permuted by ``mirror_permutation``). Backgrounds differ.
+So the set of training labels is
 exactly mirror symmetric and ``landmarks_lib.geometry.estimate_mirror_permutation`` recovers ``mirror_permutation``
 exactly, provided the images are enough for the median shape to keep neighbouring points apart (integer labels of
 points a fraction of a pixel apart often coincide): checked for K=68 from 41 images and K=971 from 96-240 images on
-several seeds; K=971 from 48 images, or K=2000 from 240, can merge a few neighbours and mispair them. Twins share their group, so group-wise validation splits keep them together. With an odd ``n_train`` the
-last image is self-symmetric (no rotation, centred, odd width, so the midline is a whole label column). Test images are independent (new persons).
+several seeds; K=971 from 48 images, or K=2000 from 240, can merge a few neighbours and mispair them. Twins share their
+group, so group-wise validation splits keep them together. With an odd ``n_train`` the
+last image is self-symmetric (no rotation, centred, odd width, so the midline is a whole label column). Test images are
+independent (new persons).
 
 Run ``python -m landmarks_lib.synthetic OUT_DIR [--n-train N] [--n-test N] [--num-points K] [--seed S]``.
 """
@@ -262,7 +265,8 @@ def _allocate(num_points, lengths, kinds):
 def _layout(num_points: int) -> _Layout:
     num_points = int(num_points)
     if num_points < MIN_POINTS:
-        raise ValueError(f"num_points must be at least {MIN_POINTS} (the minimum for the drawn curves), got {num_points}")
+        raise ValueError(f"num_points must be at least {MIN_POINTS} (the minimum for the drawn curves), "
+                         f"got {num_points}")
     dense = _dense_curves(_DEFAULT_PERSON)
     kinds = [kind for _, kind, _ in _CURVES]
     lengths = [_length(_full_polyline(kind, dense[name])[0]) for name, kind, _ in _CURVES]

@@ -63,7 +63,7 @@ class RowProblem:
             where += f" ({self.name})"
         return f"{where}: {self.message}"
 
-    def error(self) -> "DataFormatError":
+    def error(self) -> DataFormatError:
         """This problem as the exception a loader raises."""
         return DataFormatError(str(self), self)
 
@@ -283,7 +283,7 @@ def _not_utf8(path, err: UnicodeDecodeError) -> RowProblem:
 def _named_rows(path, sink: _Collector, columns: list):
     """``(line, file_name, second field)`` of each row of a two-column table (header ``columns``) with a good,
     first-seen file name (recorded in ``sink.first_line``); every other row is a problem of ``sink``."""
-    with open(path, "r", newline="", encoding="utf-8-sig") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter="\t")
         with _text_errors(path, reader, sink):
             header = _header(reader, sink)
@@ -520,7 +520,7 @@ def _read_landmarks_exact(path, bad_rows, chunksize, sink: _Collector | None = N
     one that raises, under ``bad_rows``)."""
     sink = sink if sink is not None else _Collector(path, bad_rows)
     names = []
-    with open(path, "r", newline="", encoding="utf-8-sig") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter="\t")
         with _text_errors(path, reader, sink):
             header = _header(reader, sink)

@@ -53,7 +53,8 @@ def num_threads() -> int:
 class OnnxNetwork:
     """An ONNX model run by onnxruntime, called like an eval-mode network (``export.onnx_network`` builds one).
 
-    A call takes ``float32 [N, 3, S, S]`` as a numpy array and returns a numpy ``float32`` array. The session uses ``num_threads()`` intra-op threads (one
+    A call takes ``float32 [N, 3, S, S]`` as a numpy array and returns a numpy ``float32`` array. The session uses
+    ``num_threads()`` intra-op threads (one
     inter-op thread) and is rebuilt when that count changes, so thread limits always agree with torch's.
 
     Attributes:
@@ -85,7 +86,7 @@ class OnnxNetwork:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(x)
 
-    def eval(self) -> "OnnxNetwork":
+    def eval(self) -> OnnxNetwork:
         return self
 
 
@@ -113,7 +114,7 @@ class TorchNetwork:
             y = self.module(t.contiguous(memory_format=torch.channels_last))
         return y.float().cpu().numpy()
 
-    def eval(self) -> "TorchNetwork":
+    def eval(self) -> TorchNetwork:
         return self
 
 

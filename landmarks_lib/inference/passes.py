@@ -36,7 +36,8 @@ def predict_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool =
     """A landmark regressor on ready crops.
 
     Args:
-        net: a backend (a torch module runs on the CPU; ``backends.as_backend``): ``float32 [n, 3, S, S]`` numpy -> ``float32 [n, K, 2]`` target
+        net: a backend (a torch module runs on the CPU; ``backends.as_backend``): ``float32 [n, 3, S, S]`` numpy ->
+        ``float32 [n, K, 2]`` target
             units.
         crops: ``uint8 [N, S, S, 3]``, ``S = meta["crop_size"]``.
         tta_flip: also predict on the mirrored crop, map back (``x -> S - x``, points re-indexed by
@@ -70,7 +71,8 @@ def detect_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool = 
     """The chosen face of each ready letterboxed crop.
 
     Args:
-        net: a backend (a torch module runs on the CPU; ``backends.as_backend``): ``float32 [n, 3, S, S]`` numpy -> ``float32 [n, 4, S/16, S/16]``.
+        net: a backend (a torch module runs on the CPU; ``backends.as_backend``): ``float32 [n, 3, S, S]`` numpy ->
+        ``float32 [n, 4, S/16, S/16]``.
         crops: ``uint8 [N, S, S, 3]``.
         tta_flip: average the output with that of the mirrored crop (mapped back: columns reversed, x offsets
             negated) before decoding.
@@ -147,7 +149,7 @@ class Inference:
     amp: bool = False
 
     @classmethod
-    def from_settings(cls, settings: dict, **kw) -> "Inference":
+    def from_settings(cls, settings: dict, **kw) -> Inference:
         """From a mapping with ``tta_flip``, ``refine_steps``, ``tta_scales`` (parameters, or a model's stored
         ``inference``); ``kw`` sets the others."""
         return cls(bool(settings["tta_flip"]), int(settings["refine_steps"]), parse_scales(settings["tta_scales"]),

@@ -55,7 +55,7 @@ class ImageSet:
         return [os.path.join(self.image_dir, n) for n in self.names]
 
 
-def predict_images(model, images: ImageSet, device="cpu", settings: passes.Inference = passes.Inference(),
+def predict_images(model, images: ImageSet, device="cpu", settings: passes.Inference | None = None,
                    chunk: int = 256, backend: str = "torch", with_faces: bool = False):
     """All landmarks of each image, in original pixels, through ``predictor.Predictor`` (crops in memory, fixed
     micro-batches), ``chunk`` images at a time.
@@ -80,7 +80,7 @@ def predict_images(model, images: ImageSet, device="cpu", settings: passes.Infer
     from tqdm.auto import tqdm
 
 
-    pr = Predictor(model, device, settings, backend=backend)
+    pr = Predictor(model, device, settings or passes.Inference(), backend=backend)
     points = np.zeros((len(images.names), pr.num_points, 2), np.float32)  # filled in place: one copy in memory
     boxes, conf, faces = [], [], []
     done = 0
@@ -126,7 +126,7 @@ class PointsWriter:
             if np.isfinite(v).all():
                 self.f.write(self.row % (name, *v.tolist()))
             else:
-                self.f.write("\t".join([str(name)] + ["" if not np.isfinite(x) else "%.2f" % x for x in v]) + "\n")
+                self.f.write("\t".join([str(name)] + ["" if not np.isfinite(x) else f"{x:.2f}" for x in v]) + "\n")
 
 
 class FacesWriter:
@@ -150,7 +150,7 @@ class FacesWriter:
         cols = [b[:, 0], b[:, 1], b[:, 2], b[:, 3], np.round(np.asarray(confidence, np.float64), 3)]
         extra = [np.asarray(faces, np.int64).tolist()] if self.with_faces else []
         for i, name in enumerate(names):
-            self.w.writerow([name] + ["" if np.isnan(c[i]) else "%.3f" % c[i] for c in cols] + [e[i] for e in extra])
+            self.w.writerow([name] + ["" if np.isnan(c[i]) else f"{c[i]:.3f}" for c in cols] + [e[i] for e in extra])
 
 
 def write_faces_csv(path, names, boxes, confidence, faces=None) -> None:

@@ -126,7 +126,7 @@ class Predictor:
 
     @classmethod
     def load(cls, paths, device="auto", backend: str = "torch", inference: str = "accurate",
-             micro_batch: int = 16) -> "Predictor":
+             micro_batch: int = 16) -> Predictor:
         """From run folders or ``model.pt`` files (with ``backend="onnx"`` also export folders, ``export.export``'s);
         ``inference`` ``"accurate"`` (the model's stored settings) or ``"fast"`` (``FAST``: one localizer and one
         face pass, no TTA). With ``backend="onnx"`` a run folder whose ``export/`` was made from its current

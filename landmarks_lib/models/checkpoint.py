@@ -97,7 +97,9 @@ def load_model(path_or_run_dir, map_location="cpu") -> dict:
 
 def make_model(face: dict, localizer: dict | None, inference: dict, source: str) -> dict:
     """The final model dict from two stage checkpoints (``localizer`` None for crop modes without one)."""
-    part = (lambda ck: {"meta": ck["meta"], "state_dict": ck["state_dict"]})
+    def part(ck):
+        return {"meta": ck["meta"], "state_dict": ck["state_dict"]}
+
     return {"kind": "model", "face": part(face), "localizer": part(localizer) if localizer else None,
             "inference": {k: inference[k] for k in INFERENCE_KEYS}, "val_mse": face.get("val_mse"),
             "source": source}

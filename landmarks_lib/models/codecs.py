@@ -122,7 +122,7 @@ class LandmarkCodec:
         self.size, self.normalize = int(size), bool(normalize_targets)
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "LandmarkCodec":
+    def from_meta(cls, meta: dict) -> LandmarkCodec:
         """From a checkpoint's ``meta`` (``crop_size``, ``normalize_targets``)."""
         return cls(meta["crop_size"], meta["normalize_targets"])
 

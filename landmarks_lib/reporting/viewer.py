@@ -5,7 +5,8 @@
   (``"upper left"``, ``"middle center"``, ...; left and right as seen in the image; ``"lower center 2"`` where two
   share a place).
 - ``region_table(pred, truth, regions)``: the error of each region over a set of images.
-- ``viewer_data(...)``: what the viewer shows of each image: the face crop as a JPEG data URL, the truth and prediction points
+- ``viewer_data(...)``: what the viewer shows of each image: the face crop as a JPEG data URL, the truth and prediction
+points
   and, per point, the text a hover shows (index, region, error in pixels). Tested without a browser.
 - ``image_viewer(...)``: a plotly figure browsing at most ``MAX_IMAGES`` images (two menus: by error, by name) with
   plotly's own zoom, pan, hover and legend toggles (truth / prediction on and off).
@@ -117,7 +118,8 @@ def viewer_data(images, names, preds, truths=None, regions=None, region_names=No
         regions, region_names: ``face_regions`` (default: one region, ``"face"``).
         errors: ``[N]`` per-image errors for the menu (e.g. NME %), or None.
     Returns:
-        a list of dicts: ``name``, ``error``, ``png`` (a JPEG data URL of the face crop), ``extent`` ``(x0, x1, y0, y1)``,
+        a list of dicts: ``name``, ``error``, ``png`` (a JPEG data URL of the face crop), ``extent`` ``(x0, x1, y0,
+        y1)``,
         ``pred`` / ``truth`` (``float [K, 2]`` rounded to 0.01 px, truth None without labels), ``pred_text`` /
         ``truth_text`` (hover texts: kind, index, region, per-point error in px).
     """

@@ -18,15 +18,15 @@ import os
 import shutil
 import subprocess
 import sys
+
 import pandas as pd
-from ..core.params import read_values
-from ..core.params import same_value
-from .run_folder import RunFolder
-from ..training import engine
+
+from ..core.params import read_values, resolve, same_value
 from ..evaluation import metrics
-from ..core.params import resolve
-from .workflow import resolve_data_dir
 from ..reporting import viz
+from ..training import engine
+from .run_folder import RunFolder
+from .workflow import resolve_data_dir
 
 INFO_KEYS = ("git_commit", "python", "cpu", "packages")  # run_info.json's entries that can explain a difference
 

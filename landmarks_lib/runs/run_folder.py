@@ -36,12 +36,12 @@ import fcntl
 import fnmatch
 import os
 import re
+
 import numpy as np
 import pandas as pd
-from ..core.files import TMP_SUFFIX
-from ..core.files import atomic_write_json
-from ..core.files import read_json
-from ..core.files import MARKER
+
+from ..core.files import MARKER, TMP_SUFFIX, atomic_write_json, read_json
+
 FORMAT = "thousand-landmarks-run/1"
 MANIFEST = ("params.yaml", "run_info.json", "pipeline_state.json", "checkpoints/", "model.pt", "history.csv",
             "noise.csv", "metrics.json", "val_predictions.npy", "test_predictions.npy", "test_faces.csv",
@@ -123,7 +123,7 @@ class RunFolder:
         """True when the folder holds the marker."""
         return os.path.isfile(self.marker)
 
-    def create(self, created_by: str) -> "RunFolder":
+    def create(self, created_by: str) -> RunFolder:
         """Create the folder (if needed) and write the marker once; an existing non-empty folder without it is
         refused, so nothing is ever written into (or later removed from) someone else's folder.
 
@@ -173,7 +173,7 @@ class RunFolder:
         """
         self.manifest()
         removed, kept = [], []
-        for root, dirs, files in os.walk(self.path):
+        for root, _, files in os.walk(self.path):
             for n in files:
                 full = os.path.join(root, n)
                 rel = os.path.relpath(full, self.path)
@@ -193,7 +193,7 @@ class RunFolder:
         return removed
 
     # ---------------------------------------------------------------------------------------------- lock
-    def lock(self, owner: str = "", shared: bool = False) -> "RunFolder":
+    def lock(self, owner: str = "", shared: bool = False) -> RunFolder:
         """Take the run's lock, an ``flock`` on ``.lock`` held until ``unlock`` or the process ends: exclusive for a
         runner or ``landmarks_lib.train`` (then stale temporary files are removed), shared for a notebook kernel in
         Jupyter (several notebooks may be open on one run, but no runner while any is). Kernels started by a runner

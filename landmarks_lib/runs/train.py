@@ -59,7 +59,8 @@ machine. The older static form works too: `--nnodes 2 --node_rank 0|1 --master_a
 so launch the training as a separate command and then continue in the notebook with the run folder it wrote:
 
 ```python
-!torchrun --standalone --nproc_per_node 2 -m landmarks_lib.train --data-dir {DATA_DIR} --run-dir {RUN_DIR} --params ../params/gpu.yaml
+!torchrun --standalone --nproc_per_node 2 -m landmarks_lib.train --data-dir {DATA_DIR} --run-dir {RUN_DIR} \\
+    --params ../params/gpu.yaml
 ```
 
 or, with output streamed into the cell and an error raised on failure:

@@ -180,7 +180,7 @@ class Watcher:
         self._since, self._calm = None, 0
         self._thread = threading.Thread(target=self._run, name="landmarks-cpuload", daemon=True)
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         self._thread.start()
         return self
 

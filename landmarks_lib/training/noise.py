@@ -6,7 +6,8 @@ images (a robust z-score: the median absolute deviation scaled to a normal stand
 JASA 1993; the few wrong labels do not inflate the cut as they would a mean and standard deviation).
 A label is flagged only when the model is good enough to judge (a median validation NME of at most 10 %) and its
 error also stands above the same cut of the model's errors on the validation images (which it did not train on), so
-a model too weak to judge the labels flags none of them (``flag_outliers(..., reference=...)``). Flagged images can be kept, dropped or down-weighted when finetuning
+a model too weak to judge the labels flags none of them (``flag_outliers(..., reference=...)``). Flagged images can be
+kept, dropped or down-weighted when finetuning
 (parameter ``noise_action``).
 """
 
