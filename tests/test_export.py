@@ -236,3 +236,28 @@ def test_a_stale_or_mixed_export_is_never_served(setup, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="does not match model.json"):
         backends.read_export(run / backends.RUN_EXPORT)
     assert backends.read_export(other)["face"]["onnx"].endswith("face.onnx")
+
+
+def test_the_core_install_predicts_from_an_export(setup, tmp_path):
+    """``pip install .`` (numpy, Pillow, onnxruntime, PyYAML) is enough for ``landmarks predict`` on an export
+    folder: the command runs with torch, torchvision, onnx, pandas, matplotlib, tqdm and the notebook tools made
+    unimportable."""
+    path, _, image_dir, images = setup
+    folder, out = tmp_path / "exported", tmp_path / "pred.csv"
+    export.export(path, folder)
+    code = (
+        "import importlib.abc, sys\n"
+        "OPTIONAL = {'torch', 'torchvision', 'onnx', 'pandas', 'matplotlib', 'tqdm', 'plotly', 'papermill',\n"
+        "            'nbformat', 'nbconvert', 'jupytext', 'nbdime'}\n"
+        "class NotInstalled(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in OPTIONAL:\n"
+        "            raise ImportError(f'No module named {name!r} (core install)')\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from landmarks_lib.cli import main\n"
+        f"raise SystemExit(main(['predict', '--checkpoint', {str(folder)!r}, '--images', {image_dir!r}, "
+        f"'--out', {str(out)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    want = Predictor.load(folder, "cpu", backend="onnx").predict(images).points
+    np.testing.assert_allclose(labels_to_points(read_landmarks(out).points), want, atol=0.006)
