@@ -6,10 +6,7 @@ import numpy as np
 
 #: The contest's label convention: a label value ``v`` is a pixel *index* coordinate (``v = i`` is the centre of pixel
 #: ``i``), i.e. the continuous coordinate of the package convention (``landmarks_lib``) is ``v + LABEL_OFFSET``, and a
-#: horizontal mirror maps labels ``v -> W - 1 - v``. Evidence on the stand-in data: a model trained with flips under
-#: the other reading (labels continuous, mirrored ``v -> W - v``) predicts x 0.37 px to the right of the labels on
-#: average (y: -0.06 px), the shift that reading predicts (up to +0.5 px: flipped targets one pixel off). Files in
-#: label convention: ``landmarks.csv``, submissions, the predict CLI's points file; everything else is continuous.
+#: horizontal mirror maps labels ``v -> W - 1 - v`` (why: docs/evidence.md). Files in label convention: ``landmarks.csv``, submissions, the predict CLI's points file; everything else is continuous.
 LABEL_OFFSET = 0.5
 
 

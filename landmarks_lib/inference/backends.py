@@ -3,7 +3,7 @@ network's ``float32`` numpy output (batch on axis 0), so that the passes around 
 normalisation, flip TTA, face-box decoding, crop placement) are written once, in numpy, for both:
 
 - ``OnnxNetwork``: an ONNX model run by onnxruntime (``onnx_file_network``; export folders: ``read_export``). A
-  process that predicts from an export folder never imports torch (about 1.2 s of start-up on a 2-core CPU).
+  process that predicts from an export folder never imports torch (its start-up and memory).
 - ``TorchNetwork``: an eval-mode torch module on its device (channels-last input, bf16 autocast on CUDA with ``amp``);
   only the network runs on the device, the passes run on the CPU in numpy.
 

@@ -34,8 +34,7 @@ def choose(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """The face the contest's labels mark in each image: the largest among the detections scoring at least
     ``RELATIVE_SCORE`` of the best (and ``MIN_SCORE``); the best one when none passes. One detection is chosen; two
     faces are never averaged. (The labelled face is the dominant one; a pasted or background face often scores as
-    high or higher, so the score alone is not the rule: on the stand-in's robustness set the highest score picked
-    the wrong face in 38 of 480 images, the largest confident one in none.)
+    high or higher, so the score alone is not the rule: docs/evidence.md.)
 
     Args:
         boxes: ``float [B, T, 3]``; scores: ``float [B, T]`` (``decode_faceboxes``).
