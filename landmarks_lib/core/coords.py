@@ -6,7 +6,8 @@ import numpy as np
 
 #: The contest's label convention: a label value ``v`` is a pixel *index* coordinate (``v = i`` is the centre of pixel
 #: ``i``), i.e. the continuous coordinate of the package convention (``landmarks_lib``) is ``v + LABEL_OFFSET``, and a
-#: horizontal mirror maps labels ``v -> W - 1 - v`` (why: docs/evidence.md). Files in label convention: ``landmarks.csv``, submissions, the predict CLI's points file; everything else is continuous.
+#: horizontal mirror maps labels ``v -> W - 1 - v`` (why: docs/evidence.md). Files in label convention:
+#: ``landmarks.csv``, submissions, the predict CLI's points file; everything else is continuous.
 LABEL_OFFSET = 0.5
 
 
