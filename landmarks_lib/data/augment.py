@@ -5,7 +5,7 @@ pixels: an optional horizontal flip (``x -> S - x``), rotation and scale about t
 the cache's border offset ``pad``. Images are resampled with ``torch.nn.functional.grid_sample`` (bilinear,
 ``align_corners=False``, whose normalised coordinates ``u = 2 x / W - 1`` match continuous pixels exactly), and
 landmarks are mapped by ``M^-1``; a flipped sample's landmarks are then re-indexed by the mirror permutation
-(``geometry.estimate_mirror_permutation``). Without augmentation ``M`` is the integer shift by ``pad`` and the crop
+(``symmetry.estimate_mirror_permutation``). Without augmentation ``M`` is the integer shift by ``pad`` and the crop
 is sliced out exactly.
 
 Photometric jitter (brightness, contrast, saturation; one factor each per sample) follows torchvision's
@@ -140,9 +140,10 @@ def color_normalize(images: torch.Tensor, mean, std, strength: float = 0.0, gene
     torchvision's ``adjust_brightness`` (scale), ``adjust_contrast`` (blend with the mean grey level) and
     ``adjust_saturation`` (blend with greyscale)) and clamps to ``[0, 1]``. With ``value_scale=1/255`` the input may
     be raw ``0..255`` values (a float view of the uint8 cache), so the conversion to ``[0, 1]``, the jitter, its
-    clamp and the ``(x - mean) / std`` of ``data.network_input`` become one batched matmul and one clamp instead of five
+    clamp and the ``(x - mean) / std`` of ``loading.network_input`` become one batched matmul and one clamp instead of
+    five
     full-size passes. ``strength=0`` (or no ``generator``) only scales and normalises (no clamp, as
-    ``data.network_input``).
+    ``loading.network_input``).
 
     Returns:
         ``float [B, 3, H, W]`` contiguous, normalised.

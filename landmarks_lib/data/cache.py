@@ -58,7 +58,7 @@ class CropCache:
 
 class CropPoints:
     """``float32 [N, K, 2]`` landmarks in crop pixels of each cached frame (``geometry.frames_to_crop`` in float64,
-    then float32), computed where indexed from the original-pixel ``points`` (an array or an ``io.PointsView``) and
+    then float32), computed where indexed from the original-pixel ``points`` (an array or an ``coords.PointsView``) and
     the cache's ``frames``: ``view[i]``, ``view[a:b]``, ``view[index_array]``; ``np.asarray(view)`` converts all."""
 
     dtype = np.dtype(np.float32)
@@ -151,7 +151,7 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         size: crop side in pixels.
         cache_dir: parent folder of caches (created).
         margin: extra border kept around each crop, as a share of the crop.
-        points: optional ``[N, K, 2]`` landmarks in original pixels (an array or an ``io.PointsView``): they place
+        points: optional ``[N, K, 2]`` landmarks in original pixels (an array or an ``coords.PointsView``): they place
             ``face`` crops, and ``CropCache.points`` gives them in crop pixels (``CropPoints``, not stored).
         frames: optional ``float64 [N, 4]`` frames to use instead of ``crop_mode`` (e.g. face boxes placed by a
             localizer's predictions).
@@ -193,7 +193,7 @@ def _build(tmp, key, image_dir, names, crop_mode, size, margin, face_scale, poin
            progress) -> None:
     """Write a complete cache into the folder ``tmp``: ``images.npy`` (``uint8 [N, Sc, Sc, 3]``, written through a
     memory map), ``frames.npy`` (``float64 [N, 4]``), then ``meta.json``. Arguments as ``get_cache``'s (``points``
-    an array or an ``io.PointsView``, ``key`` its ``cache_key``); ``workers`` processes decode the images (1, or
+    an array or an ``coords.PointsView``, ``key`` its ``cache_key``); ``workers`` processes decode the images (1, or
     under 64 images: in this process)."""
     n = len(names)
     sc = int(size) + 2 * int(round(margin * size))
@@ -216,7 +216,7 @@ def _build(tmp, key, image_dir, names, crop_mode, size, margin, face_scale, poin
 
 def _crop_jobs(image_dir, names, crop_mode, size, margin, face_scale, points, frames):
     """``_crop_one``'s argument tuples, one per image, made as they are consumed: points (``float64 [K, 2]``,
-    original pixels) and frame rows (``[4]``) are read per image (an ``io.PointsView`` converts only the rows it is
+    original pixels) and frame rows (``[4]``) are read per image (an ``coords.PointsView`` converts only the rows it is
     asked for), so memory stays at one image's points plus the crops' memory map, at any dataset size."""
     return ((os.path.join(image_dir, names[i]), crop_mode, int(size), float(margin), float(face_scale),
              None if points is None else np.asarray(points[i], dtype=np.float64),

@@ -22,7 +22,7 @@ Files written under ``out_dir``::
 
     train/images/NNNNN.jpg      JPEG quality 92, no EXIF; sizes in [min_size, max_size], some 3:4 and 4:3
     train/landmarks.csv         TAB-separated, file_name, Point_0_X, Point_0_Y, ... (integer labels in the contest's
-                                convention, ``io.LABEL_OFFSET``: continuous point minus 0.5, rounded to nearest)
+                                convention, ``coords.LABEL_OFFSET``: continuous point minus 0.5, rounded to nearest)
     train/groups.csv            TAB-separated, file_name, group (integer person id)
     test/images/NNNNN.jpg       numbered after the training images (names never collide)
     test/test_points.csv        TAB-separated, file_name, point_index_list like "[431, 770, 428]"
@@ -602,7 +602,7 @@ def _render(spec, layout: _Layout, extras: bool = False) -> dict:
 
 
 def _round_labels(points) -> np.ndarray:
-    """Continuous points -> integer labels (``io.points_to_labels``, rounded to the nearest integer, halves up),
+    """Continuous points -> integer labels (``coords.points_to_labels``, rounded to the nearest integer, halves up),
     ``int64``."""
     return round_half_up(points_to_labels(points))
 

@@ -7,9 +7,10 @@ and a message. Severities:
 
 - ``fatal``: training or prediction would stop or be wrong: ``landmarks.csv`` missing, with a bad header or with no
   data rows; rows with a wrong number of fields, empty/NaN/non-numeric coordinates, a coordinate outside the
-  ``int16`` range the labels are stored in (``io.LABEL_MIN``..``io.LABEL_MAX``: ``1e39``, ``40000``), an empty or
+  ``int16`` range the labels are stored in (``tables.LABEL_MIN``..``tables.LABEL_MAX``: ``1e39``, ``40000``), an empty
+  or
   duplicate file name (under the default ``bad_rows="error"`` policy; under ``"skip"`` they are warnings, the rows
-  being dropped); file names that are not plain names (``io.file_name_problem``: a ``/`` or ``\\``, ``.``, ``..``,
+  being dropped); file names that are not plain names (``tables.file_name_problem``: a ``/`` or ``\\``, ``.``, ``..``,
   a drive, an absolute path) in any table, under both policies; listed images that are missing, empty (0 bytes),
   truncated or not images; ``test_points.csv`` missing, malformed, without data rows, with malformed lists,
   out-of-range indices or lists of different lengths; ``groups.csv`` malformed.
@@ -20,8 +21,10 @@ and a message. Severities:
   that no CSV lists; an image stored in another format than its extension says; points outside the image but
   within 25% of its size (a face cut by the frame; images with points far outside get the warning instead).
 
-The tables are read by the loaders' own parsers (``io.read_landmarks``, ``io.read_test_points``, ``io.read_groups``)
-in collect mode: each ``io.RowProblem`` they collect (file, line, kind, message) becomes a ``Problem``, so the report
+The tables are read by the loaders' own parsers (``tables.read_landmarks``, ``tables.read_test_points``,
+``tables.read_groups``)
+in collect mode: each ``tables.RowProblem`` they collect (file, line, kind, message) becomes a ``Problem``, so the
+report
 and the loaders' errors cannot disagree.
 
 Image checks read headers only (``check_images=True``): size, mode, EXIF, plus a look at the last bytes of the file
@@ -293,7 +296,7 @@ def _add_table_problems(found, rel, add, bad_rows="error") -> None:
 
 
 def _check_landmarks(data_dir, bad_rows, report, listing, add):
-    """Check ``train/landmarks.csv`` with ``io.read_landmarks`` in collect mode; returns the table or ``None``."""
+    """Check ``train/landmarks.csv`` with ``tables.read_landmarks`` in collect mode; returns the table or ``None``."""
     rel = "train/landmarks.csv"
     path = os.path.join(data_dir, rel)
     if not os.path.exists(path):
@@ -320,7 +323,7 @@ def _check_landmarks(data_dir, bad_rows, report, listing, add):
 
 
 def _check_groups(data_dir, table, add, bad_names=()) -> None:
-    """Check the optional ``train/groups.csv`` with ``io.read_groups``: format (fatal) and agreement with the
+    """Check the optional ``train/groups.csv`` with ``tables.read_groups``: format (fatal) and agreement with the
     training rows (warnings; ``bad_names``, the names of rows already reported as bad, count as training rows)."""
     rel = "train/groups.csv"
     path = os.path.join(data_dir, rel)
@@ -343,7 +346,7 @@ def _check_groups(data_dir, table, add, bad_names=()) -> None:
 
 
 def _check_test_points(data_dir, report, listing, add) -> None:
-    """Check ``test/test_points.csv`` with ``io.read_test_points`` in collect mode (every problem, not just the
+    """Check ``test/test_points.csv`` with ``tables.read_test_points`` in collect mode (every problem, not just the
     first), against ``K`` when the landmarks header gave it."""
     rel = "test/test_points.csv"
     path = os.path.join(data_dir, rel)
@@ -490,8 +493,9 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
                      bad_rows: str = "error") -> ValidationReport:
     """Check a contest-format folder and report every problem (nothing is dropped silently).
 
-    The tables are read by the loaders' own parsers (``io.read_landmarks``, ``io.read_groups``,
-    ``io.read_test_points``) in collect mode, so every row a loader would refuse is reported, with its file and line.
+    The tables are read by the loaders' own parsers (``tables.read_landmarks``, ``tables.read_groups``,
+    ``tables.read_test_points``) in collect mode, so every row a loader would refuse is reported, with its file and
+    line.
 
     Args:
         data_dir: folder with ``train/`` (``images/``, ``landmarks.csv``, optional ``groups.csv``) and ``test/``

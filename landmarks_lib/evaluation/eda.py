@@ -82,7 +82,7 @@ def crop_coverage(points, widths, heights, crop_size: int, face_scale: float = 1
     ``chunk`` (memory: one block, at any dataset size); every figure is exact, whatever ``chunk``.
 
     Args:
-        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``.
+        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``coords.PointsView``.
         widths, heights: ``[N]`` image sizes, pixels.
         crop_size: crop side in pixels.
         face_scale: face crop side over the landmarks' bounding-box longer side.

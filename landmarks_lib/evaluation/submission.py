@@ -2,7 +2,7 @@
 
 Format: comma-separated, header ``file_name,Point_M0_X,Point_M0_Y,...,Point_M{M-1}_Y``; one row per test image in
 ``test_points.csv`` order; row ``r`` holds x, y of the points listed for that image, in list order, in original-image
-pixels in the label convention of ``landmarks.csv`` (``io.LABEL_OFFSET``: continuous predictions minus 0.5), with
+pixels in the label convention of ``landmarks.csv`` (``coords.LABEL_OFFSET``: continuous predictions minus 0.5), with
 ``decimals`` decimals (default 2: the metric is a mean squared error, and rounding to integers would add about
 1/12 px^2 to it), or rounded to the nearest integer with ``decimals=0`` (halves up: ``floor(v + 0.5)``), never
 truncated.
@@ -35,12 +35,12 @@ def make_submission(test_points: TestPoints, predictions, decimals: int = 2) -> 
     """Select each image's listed points from full predictions, as labels.
 
     Args:
-        test_points: ``io.TestPoints`` (names and ``int64 [N, M]`` indices).
+        test_points: ``tables.TestPoints`` (names and ``int64 [N, M]`` indices).
         predictions: ``[N, K, 2]`` continuous original pixels, rows in ``test_points.names`` order.
         decimals: ``> 0``: ``float64`` labels rounded to that many decimals; ``0``: ``int64`` labels rounded to the
             nearest integer, halves up.
     Returns:
-        the submission table: label-convention coordinates (``io.points_to_labels``).
+        the submission table: label-convention coordinates (``coords.points_to_labels``).
     Raises:
         SubmissionError: row count mismatch, NaN predictions, index outside ``[0, K)``.
         ValueError: negative ``decimals``.

@@ -15,7 +15,7 @@
 Every ONNX file has one input ``image``: ``float32 [N, 3, S, S]`` (N free, ``S = meta["crop_size"]``), RGB scaled to
 ``[0, 1]`` then normalised channel-wise, ``(x - meta["input_mean"]) / meta["input_std"]``; and one output ``output``:
 the network's output with the batch on axis 0 (for the landmark regressors ``[N, K, 2]`` in target units,
-``models.to_crop_pixels`` with ``meta["normalize_targets"]`` maps them to crop pixels).
+``codecs.to_crop_pixels`` with ``meta["normalize_targets"]`` maps them to crop pixels).
 
 ``python -m landmarks_lib.export --checkpoint RUN_DIR_OR_MODEL --out DIR`` writes an export folder (one line and exit
 2 for a usage error, exit 1 when the folder cannot be written, no tracebacks).

@@ -22,7 +22,7 @@ from .backends import as_backend
 
 def network_input(crops_u8: np.ndarray, mean, std) -> np.ndarray:
     """``uint8 [B, H, W, 3]`` crops -> ``float32 [B, 3, H, W]`` (C-contiguous): ``x * a + b`` per channel with
-    ``a = 1 / (255 std)``, ``b = -mean / std`` (the same two float32 operations as ``data.network_input``)."""
+    ``a = 1 / (255 std)``, ``b = -mean / std`` (the same two float32 operations as ``loading.network_input``)."""
     x = np.ascontiguousarray(np.asarray(crops_u8).transpose(0, 3, 1, 2), dtype=np.float32)
     m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     a = (1.0 / (255.0 * s)).astype(np.float32).reshape(1, 3, 1, 1)

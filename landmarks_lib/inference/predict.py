@@ -106,7 +106,8 @@ def list_images(image_dir) -> list:
 
 class PointsWriter:
     """Rows of ``landmarks.csv`` layout written as they come: labels
-    (``io.points_to_labels``: minus ``io.LABEL_OFFSET``), tab-separated, 2 decimals, an empty field for NaN; each row
+    (``coords.points_to_labels``: minus ``coords.LABEL_OFFSET``), tab-separated, 2 decimals, an empty field for NaN;
+    each row
     formatted by one ``%`` template (the text pandas' ``to_csv(float_format="%.2f")`` writes).
 
     Args:

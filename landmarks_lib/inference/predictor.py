@@ -84,7 +84,7 @@ class Predictor:
         models: one or more model dicts (``checkpoint.load_model``); an ensemble averages points in original pixels.
         device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU; with ``backend="onnx"`` and
             torch not imported, onnxruntime's CUDA provider when it has one, else the CPU: ``backends.onnx_device``).
-        settings: ``predict.Inference``; default the first model's stored settings.
+        settings: ``passes.Inference``; default the first model's stored settings.
         micro_batch: images per network pass (the last pass of a chunk is padded to it).
         backend: ``"torch"`` (``networks.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
             may then be ``export.read_export``'s, without torch weights).

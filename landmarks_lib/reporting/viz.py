@@ -518,10 +518,11 @@ def plot_mean_shape(points, ax=None, cmap="viridis", sample: int = eda.SHAPE_SAM
     Shapes are normalised by ``geometry.normalize_shapes`` (centred, RMS radius 1); the mean is
     ``geometry.mean_shape`` (per-coordinate median). The colour of a point is its spread: the RMS distance of the
     normalised point to the mean point over images (normalised units; NaN ignored). Drawn from at most ``sample``
-    faces (``geometry.sample_rows``, seeded: more faces would not move a point visibly); the title says so.
+    faces (``eda.sample_rows``, seeded: more faces would not move a point visibly); the title says so.
 
     Args:
-        points: ``[N, K, 2]`` landmarks in original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``.
+        points: ``[N, K, 2]`` landmarks in original pixels (NaN allowed): an array, a memmap or an
+        ``coords.PointsView``.
         ax: draw into this Axes; a new figure when None.
     Returns:
         The ``Figure`` (equal aspect, y downward, colorbar "spread").
@@ -601,9 +602,9 @@ def plot_mirror_check(mean_shape, perm, ax=None, error=None) -> Figure:
 
     Args:
         mean_shape: ``[K, 2]`` (e.g. ``geometry.mean_shape``, normalised units), y downward.
-        perm: ``int [K]`` mirror permutation (``geometry.estimate_mirror_permutation``).
+        perm: ``int [K]`` mirror permutation (``symmetry.estimate_mirror_permutation``).
         ax: draw into this Axes; a new figure when None.
-        error: optional ``geometry.mirror_error`` value shown in the title.
+        error: optional ``symmetry.mirror_error`` value shown in the title.
     Returns:
         The ``Figure``.
     """
@@ -632,15 +633,15 @@ def plot_mirror_check(mean_shape, perm, ax=None, error=None) -> Figure:
 
 def plot_face_placement(points, widths, heights, bins: int = 30, sample: int = eda.SHAPE_SAMPLE,
                         seed: int = 0) -> Figure:
-    """EDA: where faces sit in their images and how large they are (``geometry.face_placement``).
+    """EDA: where faces sit in their images and how large they are (``eda.face_placement``).
 
     Left: the centre of each face's landmark bounding box as a share of the image width and height (``(0.5, 0.5)``
-    is the image centre; y downward), a scatter of at most ``sample`` faces (seeded, ``geometry.sample_rows``; the
+    is the image centre; y downward), a scatter of at most ``sample`` faces (seeded, ``eda.sample_rows``; the
     title says so). Right: histogram of the box width over the image width, of every face. The medians are of every
     face.
 
     Args:
-        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``io.PointsView``
+        points: ``[N, K, 2]`` landmarks, original pixels (NaN allowed): an array, a memmap or an ``coords.PointsView``
             (visited in blocks).
         widths, heights: ``[N]`` image sizes, pixels.
         bins: histogram bins.

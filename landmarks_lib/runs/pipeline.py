@@ -6,7 +6,7 @@
 1. Parameters are resolved by ``params.resolve``: defaults < the run's ``params.yaml`` if it exists (else the
    ``--params`` profile) < ``-p NAME VALUE`` (typed by the spec) < ``--data-dir`` / ``--run-dir``; folders are made
    absolute. Every value is checked before any work (exit status 2).
-2. The run folder gets its marker (``run.MARKER``) and its lock (a second runner is refused with the first one's
+2. The run folder gets its marker (``files.MARKER``) and its lock (a second runner is refused with the first one's
    pid), and ``<run_dir>/params.yaml`` is written.
 3. ``notebooks/01_eda.ipynb`` .. ``04_visualize.ipynb`` are executed in order; papermill injects only ``run_dir``
    (and ``retrain``), and each notebook reads the rest from ``params.yaml``. Each executed copy goes to

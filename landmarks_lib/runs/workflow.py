@@ -1,6 +1,6 @@
 """The steps the notebooks call, each one function: start, data, finetuning, evaluation, submission, run info.
 
-Every path of a run comes from ``run.RunFolder`` (its manifest), every checkpoint from ``checkpoint``, every
+Every path of a run comes from ``run_folder.RunFolder`` (its manifest), every checkpoint from ``checkpoint``, every
 parameter from ``params.resolve``; the notebooks do no file I/O of their own. Every file is written atomically.
 """
 
@@ -308,7 +308,7 @@ def ensemble_models(params: dict, num_points: int | None = None) -> list:
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def inference_settings(params: dict) -> Inference:
-    """``predict.Inference`` from the ``inference`` scope (and ``amp``)."""
+    """``passes.Inference`` from the ``inference`` scope (and ``amp``)."""
     return Inference.from_settings(scoped(params, "inference"), amp=params["amp"])
 
 
@@ -475,7 +475,7 @@ def test_images(params: dict, n: int | None = None):
 
 def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tuple[np.ndarray, dict]:
     """The no-model baseline on the validation split: the mean training shape in whole-image (letterbox) units (of
-    at most ``geometry.SHAPE_SAMPLE`` training images, a seeded sample),
+    at most ``eda.SHAPE_SAMPLE`` training images, a seeded sample),
     placed on each validation image by its own letterbox frame (``geometry.letterbox_frame``). A model that has
     learnt anything is far below it.
 

@@ -76,7 +76,7 @@ class TrainData:
 
     Attributes:
         data_dir: the dataset folder; ``image_dir``: ``data_dir/train/images``.
-        table: ``io.LandmarksTable`` (original pixels).
+        table: ``tables.LandmarksTable`` (original pixels).
         train_idx, val_idx: ``int64`` positions in ``table``.
         split: how the split was made (``groups`` or ``random``).
     """
@@ -96,12 +96,12 @@ class TrainData:
 
     def points(self, idx=None) -> np.ndarray:
         """``float32 [n, K, 2]`` continuous original pixels (all images, or ``idx``): the labels of
-        ``landmarks.csv`` plus ``io.LABEL_OFFSET`` (``io.labels_to_points``)."""
+        ``landmarks.csv`` plus ``coords.LABEL_OFFSET`` (``coords.labels_to_points``)."""
         p = self.table.points if idx is None else self.table.points[np.asarray(idx)]
         return labels_to_points(p)
 
     def point_view(self, idx=None) -> PointsView:
-        """The same points as ``points(idx)``, converted only where indexed (``io.PointsView``): what code that
+        """The same points as ``points(idx)``, converted only where indexed (``coords.PointsView``): what code that
         visits every image at contest size takes, block by block."""
         return PointsView(self.table.points, idx)
 
@@ -125,7 +125,7 @@ class TrainData:
         return self._perm
 
     def flip_unmatched(self) -> np.ndarray:
-        """``int64`` indices of the points without a mirror partner (``geometry.mirror_unmatched``), from the same
+        """``int64`` indices of the points without a mirror partner (``symmetry.mirror_unmatched``), from the same
         shapes as ``flip_perm``."""
         self.flip_perm()
         return self._unmatched
@@ -401,11 +401,11 @@ def stage_cache(recipe: dict, data: TrainData, runtime: dict, progress: bool = T
 
 def prepare_batch(batch: dict, recipe: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
                   channels_last: bool = False, unmatched=None):
-    """A cache batch (``data.CacheBatches``) -> network input and targets, as training sees them.
+    """A cache batch (``loading.CacheBatches``) -> network input and targets, as training sees them.
 
     With ``recipe["augment"]`` and a ``generator``: one random affine map per sample (``augment.random_matrices``,
     flips only when ``perm`` is given), images warped and points mapped by it, photometric jitter; otherwise the crop
-    is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``data.network_input``
+    is sliced exactly out of the cache border. Then ``/ 255`` and ``(x - mean) / std`` as ``loading.network_input``
     defines them, fused with the jitter into one pass (``augment.color_normalize``). In flipped
     samples the ``unmatched`` points (``int64`` indices, ``TrainData.flip_unmatched``) have no known position and
     become NaN, which ``landmark_loss`` leaves out.
@@ -651,7 +651,7 @@ def train_one_epoch(st: Stage, progress: bool = True) -> float:
 
 
 def localizer_step(st: Stage, batch: dict, gen: torch.Generator) -> float:
-    """One optimisation step of a ``facebox`` localizer: the batch re-framed (``localizer.reframe_batch``), photometric
+    """One optimisation step of a ``facebox`` localizer: the batch re-framed (``reframing.reframe_batch``), photometric
     jitter and normalisation, ``facebox.facebox_loss`` against the faces' boxes. Returns the loss as a float."""
     r, size = st.recipe, st.size
     idx = batch["index"].numpy()
@@ -760,7 +760,7 @@ def fit(params: dict, data: TrainData, run, stage: str = "train", init_checkpoin
 
     Args:
         params: resolved parameters (``params.resolve``); the stage reads only ``stage_params`` and the runtime.
-        data: ``TrainData``. run: ``run.RunFolder`` (``checkpoints/`` and ``history.csv`` are written there).
+        data: ``TrainData``. run: ``run_folder.RunFolder`` (``checkpoints/`` and ``history.csv`` are written there).
         stage: ``localizer``, ``train`` or ``finetune``.
         init_checkpoint: a stage checkpoint whose weights start this stage (finetune); else ImageNet/scratch.
         sample_weights: ``float [N]`` per training image (0 drops it), e.g. from label-noise finding.
