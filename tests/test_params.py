@@ -1,5 +1,6 @@
 """The parameter spec and its one resolver: typing by the spec (YAML files and ``-p`` alike), checks at the start,
-precedence, scopes, the profiles in ``params/``, the runner's command-line resolution and the README's table."""
+precedence, scopes, the profiles in ``params/``, the runner's command-line resolution and the generated table
+(``docs/parameters.md``; ``tests/test_docs.py`` checks that the file holds it)."""
 
 import glob
 import os
@@ -149,11 +150,14 @@ def test_pipeline_resolution_precedence_and_absolute_folders(tmp_path, monkeypat
     assert pipeline.resolve_params(None, [], data_dir="", run_dir="r")["data_dir"] == ""  # synthetic default kept
 
 
-def test_readme_holds_the_parameter_table():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+def test_parameters_doc_holds_the_generated_table():
+    with open(os.path.join(REPO, "docs", "parameters.md"), encoding="utf-8") as f:
         text = f.read()
-    assert lp.markdown_table() in text, "regenerate README's table: python -m landmarks_lib.params --markdown"
-    assert all(f"| `{k}` |" in lp.markdown_table() for k in lp.SPEC)
+    table = lp.markdown_table()
+    assert text.endswith(table + "\n"), "regenerate docs/parameters.md's table: landmarks params --markdown"
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == [f"| `{k}`" for k in lp.SPEC]  # one row per parameter, in order
+    assert all(r.count(" | ") == 3 for r in rows)  # no '|' inside a cell
 
 
 def test_params_module_lists_every_parameter():
