@@ -286,7 +286,7 @@ def contest_csv(bench_dir: str, source: str, rows: int) -> str:
 
 _PARSE = r"""
 import json, resource, sys, time
-from landmarks_lib.io import read_landmarks
+from landmarks_lib.data.tables import read_landmarks
 
 
 def peak_mb():

@@ -20,8 +20,8 @@ the profile file < overrides (``-p NAME VALUE``, a notebook's ``overrides = {...
 alike: ``1e-3`` is a number; a text parameter keeps its text as written: ``007``, ``0123``, ``1:30``, ``no``), so a
 bad value is refused at the start with ``ParamError`` (exit status 2 on the command line).
 
-``python -m landmarks_lib.params`` lists every parameter with its default, scope and help (``--markdown``: the
-README's table).
+``landmarks params`` lists every parameter with its default, scope and help (``--markdown``: the table of
+docs/parameters.md).
 """
 
 from __future__ import annotations
@@ -522,7 +522,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.params",
                                  description="List every parameter with its default, scope and help.")
-    ap.add_argument("--markdown", action="store_true", help="the README's table instead")
+    ap.add_argument("--markdown", action="store_true", help="the Markdown table of docs/parameters.md instead")
     a = ap.parse_args(argv)
     print(markdown_table() if a.markdown else describe())
     return 0
