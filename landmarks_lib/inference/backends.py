@@ -7,17 +7,25 @@ normalisation, flip TTA, face-box decoding, crop placement) are written once, in
 - ``TorchNetwork``: an eval-mode torch module on its device (channels-last input, bf16 autocast on CUDA with ``amp``);
   only the network runs on the device, the passes run on the CPU in numpy.
 
-``as_backend(model, device, amp)`` wraps a torch module and passes a backend through.
+``as_backend(model, device, amp)`` wraps a torch module and passes a backend through. ``read_export`` reads an
+export folder and checks it against its schema (``check_export``: types and ranges of every setting, the ONNX files'
+input and output shapes); ``load_model`` loads a ``model.pt`` with a one-line message for a file refused on purpose.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import sys
 
 import numpy as np
 
 from ..core.files import read_json, sha256_file
+from ..core.geometry import CROP_MODES
+from ..core.params import parse_scales
+from ..models import checkpoint, codecs
 from ..models.checkpoint import CheckpointError
 
 # Export folders (``export.export`` writes them).
@@ -198,7 +206,8 @@ RUN_EXPORT = "export"  # a run folder's export of its model.pt (``workflow.write
 def run_export(path) -> str | None:
     """The export folder that may stand for the final model at ``path``: ``path`` itself when it is an export folder;
     for a run folder, its ``export/`` when that export's ``model.json`` records the SHA-256 of the run's current
-    ``model.pt`` (a missing, stale or partial export gives ``None``: the caller loads ``model.pt`` instead).
+    ``model.pt`` (a missing, stale, partial or malformed export gives ``None``: the caller loads ``model.pt``
+    instead).
     """
     path = os.fspath(path)
     if is_export(path):
@@ -206,7 +215,10 @@ def run_export(path) -> str | None:
     folder, model = os.path.join(path, RUN_EXPORT), os.path.join(path, "model.pt")
     if not (os.path.isdir(path) and is_export(folder) and os.path.isfile(model)):
         return None
-    doc = read_json(os.path.join(folder, MODEL_JSON))
+    try:
+        doc = read_json(os.path.join(folder, MODEL_JSON))
+    except (OSError, ValueError):  # malformed or unreadable: a partial export, bypassed
+        return None
     recorded = doc.get("model_sha256") if isinstance(doc, dict) else None
     return folder if recorded and recorded == _sha256_of(model) else None
 
@@ -222,37 +234,240 @@ def _sha256_of(path) -> str:
     return _SHA256_SEEN[key]
 
 
+def load_model(path_or_run_dir, map_location="cpu") -> dict:
+    """``checkpoint.load_model`` with a one-line message for a file that holds Python objects other than tensors and
+    plain values: such a file is refused on purpose (no code from a file is ever run), so torch's advice to load it
+    with ``weights_only=False`` is not passed on.
+
+    Raises:
+        FileNotFoundError: no ``model.pt``. checkpoint.CheckpointError: not a final model of this package (one line).
+    """
+    try:
+        return checkpoint.load_model(path_or_run_dir, map_location)
+    except CheckpointError as e:
+        msg = str(e)
+        if "weights_only" not in msg and "Weights only load failed" not in msg:
+            raise
+        where = msg.split(": not a loadable checkpoint", 1)[0]
+        found = re.search(r"GLOBAL ([\w.]+)", msg)
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{where}: refused: it holds Python objects other than tensors and plain values{what}, "
+                              f"and checkpoints are loaded without running code from the file; use a model.pt "
+                              f"written by this package") from None
+
+
+# ------------------------------------------------------------------------------------------- the export's schema
+MAX_REFINE_STEPS = 10
+
+
+def _show(v) -> str:
+    """``repr(v)``, at most 60 characters, on one line."""
+    r = repr(v).replace("\n", " ")
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Schema:
+    """The checks of one ``model.json``: ``bad(key, value, want)`` raises the one-line ``CheckpointError``."""
+
+    def __init__(self, json_path):
+        self.json_path = json_path
+
+    def bad(self, key: str, value, want: str):
+        raise CheckpointError(f"{self.json_path}: {key} is {_show(value)}; {want}; export the model again "
+                              f"(landmarks export)")
+
+    def get(self, d: dict, name: str, key: str, check, want: str, required: bool = True):
+        if name not in d:
+            if required:
+                raise CheckpointError(f"{self.json_path}: {key} is missing; {want}; export the model again "
+                                      f"(landmarks export)")
+            return None
+        v = d[name]
+        if not check(v):
+            self.bad(key, v, want)
+        return v
+
+    def inference(self, doc: dict) -> None:
+        inf = self.get(doc, "inference", "inference", lambda v: isinstance(v, dict), "must be an object")
+        self.get(inf, "tta_flip", "inference.tta_flip", lambda v: isinstance(v, bool), "must be true or false")
+        self.get(inf, "refine_steps", "inference.refine_steps",
+                 lambda v: _is_int(v) and 0 <= v <= MAX_REFINE_STEPS,
+                 f"must be an integer from 0 to {MAX_REFINE_STEPS}")
+
+        def scales(v):
+            if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+                return False
+            try:
+                parse_scales(v)
+            except (TypeError, ValueError):
+                return False
+            return True
+
+        self.get(inf, "tta_scales", "inference.tta_scales", scales,
+                 'must be positive numbers (a number, a list, or text such as "0.92,1.0")')
+
+    def meta(self, name: str, meta, is_face: bool) -> dict:
+        key = f"parts.{name}.meta"
+        if not isinstance(meta, dict):
+            self.bad(key, meta, "must be an object")
+        head = self.get(meta, "head", f"{key}.head", lambda v: v is None or isinstance(v, str), "must be text",
+                        required=False)
+        boxes = not is_face and head == codecs.HEAD  # the face-box localizer: a grid, no points
+        step = codecs.STRIDE if boxes else 1
+        self.get(meta, "crop_size", f"{key}.crop_size", lambda v: _is_int(v) and v > 0 and v % step == 0,
+                 "must be a positive integer" + (f" multiple of {step} (the face-box grid)" if step > 1 else ""))
+        k = self.get(meta, "num_points", f"{key}.num_points", lambda v: _is_int(v) and v > 0,
+                     "must be a positive integer", required=not boxes)
+        for what in ("input_mean", "input_std"):
+            self.get(meta, what, f"{key}.{what}", lambda v, w=what: isinstance(v, list) and len(v) == 3
+                     and all(_is_number(x) for x in v) and (w == "input_mean" or min(v) > 0),
+                     "must be 3 finite numbers" + (", each above 0" if what == "input_std" else ""))
+        self.get(meta, "normalize_targets", f"{key}.normalize_targets", lambda v: isinstance(v, bool),
+                 "must be true or false", required=not boxes)
+        self.get(meta, "crop_mode", f"{key}.crop_mode", lambda v: v in CROP_MODES,
+                 f"must be one of {', '.join(CROP_MODES)}")
+        self.get(meta, "face_scale", f"{key}.face_scale", lambda v: _is_number(v) and v > 0,
+                 "must be a positive number", required=is_face and meta.get("crop_mode") == "face")
+        if k is not None:
+            self.get(meta, "flip_perm", f"{key}.flip_perm", lambda v: v is None or (
+                isinstance(v, list) and all(_is_int(x) for x in v) and sorted(v) == list(range(k))),
+                f"must be null or a permutation of 0..{k - 1} (num_points {k})", required=False)
+            self.get(meta, "flip_unmatched", f"{key}.flip_unmatched", lambda v: v is None or (
+                isinstance(v, list) and all(_is_int(x) and 0 <= x < k for x in v)),
+                f"must be a list of point indices 0..{k - 1}", required=False)
+        return meta
+
+    def onnx_shapes(self, name: str, f: str, meta: dict) -> None:
+        """The ONNX file's input ``image [N, 3, S, S]`` and output ``output`` agree with ``meta``."""
+        rt = ort()
+        try:
+            so = rt.SessionOptions()
+            so.log_severity_level = 3
+            sess = rt.InferenceSession(f, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (InvalidProtobuf, Fail, ...)
+            raise CheckpointError(f"{f}: not a readable ONNX model ({_first_line(e)}); export the model again "
+                                  f"(landmarks export)") from None
+        ins, outs = sess.get_inputs(), sess.get_outputs()
+        s = meta["crop_size"]
+        if len(ins) != 1 or ins[0].name != "image" or not _dims_match(ins[0].shape, [None, 3, s, s]):
+            got = [(i.name, i.shape) for i in ins]
+            raise CheckpointError(f"{f}: input {_show(got)} does not agree with {self.json_path} "
+                                  f"(parts.{name}.meta.crop_size {s}: image [N, 3, {s}, {s}]); export the model "
+                                  f"again (landmarks export)")
+        if meta.get("head") == codecs.HEAD and name == "localizer":
+            want, what = [None, 4, s // codecs.STRIDE, s // codecs.STRIDE], f"[N, 4, {s // codecs.STRIDE}, " \
+                f"{s // codecs.STRIDE}] (parts.{name}.meta.crop_size {s})"
+        else:
+            k = meta["num_points"]
+            want, what = [None, k, 2], f"[N, {k}, 2] (parts.{name}.meta.num_points {k})"
+        if len(outs) != 1 or outs[0].name != "output" or not _dims_match(outs[0].shape, want):
+            got = [(o.name, o.shape) for o in outs]
+            raise CheckpointError(f"{f}: output {_show(got)} does not agree with {self.json_path}: "
+                                  f"output {what} expected; export the model again (landmarks export)")
+
+
+def _dims_match(shape, want) -> bool:
+    """An ONNX shape against ``want`` (``None``: any); a named (symbolic) dimension matches anything."""
+    if shape is None or len(shape) != len(want):
+        return False
+    return all(w is None or not isinstance(d, int) or d == w for d, w in zip(shape, want))
+
+
+def _first_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(e).__name__}: {text}"
+
+
+def check_export(doc, path) -> None:
+    """Check an export's ``model.json`` (already parsed) against its schema, before any of it is used.
+
+    The inference settings: ``tta_flip`` bool, ``refine_steps`` an integer ``0..MAX_REFINE_STEPS``, ``tta_scales``
+    positive numbers. Each part's ``meta``: ``crop_size`` a positive integer (pixels; a multiple of
+    ``codecs.STRIDE`` for the face-box localizer), ``num_points`` a positive integer, ``input_mean`` /
+    ``input_std`` 3 finite numbers (std above 0), ``normalize_targets`` bool, ``flip_perm`` null or a permutation of
+    ``range(num_points)``, ``flip_unmatched`` point indices, ``crop_mode`` one of ``geometry.CROP_MODES``,
+    ``face_scale`` a positive number; the ``face`` part is required, and a ``face`` crop mode needs the localizer.
+    Each part's ``file`` is a plain file name inside the folder.
+
+    Raises:
+        checkpoint.CheckpointError: one line naming ``model.json``, the key and the value.
+    """
+    sc = _Schema(os.path.join(os.fspath(path), MODEL_JSON))
+    sc.inference(doc)
+    parts = sc.get(doc, "parts", "parts", lambda v: isinstance(v, dict), "must be an object")
+    sc.get(doc, "files", "files", lambda v: v is None or (isinstance(v, dict) and all(
+        isinstance(x, dict) and _is_int(x.get("size")) and isinstance(x.get("sha256"), str) for x in v.values())),
+        "must map each file to its size and sha256", required=False)
+    for name in PARTS:
+        is_face = name == "face"
+        p = sc.get(parts, name, f"parts.{name}", lambda v, f=is_face: isinstance(v, dict) or (v is None and not f),
+                   "must be an object" if is_face else "must be an object or null", required=is_face)
+        if p is None:
+            continue
+        sc.get(p, "file", f"parts.{name}.file", lambda v: isinstance(v, str) and v not in ("", ".", "..")
+               and os.path.basename(v) == v and "\\" not in v, "must be a file name inside the export folder")
+        sc.meta(name, p.get("meta"), is_face)
+    face = parts["face"]["meta"]
+    if face["crop_mode"] == "face" and parts.get("localizer") is None:
+        sc.bad("parts.localizer", None, "a face model (parts.face.meta.crop_mode 'face') needs its localizer")
+
+
 def read_export(path) -> dict:
     """A model dict (as ``checkpoint.load_model`` returns, with ``state_dict`` None and ``onnx`` the part's file)
     from an export folder, for ``predictor.Predictor(..., backend="onnx")``.
 
-    ``model.json`` lists every file of the export with its size and SHA-256 (written last); a file that differs
-    (an export interrupted partway, or two exports mixed) is refused.
+    ``model.json`` is checked against its schema (``check_export``) and lists every file of the export with its size
+    and SHA-256 (written last); a file that differs (an export interrupted partway, or two exports mixed) is refused,
+    and so is an ONNX file that onnxruntime cannot read or whose input ``image [N, 3, S, S]`` (``S`` the part's
+    ``crop_size``) or output (``[N, K, 2]``, ``K`` its ``num_points``; ``[N, 4, S / 16, S / 16]`` for the face-box
+    localizer) disagrees with ``model.json``.
 
     Raises:
         FileNotFoundError: no ``model.json``, or a part's ONNX file is missing.
-        checkpoint.CheckpointError: ``model.json`` of another format, or files that do not match it.
+        checkpoint.CheckpointError: a malformed ``model.json``, of another format, a value outside the schema,
+            files that do not match it, or an unreadable ONNX file (one line naming the file, key and value).
+        RuntimeError: onnxruntime not installed (the message says what to install).
     """
 
     path = os.fspath(path)
-    doc = read_json(os.path.join(path, MODEL_JSON))
+    json_path = os.path.join(path, MODEL_JSON)
+    try:
+        doc = read_json(json_path)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        where = f" (line {e.lineno} column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{json_path}: not valid JSON{where}; export the model again (landmarks export)") \
+            from None
+    except OSError as e:
+        raise CheckpointError(f"{json_path}: cannot be read ({e.strerror or e})") from None
     if doc is None:
-        raise FileNotFoundError(f"{os.path.join(path, MODEL_JSON)}: not an export folder (no {MODEL_JSON})")
+        raise FileNotFoundError(f"{json_path}: not an export folder (no {MODEL_JSON})")
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         fmt = doc.get("format") if isinstance(doc, dict) else None
         raise CheckpointError(f"{path}: not a {EXPORT_FORMAT} export (format {fmt!r})")
+    check_export(doc, path)
     model = {"kind": "model", "format": EXPORT_FORMAT, "inference": doc["inference"], "val_mse": doc.get("val_mse"),
              "source": doc.get("source")}
+    sc = _Schema(json_path)
     for name in PARTS:
         p = doc["parts"].get(name)
         if p is not None:
             f = os.path.join(path, p["file"])
-            if not os.path.exists(f):
+            if not os.path.isfile(f):
                 raise FileNotFoundError(f"{f}: ONNX file of the export is missing")
             want = (doc.get("files") or {}).get(p["file"])
             if want is not None and (os.path.getsize(f) != want["size"] or sha256_file(f) != want["sha256"]):
                 raise CheckpointError(f"{f}: does not match {MODEL_JSON} (an interrupted or mixed export); "
                                       f"export again (landmarks export)")
+            sc.onnx_shapes(name, f, p["meta"])
             p = {"meta": p["meta"], "state_dict": None, "onnx": f}
         model[name] = p
     return model

@@ -41,6 +41,7 @@ from .backends import (
     PARTS,
     OnnxNetwork,
     is_export,
+    load_model,
     onnx_file_network,
     ort,
 )
@@ -151,7 +152,8 @@ def export(model_path_or_run_dir, out_dir) -> dict:
     Returns:
         the ``model.json`` dict.
     Raises:
-        FileNotFoundError, checkpoint.CheckpointError: no final model at ``model_path_or_run_dir``.
+        FileNotFoundError, checkpoint.CheckpointError: no final model at ``model_path_or_run_dir`` (one line; a file
+            refused on purpose: ``backends.load_model``).
         ExportError: ``out_dir`` is a file, or a non-empty folder without ``model.json`` (not a previous export).
         RuntimeError: onnx / onnxruntime missing, or a network that cannot be exported.
         OSError: the folder cannot be written.
@@ -163,7 +165,7 @@ def export(model_path_or_run_dir, out_dir) -> dict:
         raise ExportError(f"{out_dir}: folder is not empty and is not a previous export (no {MODEL_JSON}); "
                           f"choose a new or empty folder")
     src = os.fspath(model_path_or_run_dir)
-    model = checkpoint.load_model(src)
+    model = load_model(src)
     source = os.path.abspath(os.path.join(src, "model.pt") if os.path.isdir(src) else src)
     model_sha256 = sha256_file(source)
     parts = {}
@@ -192,6 +194,11 @@ def export(model_path_or_run_dir, out_dir) -> dict:
     return doc
 
 
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (line breaks of a library's message become spaces)."""
+    return " ".join(str(e).splitlines()).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m landmarks_lib.export",
                                  description="Export a run's final model to ONNX (face.onnx, localizer.onnx, "
@@ -208,10 +215,10 @@ def main(argv=None) -> int:
     try:
         doc = export(a.checkpoint, a.out)
     except (FileNotFoundError, checkpoint.CheckpointError, ExportError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, an unwritable folder
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     files = [p["file"] for p in doc["parts"].values() if p is not None] + [MODEL_JSON]
     print(f"wrote {', '.join(files)} to {a.out}")

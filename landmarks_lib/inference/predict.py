@@ -18,14 +18,23 @@ points of every image of a folder in ``landmarks.csv`` layout (tab-separated, la
 ``--backend onnx`` runs the networks through onnxruntime (``runtime``: numpy around the networks); ``--checkpoint``
 may then also be an export folder (``python -m landmarks_lib.export``), and a process predicting from export folders
 never imports torch. ``auto`` (the default) is onnx on the CPU when onnxruntime is installed, else torch.
+
+The CLI refuses before predicting anything (one line, exit 2): ``--batch-size`` below 1; ``--out`` naming a folder
+or in a folder that does not exist; ``--out`` or ``--draw`` inside the ``--images`` folder (real paths compared).
+A file name a tab-separated table cannot hold (a tab, newline or carriage return in it) is named on one line and left
+out, the other rows are written (exit 1). Both outputs are written to temporary files first; then the older pair is
+removed (``OUT`` first) and the new pair moved in (``OUT`` last), so whenever ``OUT`` exists its ``.faces.csv`` is
+of the same run. Drawings are ``DIR/<file name with its extension>.png`` (``a.jpg`` and ``a.png`` get their own).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +42,7 @@ from PIL import Image
 
 from ..core import devices
 from ..core.coords import points_to_labels
-from ..core.files import atomic_open
+from ..core.files import TMP_SUFFIX, atomic_open
 from ..core.images import ImageError, load_image
 from ..models import checkpoint
 from . import backends, passes
@@ -41,6 +50,7 @@ from .drawing import PRED_COLOR, render_points
 from .predictor import Predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+UNTABULAR = ("\t", "\n", "\r")  # characters a row of the tab-separated points table cannot hold in a file name
 
 
 @dataclass(frozen=True)
@@ -162,13 +172,88 @@ def write_faces_csv(path, names, boxes, confidence, faces=None) -> None:
         FacesWriter(f, faces is not None).write(names, boxes, confidence, faces)
 
 
+def drawing_name(name: str) -> str:
+    """The drawing of image ``name``: ``<name with its extension>.png`` (``a.jpg`` -> ``a.jpg.png``), so that two
+    images of one stem (``a.jpg``, ``a.png``) get their own."""
+    return os.path.basename(name) + ".png"
+
+
 def _draw(draw_dir, path, points) -> None:
-    """``<draw_dir>/<name>.png``: the image with its points drawn (``viz.render_points``, 3-px magenta squares)."""
-
-
+    """``<draw_dir>/<file name>.png`` (``drawing_name``): the image with its points drawn (``render_points``,
+    3-px magenta squares)."""
     out = render_points(load_image(path), points, color=PRED_COLOR, marker_px=3)
-    with atomic_open(os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0] + ".png"), "wb") as f:
+    with atomic_open(os.path.join(draw_dir, drawing_name(path)), "wb") as f:
         Image.fromarray(out).save(f, format="PNG")
+
+
+def faces_csv_path(out) -> str:
+    """The faces table written beside the points table ``out``: ``<out without extension>.faces.csv``."""
+    return os.path.splitext(os.fspath(out))[0] + ".faces.csv"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the real path of ``path`` is ``folder``'s real path or below it."""
+    p, d = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([p, d]) == d
+
+
+def output_problem(images: str, out: str, draw: str | None = None) -> str | None:
+    """Why the predict CLI must not write ``out`` (and its ``faces_csv_path``) or drawings into ``draw``, checked
+    before anything is predicted; ``None`` when they can be written. Refused: ``out`` (or its faces table) naming a
+    folder, ``out`` in a folder that does not exist, ``out`` or ``draw`` inside the ``images`` folder (real paths:
+    symlinks resolved; the drawings would be read as images next time), ``draw`` naming a file."""
+    for flag, p in (("--out", out), ("--out's faces table", faces_csv_path(out))):
+        if os.path.isdir(p):
+            return f"{flag} {p}: is a folder; name a file (e.g. {os.path.join(p, 'landmarks.csv')})"
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        return f"--out {out}: its folder {parent} does not exist; create it first"
+    if _inside(out, images):
+        return f"--out {out}: inside the --images folder {images}; write it elsewhere"
+    if draw is not None:
+        if os.path.exists(draw) and not os.path.isdir(draw):
+            return f"--draw {draw}: is a file; name a folder"
+        if _inside(draw, images):
+            return f"--draw {draw}: inside the --images folder {images}; draw elsewhere (the drawings would be " \
+                   f"read as images)"
+    return None
+
+
+def _one_line(text) -> str:
+    """A message on one line: line breaks (a library's message, a file name) shown as spaces."""
+    return " ".join(str(text).splitlines()).strip()
+
+
+def _stage(path: str) -> str:
+    """A temporary name beside ``path``: ``.<name>.<pid>.<random>.tmp``, as ``files.atomic_open`` names its own (the
+    pid tells a live writer's file from a stale one)."""
+    d, b = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{b}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+@contextlib.contextmanager
+def pair_writer(out: str, faces_path: str):
+    """Write the points table ``out`` and its faces table as a pair: the block writes two temporary files
+    (``(f, g)``, text, ``newline=""``); when it ends without error the older pair is removed (``out`` first) and the
+    new pair moved in (``out`` last), so a reader that finds ``out`` finds the faces table of the same run (never new
+    faces beside old points). On an error both temporaries are removed and the older pair is left as it was.
+
+    Raises:
+        OSError: a folder that cannot be written (a full disk is ``no space left on <folder>``).
+    """
+    staged = (_stage(out), _stage(faces_path))
+    try:
+        with atomic_open(staged[0], "w", newline="") as f, atomic_open(staged[1], "w", newline="") as g:
+            yield f, g
+        for old in (out, faces_path):  # the points first: from here on no OUT is paired with another run's faces
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
+        os.replace(staged[1], faces_path)
+        os.replace(staged[0], out)
+    finally:
+        for t in staged:
+            with contextlib.suppress(OSError):
+                os.remove(t)
 
 
 def _backend(choice: str, checkpoints, device: str) -> str:
@@ -203,33 +288,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """The predict CLI: one line on stderr per unreadable image (its row is left out; exit 1), one line for a
-    usage error (exit 2), no tracebacks for either. Rows are written as they are predicted (memory stays at one
-    ``--batch-size`` of points), into temporary files renamed over ``--out`` and its ``.faces.csv`` at the end."""
+    """The predict CLI: one line on stderr per unreadable image or file name a table cannot hold (its row is left
+    out; exit 1), one line for a usage error checked before anything is predicted (exit 2: ``output_problem``, a
+    ``--batch-size`` below 1, a model that cannot be loaded), no tracebacks. Rows are written as they are predicted
+    (memory stays at one ``--batch-size`` of points) into temporary files that replace ``--out`` and its
+    ``.faces.csv`` as a pair at the end (``pair_writer``)."""
 
     a = build_parser().parse_args(argv)
+    if a.batch_size < 1:
+        print(f"error: --batch-size must be at least 1 (images read and predicted at a time), got {a.batch_size}",
+              file=sys.stderr)
+        return 2
     if not os.path.isdir(a.images):
-        print(f"error: {a.images}: no such folder of images", file=sys.stderr)
+        print(f"error: {_one_line(a.images)}: no such folder of images", file=sys.stderr)
+        return 2
+    problem = output_problem(a.images, a.out, a.draw)
+    if problem:
+        print(f"error: {_one_line(problem)}", file=sys.stderr)
         return 2
     names = list_images(a.images)
     if not names:
-        print(f"error: no images in {a.images}", file=sys.stderr)
+        print(f"error: no images in {_one_line(a.images)}", file=sys.stderr)
         return 2
     try:
         backend = _backend(a.backend, a.checkpoint, a.device)
         pr = Predictor.load(a.checkpoint, a.device, backend=backend, inference=a.inference)
-    except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, checkpoint.CheckpointError, RuntimeError, ValueError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    refused = [n for n in names if any(c in n for c in UNTABULAR)]
+    for n in refused:
+        print(f"error: {os.path.join(a.images, n)!r}: a file name with a tab, newline or carriage return cannot be "
+              f"a row of the tab-separated table; rename the file", file=sys.stderr)
+    names = [n for n in names if n not in set(refused)]
     ok = 0
     try:
         paths = [os.path.join(a.images, n) for n in names]
-        faces_path = os.path.splitext(a.out)[0] + ".faces.csv"
-        with atomic_open(a.out, "w", newline="") as f, atomic_open(faces_path, "w", newline="") as g:
+        with pair_writer(a.out, faces_csv_path(a.out)) as (f, g):
             points_out, faces_out = PointsWriter(f, pr.num_points), FacesWriter(g)
             for start, res in zip(range(0, len(names), a.batch_size), pr.predict_iter(paths, a.batch_size)):
                 for j in sorted(res.errors):
-                    print(f"error: {res.errors[j]}", file=sys.stderr)
+                    print(f"error: {_one_line(res.errors[j])}", file=sys.stderr)
                 good = [j for j in range(len(res)) if j not in res.errors]
                 got = [names[start + j] for j in good]
                 points_out.write(got, res.points[good])
@@ -239,8 +338,9 @@ def main(argv=None) -> int:
                     for j, n in zip(good, got):
                         _draw(a.draw, os.path.join(a.images, n), res.points[j])
     except (OSError, ValueError) as e:  # a full disk, an unwritable output: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
+    total = len(names) + len(refused)
     print(f"wrote {ok} rows x {pr.num_points} points to {a.out}"
-          + (f"; {len(names) - ok} unreadable image(s) left out" if ok < len(names) else ""))
-    return 0 if ok == len(names) else 1
+          + (f"; {total - ok} image(s) left out" if ok < total else ""))
+    return 0 if ok == total else 1

@@ -22,10 +22,18 @@ normalisation, flip TTA and face-box decoding in numpy (``runtime``, the same va
 per network); ``Predictor.load`` also accepts an export folder (``export.export``: ``model.json`` + ``.onnx`` files,
 no torch weights needed), and a process predicting from one never imports torch. The crops and the mapping to
 original pixels are the same code for both.
+
+Inputs are checked at the boundary (``check_image``): an image is a file path (``str`` or ``os.PathLike``) or a
+``uint8`` array ``[H, W, 3]`` (RGB) or ``[H, W]`` (grayscale), non-empty, within ``images.MAX_PIXELS`` and
+``images.MAX_SIDE``; anything else (float, 16-bit or bool arrays, RGBA, empty arrays) is refused with a
+``ValueError`` naming its index, instead of being predicted tens to hundreds of pixels off. One path or one array
+is one image; a list (or any iterable, or a ``[N, H, W, 3]`` array) is several. An ensemble must predict one point
+layout (the same ``num_points`` and mirror permutation).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -34,7 +42,7 @@ import numpy as np
 
 from ..core import geometry
 from ..core.devices import select_device
-from ..core.images import ImageError, load_image
+from ..core.images import ImageError, as_image, load_image, size_problem
 from ..models import checkpoint, codecs
 from . import backends
 from .passes import Inference, detect_crops, predict_crops
@@ -71,6 +79,86 @@ class Prediction:
         return len(self.points)
 
 
+def check_image(image, index: int) -> np.ndarray:
+    """An image array as the predictor takes it: ``uint8 [H, W, 3]`` (a grayscale ``[H, W]`` repeated on three
+    channels), values 0..255 RGB, pixel ``(row y, column x)`` spanning ``[x, x + 1) x [y, y + 1)`` of the original
+    image (continuous convention).
+
+    Args:
+        image: a ``uint8`` array ``[H, W, 3]`` or ``[H, W]`` (or what ``np.asarray`` makes one of, e.g. a PIL RGB
+            image); ``H, W >= 1``, within ``images.MAX_PIXELS`` and ``images.MAX_SIDE``.
+        index: its position among the images, named in the message.
+    Raises:
+        ValueError: another type, dtype (float, 16-bit, bool, ...) or shape, an empty or over-size array; the
+            message names ``index``, the dtype and shape, and what to pass.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        raise ValueError(f"image {index}: a file path where an array is expected; Predictor.predict takes paths")
+    if isinstance(image, bytes) or not (
+            isinstance(image, np.ndarray) or hasattr(image, "__array_interface__") or hasattr(image, "__array__")):
+        raise ValueError(f"image {index}: a {type(image).__name__}; pass a file path (str or os.PathLike) or a uint8 "
+                         f"array [H, W, 3] (RGB) or [H, W] (grayscale)")
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"image {index}: dtype {a.dtype}, shape {a.shape}; pass uint8 values 0..255, [H, W, 3] RGB "
+                         f"or [H, W] (floats in [0, 1]: (x * 255).round().astype(np.uint8); 16-bit: "
+                         f"(x / 257).round().astype(np.uint8); or pass the file path)")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+        raise ValueError(f"image {index}: shape {a.shape}; pass uint8 [H, W, 3] RGB or [H, W] grayscale (RGBA: "
+                         f"composite it over black first, or pass the file path; several images: a list)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"image {index}: empty array of shape {a.shape}; pass an image of at least 1x1 px")
+    too_big = size_problem(int(a.shape[1]), int(a.shape[0]))
+    if too_big:
+        raise ValueError(f"image {index}: {too_big}")
+    return as_image(a)
+
+
+def _one_or_many(images):
+    """One image (a path; an array, tensor or PIL image of other than 4 dimensions) as a list of one; a
+    ``[N, H, W, 3]`` array or a list, tuple or other iterable as it is."""
+    if isinstance(images, (str, bytes, os.PathLike)):
+        return [images]
+    if isinstance(images, (list, tuple)):
+        return images
+    if isinstance(images, np.ndarray) or hasattr(images, "__array_interface__") or hasattr(images, "__array__"):
+        return images if getattr(images, "ndim", None) == 4 else [images]
+    return images if hasattr(images, "__iter__") else [images]
+
+
+def _at_least_one(value, what: str) -> int:
+    """``value`` as an ``int`` of at least 1 (a whole number: ``16`` or ``16.0``).
+
+    Raises:
+        ValueError: anything else, in words naming ``what``.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not math.isfinite(value) or value != int(value) or value < 1:
+        raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def check_ensemble(models, names=None) -> None:
+    """Models that can be averaged: each predicts ``num_points`` points of one layout (equal ``num_points``, and
+    equal mirror permutations ``flip_perm`` where both models have one).
+
+    Raises:
+        checkpoint.CheckpointError: one line naming both models (``names``, default ``model 1``, ``model 2``, ...).
+    """
+    names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(models))]
+    k0, perm0 = checkpoint.num_points(models[0]), models[0]["face"]["meta"].get("flip_perm")
+    for m, name in zip(models[1:], names[1:]):
+        k, perm = checkpoint.num_points(m), m["face"]["meta"].get("flip_perm")
+        if k != k0:
+            raise checkpoint.CheckpointError(
+                f"ensemble: {name} predicts {k} points per face and {names[0]} {k0}; an ensemble averages the "
+                f"points of one layout: combine models trained on the same landmarks")
+        if perm is not None and perm0 is not None and list(perm) != list(perm0):
+            raise checkpoint.CheckpointError(
+                f"ensemble: {name} and {names[0]} both predict {k} points but in different layouts (their mirror "
+                f"permutations differ); combine models trained on the same landmarks")
+
+
 def _check_backend(backend) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}"
@@ -85,18 +173,23 @@ class Predictor:
         device: a ``torch.device`` or its name (``auto``: CUDA, then MPS, then CPU; with ``backend="onnx"`` and
             torch not imported, onnxruntime's CUDA provider when it has one, else the CPU: ``backends.onnx_device``).
         settings: ``passes.Inference``; default the first model's stored settings.
-        micro_batch: images per network pass (the last pass of a chunk is padded to it).
+        micro_batch: images per network pass (the last pass of a chunk is padded to it), at least 1.
         backend: ``"torch"`` (``networks.network``) or ``"onnx"`` (``export.onnx_network``: onnxruntime; a part
             may then be ``export.read_export``'s, without torch weights).
     Raises:
-        ValueError: another ``backend``.
+        ValueError: another ``backend``, or ``micro_batch`` below 1.
+        checkpoint.CheckpointError: models of different point counts or layouts (``check_ensemble``).
         RuntimeError: ``"onnx"`` without onnx / onnxruntime installed (the message says what to install).
     """
 
     def __init__(self, models, device="auto", settings: Inference | None = None, micro_batch: int = 16,
                  backend: str = "torch"):
         _check_backend(backend)
+        micro_batch = _at_least_one(micro_batch, "micro_batch (images per network pass)")
         self.models = list(models) if isinstance(models, (list, tuple)) else [models]
+        if not self.models:
+            raise ValueError("no model given: pass one model dict or a list of them")
+        check_ensemble(self.models)
         self.settings = settings or Inference.from_settings(self.models[0]["inference"])
         self.micro_batch = int(micro_batch)
         self.backend = backend
@@ -135,8 +228,9 @@ class Predictor:
 
         Raises:
             FileNotFoundError, checkpoint.CheckpointError: no final model there (or an export folder with the
-                torch backend).
-            ValueError: another ``backend`` or ``inference``.
+                torch backend, an export outside its schema: ``backends.read_export``; a file refused on purpose:
+                ``backends.load_model``), or models of different point counts or layouts (``check_ensemble``).
+            ValueError: another ``backend`` or ``inference``, ``micro_batch`` below 1.
             RuntimeError: ``"onnx"`` without onnx / onnxruntime installed.
         """
         _check_backend(backend)
@@ -148,7 +242,8 @@ class Predictor:
             if backends.is_export(p) and backend != "onnx":
                 raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
             ready = backends.run_export(p) if backend == "onnx" else None
-            models.append(backends.read_export(ready) if ready else checkpoint.load_model(p))
+            models.append(backends.read_export(ready) if ready else backends.load_model(p))
+        check_ensemble(models, [os.fspath(p) for p in paths])
         stored = FAST if inference == "fast" else models[0]["inference"]
         return cls(models, device, Inference.from_settings(stored), micro_batch, backend)
 
@@ -215,12 +310,25 @@ class Predictor:
 
     # --------------------------------------------------------------------------------------------- public API
     def predict_arrays(self, images) -> Prediction:
-        """Landmarks of ``uint8 [H, W, 3]`` images (sizes may differ)."""
-        images = [np.asarray(im) for im in images]
+        """Landmarks of image arrays (sizes may differ).
+
+        Args:
+            images: ``uint8 [H, W, 3]`` RGB or ``[H, W]`` grayscale arrays (one array is one image; ``check_image``).
+        Returns:
+            ``Prediction`` of ``N`` images: points ``float32 [N, K, 2]`` in original pixels, continuous convention
+            (pixel ``i`` spans ``[i, i + 1)``).
+        Raises:
+            ValueError: an array that is not a non-empty ``uint8`` image (``check_image``: names its index).
+        """
+        images = [check_image(im, i) for i, im in enumerate(_one_or_many(images))]
         if not images:
             k = self.num_points
             return Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                               faces=np.zeros(0, np.int32))
+        return self._predict_checked(images)
+
+    def _predict_checked(self, images) -> Prediction:
+        """``predict_arrays`` of arrays already through ``check_image``."""
         outs = [self._one_model(nets, m, images) for nets, m in zip(self._nets, self.models)]
         points = np.mean([o[0] for o in outs], axis=0)
         frames, place, scores, faces = outs[0][1:]
@@ -236,9 +344,24 @@ class Predictor:
                           faces=(np.ones(n) if faces is None else faces).astype(np.int32))
 
     def predict(self, images) -> Prediction:
-        """Landmarks of images given as file paths or ``uint8 [H, W, 3]`` arrays. An unreadable file gets NaN points,
-        confidence 0 and its message in ``Prediction.errors``; the others are predicted."""
-        items = list(images)
+        """Landmarks of images.
+
+        Args:
+            images: one image or several: a file path (``str`` / ``os.PathLike``), a ``uint8 [H, W, 3]`` RGB or
+                ``[H, W]`` grayscale array (``check_image``), or a list (any iterable, or a ``[N, H, W, 3]``
+                array) of them. One path or one array gives a ``Prediction`` of one image.
+        Returns:
+            ``Prediction``: points ``float32 [N, K, 2]`` in original pixels, continuous convention. An unreadable
+            file gets NaN points, confidence 0 and its message in ``Prediction.errors``; the others are predicted.
+        Raises:
+            ValueError: an item that is neither a path nor a non-empty ``uint8`` image array (float, 16-bit, bool,
+                RGBA, empty: the message names its index, dtype and shape, and what to pass); nothing is
+                predicted then.
+        """
+        return self._predict(list(_one_or_many(images)), 0)
+
+    def _predict(self, items: list, start: int) -> Prediction:
+        """``predict`` of a list; ``start``: the index of ``items[0]`` among all the images (named in messages)."""
         arrays, errors = [], {}
         for i, im in enumerate(items):
             if isinstance(im, (str, os.PathLike)):
@@ -247,10 +370,15 @@ class Predictor:
                 except ImageError as e:
                     errors[i] = str(e)
                     im = None
+            else:
+                im = check_image(im, start + i)
             arrays.append(im)
         good = [i for i, a in enumerate(arrays) if a is not None]
-        sub = self.predict_arrays([arrays[i] for i in good])
-        n, k = len(items), self.num_points
+        k = self.num_points
+        sub = self._predict_checked([arrays[i] for i in good]) if good else Prediction(
+            np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+            faces=np.zeros(0, np.int32))
+        n = len(items)
         out = Prediction(np.full((n, k, 2), np.nan, np.float32), np.full((n, 4), np.nan, np.float32),
                          np.zeros(n, np.float32), errors, np.zeros(n, np.int32))
         out.points[good], out.boxes[good], out.confidence[good] = sub.points, sub.boxes, sub.confidence
@@ -259,13 +387,24 @@ class Predictor:
 
     def predict_iter(self, images, chunk: int = 256):
         """``predict`` over ``chunk`` images at a time (``Prediction`` per chunk, indices of ``errors`` within the
-        chunk), so a folder of any size is predicted in bounded memory. (Decoding the next chunk in a thread while
-        one is predicted was slower on 2 cores: the decoder and torch's threads wait on each other.)"""
-        batch = []
+        chunk), so a folder of any size is predicted in bounded memory. ``images`` as for ``predict`` (one path or
+        array is one image); an array that ``check_image`` refuses raises ``ValueError`` naming its index among all
+        the images when its chunk is reached. (Decoding the next chunk in a thread while one is predicted was slower
+        on 2 cores: the decoder and torch's threads wait on each other.)
+
+        Raises:
+            ValueError: ``chunk`` below 1 (at once), or a refused image array.
+        """
+        chunk = _at_least_one(chunk, "chunk (images read and predicted at a time)")
+        return self._iter(_one_or_many(images), chunk)
+
+    def _iter(self, images, chunk: int):
+        batch, start = [], 0
         for im in images:
             batch.append(im)
             if len(batch) == chunk:
-                yield self.predict(batch)
+                yield self._predict(batch, start)
+                start += len(batch)
                 batch = []
         if batch:
-            yield self.predict(batch)
+            yield self._predict(batch, start)
