@@ -520,7 +520,7 @@ def markdown_table() -> str:
 
 def main(argv=None) -> int:
 
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.params",
+    ap = argparse.ArgumentParser(prog="landmarks params",
                                  description="List every parameter with its default, scope and help.")
     ap.add_argument("--markdown", action="store_true", help="the Markdown table of docs/parameters.md instead")
     a = ap.parse_args(argv)

@@ -733,7 +733,7 @@ def write_dataset(out_dir, n_train: int = 240, n_test: int = 40, num_points: int
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.synthetic",
+    ap = argparse.ArgumentParser(prog="landmarks synthetic",
                                  description="Write a synthetic face-landmark dataset in the contest's format.")
     ap.add_argument("out_dir")
     ap.add_argument("--n-train", type=int, default=240)

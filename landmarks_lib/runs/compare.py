@@ -159,7 +159,7 @@ def plot_runs(runs, out_path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.compare", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="landmarks compare", description=__doc__.split("\n")[0])
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--all-params", action="store_true", help="list equal parameters and run_info entries too")

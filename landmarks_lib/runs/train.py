@@ -98,7 +98,7 @@ LOG = logs.logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.train",
+    ap = argparse.ArgumentParser(prog="landmarks train",
                                  description="Train the landmark models (localizer stage for face crops, then the "
                                              "train stage); one process, or several under torchrun.",
                                  epilog="Multi-GPU: torchrun --nproc_per_node N -m landmarks_lib.train ...")
