@@ -106,7 +106,7 @@ def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_im
     faces = pd.read_csv(tmp_path / "pred.faces.csv")
     assert list(faces.columns) == ["file_name", "x0", "y0", "x1", "y1", "confidence", "faces"] and len(faces) == 5
     assert ((faces["x1"] > faces["x0"]) & (faces["confidence"] >= 0) & (faces["confidence"] <= 1)).all()
-    assert sorted(os.listdir(tmp_path / "drawn")) == sorted(os.path.splitext(n)[0] + ".png" for n in table.names)
+    assert sorted(os.listdir(tmp_path / "drawn")) == sorted(n + ".png" for n in table.names)
     (img_dir / table.names[2]).write_bytes(b"not an image")  # one unreadable image: named, the others written
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("error:") == 1 and table.names[2] in r.stderr

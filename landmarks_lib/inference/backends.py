@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from ..core.files import read_json, sha256_file
 from ..core.geometry import CROP_MODES
 from ..core.params import parse_scales
-from ..models import checkpoint, codecs
+from ..models import codecs
 from ..models.checkpoint import CheckpointError
 
 # Export folders (``export.export`` writes them).
@@ -232,28 +231,6 @@ def _sha256_of(path) -> str:
     if key not in _SHA256_SEEN:
         _SHA256_SEEN[key] = sha256_file(path)
     return _SHA256_SEEN[key]
-
-
-def load_model(path_or_run_dir, map_location="cpu") -> dict:
-    """``checkpoint.load_model`` with a one-line message for a file that holds Python objects other than tensors and
-    plain values: such a file is refused on purpose (no code from a file is ever run), so torch's advice to load it
-    with ``weights_only=False`` is not passed on.
-
-    Raises:
-        FileNotFoundError: no ``model.pt``. checkpoint.CheckpointError: not a final model of this package (one line).
-    """
-    try:
-        return checkpoint.load_model(path_or_run_dir, map_location)
-    except CheckpointError as e:
-        msg = str(e)
-        if "weights_only" not in msg and "Weights only load failed" not in msg:
-            raise
-        where = msg.split(": not a loadable checkpoint", 1)[0]
-        found = re.search(r"GLOBAL ([\w.]+)", msg)
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"{where}: refused: it holds Python objects other than tensors and plain values{what}, "
-                              f"and checkpoints are loaded without running code from the file; use a model.pt "
-                              f"written by this package") from None
 
 
 # ------------------------------------------------------------------------------------------- the export's schema

@@ -41,7 +41,6 @@ from .backends import (
     PARTS,
     OnnxNetwork,
     is_export,
-    load_model,
     onnx_file_network,
     ort,
 )
@@ -153,7 +152,7 @@ def export(model_path_or_run_dir, out_dir) -> dict:
         the ``model.json`` dict.
     Raises:
         FileNotFoundError, checkpoint.CheckpointError: no final model at ``model_path_or_run_dir`` (one line; a file
-            refused on purpose: ``backends.load_model``).
+            refused on purpose: ``checkpoint.load``).
         ExportError: ``out_dir`` is a file, or a non-empty folder without ``model.json`` (not a previous export).
         RuntimeError: onnx / onnxruntime missing, or a network that cannot be exported.
         OSError: the folder cannot be written.
@@ -165,7 +164,7 @@ def export(model_path_or_run_dir, out_dir) -> dict:
         raise ExportError(f"{out_dir}: folder is not empty and is not a previous export (no {MODEL_JSON}); "
                           f"choose a new or empty folder")
     src = os.fspath(model_path_or_run_dir)
-    model = load_model(src)
+    model = checkpoint.load_model(src)
     source = os.path.abspath(os.path.join(src, "model.pt") if os.path.isdir(src) else src)
     model_sha256 = sha256_file(source)
     parts = {}

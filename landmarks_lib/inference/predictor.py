@@ -229,7 +229,7 @@ class Predictor:
         Raises:
             FileNotFoundError, checkpoint.CheckpointError: no final model there (or an export folder with the
                 torch backend, an export outside its schema: ``backends.read_export``; a file refused on purpose:
-                ``backends.load_model``), or models of different point counts or layouts (``check_ensemble``).
+                ``checkpoint.load``), or models of different point counts or layouts (``check_ensemble``).
             ValueError: another ``backend`` or ``inference``, ``micro_batch`` below 1.
             RuntimeError: ``"onnx"`` without onnx / onnxruntime installed.
         """
@@ -242,7 +242,7 @@ class Predictor:
             if backends.is_export(p) and backend != "onnx":
                 raise checkpoint.CheckpointError(f"{p}: an ONNX export (model.json); load it with backend='onnx'")
             ready = backends.run_export(p) if backend == "onnx" else None
-            models.append(backends.read_export(ready) if ready else backends.load_model(p))
+            models.append(backends.read_export(ready) if ready else checkpoint.load_model(p))
         check_ensemble(models, [os.fspath(p) for p in paths])
         stored = FAST if inference == "fast" else models[0]["inference"]
         return cls(models, device, Inference.from_settings(stored), micro_batch, backend)

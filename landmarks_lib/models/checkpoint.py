@@ -23,6 +23,7 @@ onnx backend (``runtime``).
 from __future__ import annotations
 
 import os
+import re
 
 from ..core.files import atomic_open, no_space
 
@@ -68,7 +69,15 @@ def load(path, kind: str | None = None, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not a checkpoint of ours"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+        msg = str(e)
+        if "weights_only" in msg or "Weights only load failed" in msg:  # refused on purpose: no torch advice
+            found = re.search(r"GLOBAL ([\w.]+)", msg)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and plain "
+                                  f"values{what}, and checkpoints are loaded without running code from the file; "
+                                  f"use a checkpoint written by this package") from None
+        first = msg.splitlines()[0] if msg else ""
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from e
     fmt = ck.get("format") if isinstance(ck, dict) else None
     if fmt in OLD_FORMATS:
         raise CheckpointError(f"{path}: checkpoint format {fmt!r} is no longer supported (this version reads "
