@@ -3,7 +3,9 @@
 - ``atomic_open(path, mode)``: a temporary file beside ``path`` renamed over it only when the block ends without
   error, so a reader sees the old file or the complete new one, never a partial one. ``atomic_save_npy``,
   ``atomic_write_json`` and ``viz.save_figure`` write through it. Temporary files are named
-  ``.<name>.<random>.tmp`` (``TMP_SUFFIX``) so a run folder's stale ones can be recognised after a kill.
+  ``.<name>.<pid>.<random>.tmp`` (``TMP_SUFFIX``): they belong to their writer, and ``tmp_writer`` reads the pid
+  back, so a run folder's stale ones (their writer killed) are told from those of a live writer.
+- ``outside_link(path, roots)``: the target of a symbolic link that resolves outside every one of ``roots``.
 - ``derived_seed(*parts)``: the seeds of training's random draws.
 - ``fingerprint(*parts)``: a short SHA-1 of strings, bytes, numbers, ``None``, numpy arrays (dtype, shape and
   bytes) and nested lists/tuples/dicts of them (dicts by sorted key). Every key of this package (cache keys, stage
@@ -18,6 +20,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 
 import numpy as np
@@ -32,15 +36,16 @@ os.umask(_UMASK)
 def atomic_open(path, mode: str = "w", **kwargs):
     """Open a temporary file beside ``path`` and rename it over ``path`` only when the block finishes without error.
 
-    The folder is created. The file gets the usual permissions (``0666 & ~umask``), is flushed and fsync'ed before
-    the rename, and is removed on any error (the previous file at ``path``, if any, is left untouched).
+    The temporary file is ``.<name>.<pid>.<random>.tmp`` (``tmp_writer``). The folder is created. The file gets the
+    usual permissions (``0666 & ~umask``), is flushed and fsync'ed before the rename, and is removed on any error (the
+    previous file at ``path``, if any, is left untouched).
 
     Raises:
         OSError: the folder cannot be created or written (e.g. ``ENOSPC``, a full disk).
     """
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=d)
     os.close(fd)
     try:
         with open(tmp, mode, **kwargs) as f:
@@ -55,6 +60,53 @@ def atomic_open(path, mode: str = "w", **kwargs):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise no_space(d) from e
         raise
+
+
+_TMP_NEW = re.compile(r"^\..+\.([0-9]+)\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+_TMP_OLD = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+
+
+def tmp_writer(name: str) -> int | None:
+    """The pid of the process writing ``atomic_open``'s temporary file ``name`` (a base name,
+    ``.<name>.<pid>.<random>.tmp``); ``0`` for the format of earlier versions (``.<name>.<random>.tmp``, no pid);
+    ``None`` for a name that is not such a temporary file."""
+    m = _TMP_NEW.match(name)
+    if m:
+        return int(m.group(1))
+    return 0 if _TMP_OLD.match(name) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's live process counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def outside_link(path, roots) -> str | None:
+    """The real path of ``path`` when it is a symbolic link (followed to the end) that resolves outside every folder
+    of ``roots`` (real paths, ``os.path.realpath``); ``None`` for a file that is not a link or a link that stays
+    inside one of them. One ``lstat`` for a file that is not a link."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    return None if any(inside(real, r) for r in roots) else real
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (both absolute and normalised, as ``realpath`` gives them)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def no_space(path) -> OSError:

@@ -11,9 +11,13 @@ A cache folder ``<cache_dir>/crops-<key>/`` holds
   alone (3 GB less per cache at contest size than storing ``float32`` points);
 - ``meta.json``: names, key inputs, shapes; written last, so a folder without it is incomplete and rebuilt.
 
-The key is a SHA-1 of the cache format, the image folder, file names with their sizes and modification times, the
-geometry parameters and, when given, the label and frame arrays; anything that changes rebuilds the cache, and the
-same inputs reuse it across epochs, notebooks and runs. ``clean_cache`` removes caches; ``cache_size`` reports sizes.
+The key is a SHA-1 of the cache format, the image folder resolved (``realpath``: the data folder a path points to,
+not the path typed), each image's name, real path (for a link), size, modification time, inode and change time (one
+``lstat`` per image, no reads), the geometry parameters and, when given, the label and frame arrays; anything that
+changes rebuilds the cache (a re-pointed data folder, a file replaced with the same name, size and time), and the
+same inputs reuse it across epochs, notebooks and runs. An image that is a symbolic link resolving outside its data
+folder is refused (``tables.link_outside``) unless ``allow_links_outside``. ``clean_cache`` removes caches;
+``cache_size`` reports sizes.
 ``python -m landmarks_lib.cache --info|--clean [DIR]`` does both from the shell.
 """
 
@@ -24,6 +28,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,11 +37,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core import geometry
-from ..core.files import fingerprint
-from ..core.images import load_image
+from ..core.files import fingerprint, pid_alive
+from ..core.images import ImageError, load_image
 from ..core.params import default_cache_dir
+from .tables import link_outside
 
-FORMAT = "crops-v3"
+FORMAT = "crops-v4"
 
 
 @dataclass
@@ -91,19 +97,57 @@ class CropPoints:
 
 def cache_key(image_dir, names, crop_mode, size, margin, face_scale, points=None, frames=None) -> str:
     """``files.fingerprint`` (20 hex digits) of everything the cached crops depend on (see the module docstring):
-    the format, the image folder, the crop geometry, each image's name, size and modification time, and the points
-    and frames that place the crops."""
+    the format, the image folder resolved (``realpath``), the crop geometry, each image's identity
+    (``image_identities``), and the points and frames that place the crops."""
+    return _key(image_dir, image_identities(image_dir, names), crop_mode, size, margin, face_scale, points, frames)
+
+
+def image_identities(image_dir, names) -> list:
+    """``"<name>|<real path of a link, else empty>|<size>|<mtime ns>|<inode>|<ctime ns>"`` (or ``"<name>|missing"``)
+    of each image: what it contributes to the cache key without being read. One ``lstat`` per image, in the image
+    folder resolved once (a link is followed: a ``realpath`` and a ``stat`` more)."""
+    real_dir = os.path.realpath(os.fspath(image_dir))
     ids = []
     for n in names:
+        p = os.path.join(real_dir, n)
         try:
-            st = os.stat(os.path.join(image_dir, n))
-            ids.append(f"{n}|{st.st_size}|{st.st_mtime_ns}")
+            st, real = os.lstat(p), ""
+            if stat.S_ISLNK(st.st_mode) or os.sep in n or (os.altsep and os.altsep in n) or n in (".", ".."):
+                real = os.path.realpath(p)
+                st = os.stat(real)
+            ids.append(f"{n}|{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}")
         except OSError:
             ids.append(f"{n}|missing")
-    geometry_ = [FORMAT, os.path.abspath(image_dir), crop_mode, int(size), float(margin), float(face_scale)]
+    return ids
+
+
+def _key(image_dir, ids, crop_mode, size, margin, face_scale, points, frames) -> str:
+    geometry_ = [FORMAT, os.path.realpath(os.fspath(image_dir)), crop_mode, int(size), float(margin),
+                 float(face_scale)]
     # A lazy io.PointsView is hashed block by block (the same key as the array it converts to).
     arrays = [a if a is None or hasattr(a, "chunks") else np.asarray(a) for a in (points, frames)]
     return fingerprint(geometry_, "\n".join(ids), *arrays, digits=20)
+
+
+def check_links(image_dir, names, ids, data_dir=None) -> None:
+    """Refuse images that are symbolic links resolving outside the data folder (``tables.link_outside``); ``ids``
+    (``image_identities``) tell which images are links, so only those are looked at.
+
+    Args:
+        data_dir: the data folder; default the folder two levels above ``image_dir`` (``<data>/train/images``).
+    Raises:
+        images.ImageError: one line naming the first such image, its target, how many there are, what to do.
+    """
+    image_dir = os.path.abspath(os.fspath(image_dir))
+    data_dir = data_dir if data_dir is not None else os.path.dirname(os.path.dirname(image_dir))
+    bad = []
+    for n, i in zip(names, ids):
+        why = link_outside(os.path.join(image_dir, n), data_dir) if i.split("|", 2)[1] else None
+        if why:
+            bad.append((n, why))
+    if bad:
+        more = f" ({len(bad) - 1} more image(s) like it)" if len(bad) > 1 else ""
+        raise ImageError(f"{os.path.join(image_dir, bad[0][0])}: {bad[0][1]}{more}")
 
 
 def _crop_one(args):
@@ -141,7 +185,8 @@ def _open(path, points=None) -> CropCache:
 
 def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: float = 0.0,
               face_scale: float = 1.25, points=None, frames=None, num_workers: int = 0,
-              progress: bool = True, desc: str = "caching crops") -> CropCache:
+              progress: bool = True, desc: str = "caching crops", allow_links_outside: bool = False,
+              data_dir=None) -> CropCache:
     """Open the cache for these inputs, building it first if needed.
 
     Args:
@@ -156,16 +201,22 @@ def get_cache(image_dir, names, crop_mode: str, size: int, cache_dir, margin: fl
         frames: optional ``float64 [N, 4]`` frames to use instead of ``crop_mode`` (e.g. face boxes placed by a
             localizer's predictions).
         num_workers: processes decoding images (0 = ``min(4, cores)``; 1 = in this process).
+        allow_links_outside: read images that are symbolic links resolving outside the data folder (refused
+            otherwise: ``check_links``).
+        data_dir: the data folder those links are checked against (default: two levels above ``image_dir``).
     Returns:
         ``CropCache``.
     Raises:
-        images.ImageError: an image cannot be read (the message names it).
+        images.ImageError: an image cannot be read, or is a link out of the data folder (the message names it).
         ValueError: ``face`` mode without points or frames.
     """
     if crop_mode == "face" and points is None and frames is None:
         raise ValueError("crop_mode 'face' needs landmarks or frames to place the crops")
     names = list(names)
-    key = cache_key(image_dir, names, crop_mode, size, margin, face_scale, points, frames)
+    ids = image_identities(image_dir, names)
+    if not allow_links_outside:
+        check_links(image_dir, names, ids, data_dir)
+    key = _key(image_dir, ids, crop_mode, size, margin, face_scale, points, frames)
     path = os.path.join(cache_dir, f"crops-{key}")
     if points is not None and not hasattr(points, "shape"):
         points = np.asarray(points, dtype=np.float64)
@@ -207,7 +258,7 @@ def _build(tmp, key, image_dir, names, crop_mode, size, margin, face_scale, poin
     images.flush()
     del images
     np.save(os.path.join(tmp, "frames.npy"), out_frames)
-    meta = {"format": FORMAT, "key": key, "image_dir": os.path.abspath(image_dir), "names": names,
+    meta = {"format": FORMAT, "key": key, "image_dir": os.path.realpath(image_dir), "names": names,
             "crop_mode": crop_mode if frames is None else "frames", "size": int(size), "margin": float(margin),
             "face_scale": float(face_scale), "shape": [n, sc, sc, 3]}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -245,23 +296,13 @@ def _crop_all(jobs, n: int, workers: int, images: np.ndarray, out_frames: np.nda
             pool.shutdown(cancel_futures=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_orphans(cache_dir) -> list:
     """Remove the half-built cache folders (``.crops-<key>.<pid>.<random>``) whose building process is gone (a
     killed build); folders of live processes, and anything else, are left alone. Returns the removed paths."""
     out = []
     for name in os.listdir(cache_dir) if os.path.isdir(cache_dir) else ():
         parts = name.split(".")
-        if name.startswith(".crops-") and len(parts) >= 4 and parts[2].isdigit() and not _alive(int(parts[2])):
+        if name.startswith(".crops-") and len(parts) >= 4 and parts[2].isdigit() and not pid_alive(int(parts[2])):
             shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
             out.append(os.path.join(cache_dir, name))
     return out

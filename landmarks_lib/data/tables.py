@@ -10,7 +10,9 @@ One parser per table: ``read_landmarks``, ``read_test_points``, ``read_groups``.
 problem (``DataFormatError``: the message names the file and the line, 1-based, the header is line 1, and its
 ``problem`` attribute holds the same as a ``RowProblem``), or, given a ``problems`` list, collects every problem there
 as a ``RowProblem`` (file, line, kind, message) and drops the rows concerned: ``validate`` reports from that list.
-File names in every table must be plain names, checked as written (``file_name_problem``).
+File names in every table must be plain names, checked as written (``file_name_problem``). A table, or an image, that
+is a symbolic link resolving outside its data folder is refused (``link_outside``: kind ``link_outside``) unless
+``allow_links_outside`` is set (the parameter of that name).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.files import atomic_open, atomic_save_npy, file_identity, fingerprint
+from ..core.files import atomic_open, atomic_save_npy, file_identity, fingerprint, outside_link
 
 #: The range of a label value: labels are stored as ``int16`` (``LandmarksTable.points``); a value outside it is a
 #: bad row (``coordinate_out_of_range``), whatever the table's dtype turns out to be.
@@ -39,7 +41,8 @@ class RowProblem:
     Attributes:
         file: the table's path, as given to the reader.
         line: 1-based line in the file (header = line 1; blank lines count); ``None`` when no line is known.
-        kind: what kind of problem: ``bad_header``, ``unreadable_csv``, ``not_utf8`` (the table cannot be read on);
+        kind: what kind of problem: ``bad_header``, ``unreadable_csv``, ``not_utf8``, ``link_outside`` (the table
+            cannot be read on);
             ``wrong_field_count``, ``empty_name``, ``unsafe_name``, ``duplicate_name`` (any table);
             ``bad_coordinates``, ``coordinate_out_of_range`` (``landmarks.csv``); ``bad_index_list``,
             ``index_out_of_range``, ``inconsistent_list_length`` (``test_points.csv``); ``empty_group``
@@ -224,6 +227,43 @@ def file_name_problem(name: str) -> str | None:
     return f"file_name {name!r} {why}; it must be a plain file name in the images folder"
 
 
+def link_outside(path, data_dir) -> str | None:
+    """Why ``path`` is refused as a symbolic link out of the data folder, or ``None``: a link (followed to the end)
+    whose target lies neither in ``data_dir`` nor in the folder that holds ``path`` (both resolved, so a data folder
+    or an images folder that is itself a link is fine). One ``lstat`` for a file that is not a link.
+
+    Returns:
+        ``None``, or a sentence (without the path) naming the target and what to do.
+    """
+    a = os.path.abspath(os.fspath(path))
+    try:
+        if not os.path.islink(a):
+            return None
+    except OSError:
+        return None
+    data = os.path.realpath(os.fspath(data_dir))
+    real = outside_link(a, (data, os.path.realpath(os.path.dirname(a))))
+    if real is None:
+        return None
+    return (f"a symbolic link to {real}, outside the data folder {data}; copy the file into the data folder, or set "
+            f"the parameter allow_links_outside to true to read it")
+
+
+def _refused_link(path, allow: bool, problems) -> bool:
+    """Check a table's own path (``link_outside``, data folder = the folder above the table's): ``True`` when it is
+    refused in collect mode (recorded in ``problems``); raises ``DataFormatError`` when refused otherwise."""
+    if allow:
+        return False
+    why = link_outside(path, os.path.dirname(os.path.dirname(os.path.abspath(os.fspath(path)))))
+    if why is None:
+        return False
+    problem = RowProblem(str(path), None, "link_outside", why)
+    if problems is None:
+        raise problem.error()
+    problems.append(problem)
+    return True
+
+
 def _name_check(name: str):
     """``(kind, reason)`` for an empty or unsafe file name, else ``(None, None)``."""
     if not name.strip():
@@ -341,7 +381,7 @@ def file_fingerprint(path) -> str:
 
 
 def read_landmarks(path, bad_rows: str = "error", cache_dir=None, chunksize: int = 20000,
-                   problems: list | None = None) -> LandmarksTable | None:
+                   problems: list | None = None, allow_links_outside: bool = False) -> LandmarksTable | None:
     """Read ``landmarks.csv`` into compact arrays.
 
     Parsing is streamed (peak memory about the final array plus one chunk of ``chunksize`` rows) and, with
@@ -362,19 +402,24 @@ def read_landmarks(path, bad_rows: str = "error", cache_dir=None, chunksize: int
         problems: collect mode (the validator's): every problem is appended to this list as a ``RowProblem``
             instead of raised and the rows concerned are dropped (skippable ones also listed in ``skipped``);
             ``cache_dir`` is not used. Returns ``None`` when the table cannot be read on (bad header, text that is
-            not UTF-8 or not a table: the last problem says why).
+            not UTF-8 or not a table, a link out of the data folder: the last problem says why).
+        allow_links_outside: read the table even when it is a symbolic link resolving outside its data folder (the
+            folder above the table's; ``link_outside``), refused otherwise.
     Returns:
         ``LandmarksTable`` (``None`` only in collect mode, see ``problems``).
     Raises:
         FileNotFoundError: no such file.
         ValueError: a bad ``bad_rows`` value.
-        DataFormatError: bad header, a bad row under ``bad_rows="error"``, a file name that is not plain, or text
-            that is not UTF-8 (file and line named; ``problem`` holds the ``RowProblem``). Not in collect mode.
+        DataFormatError: bad header, a bad row under ``bad_rows="error"``, a file name that is not plain, text
+            that is not UTF-8 (file and line named; ``problem`` holds the ``RowProblem``), or a link out of the data
+            folder (kind ``link_outside``). Not in collect mode.
     """
     if bad_rows not in ("error", "skip"):
         raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: landmarks file is missing")
+    if _refused_link(path, allow_links_outside, problems):
+        return None
     cache_base = None
     if cache_dir is not None and problems is None:
         cache_base = os.path.join(cache_dir, f"landmarks-{file_fingerprint(path)}-{bad_rows}")
@@ -721,7 +766,8 @@ def _index_list(text: str, num_points: int | None):
     return v, None, None
 
 
-def read_test_points(path, num_points: int | None = None, problems: list | None = None) -> TestPoints | None:
+def read_test_points(path, num_points: int | None = None, problems: list | None = None,
+                     allow_links_outside: bool = False) -> TestPoints | None:
     """Read ``test_points.csv``.
 
     Args:
@@ -730,14 +776,16 @@ def read_test_points(path, num_points: int | None = None, problems: list | None 
         num_points: when given, every index must lie in ``[0, num_points)``.
         problems: collect mode (the validator's): every problem is appended to this list as a ``RowProblem``
             instead of raised, and the rows concerned are dropped; returns ``None`` when the table cannot be read
-            on (bad header, text that is not UTF-8 or not a table).
+            on (bad header, text that is not UTF-8 or not a table, a link out of the data folder).
+        allow_links_outside: as in ``read_landmarks``.
     Returns:
         ``TestPoints``; all rows must list the same number of indices (the submission has fixed columns).
     Raises:
         FileNotFoundError: no such file.
         DataFormatError: file and line named (``problem`` holds the ``RowProblem``): a bad header, a row without
             exactly two tab-separated fields, a bad list, an empty, duplicate or not plain (``file_name_problem``)
-            file name, lists of different lengths, text that is not UTF-8. Not in collect mode.
+            file name, lists of different lengths, text that is not UTF-8, a link out of the data folder. Not in
+            collect mode.
     """
     def check(text, rows, lines):
         idx, kind, message = _index_list(text, num_points)
@@ -745,19 +793,22 @@ def read_test_points(path, num_points: int | None = None, problems: list | None 
             return None, "inconsistent_list_length", f"{len(idx)} indices, but line {lines[0]} has {len(rows[0])}"
         return idx, kind, message
 
-    got = _read_two_columns(path, "test points", ["file_name", "point_index_list"], check, problems)
+    got = _read_two_columns(path, "test points", ["file_name", "point_index_list"], check, problems,
+                            allow_links_outside)
     if got is None:
         return None
     names, rows, lines = got
     return TestPoints(names, np.array(rows, dtype=np.int64).reshape(len(rows), -1 if rows else 0), lines)
 
 
-def _read_two_columns(path, what, columns, check, problems):
+def _read_two_columns(path, what, columns, check, problems, allow_links_outside=False):
     """The good rows of a two-column table as ``(names, values, int64 lines)``, or ``None`` (collect mode, a table
     that cannot be read on). ``check(text, values, lines)`` judges a row's second field against the rows accepted
     so far: ``(value, None, None)`` or ``(None, kind, message)``."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: {what} file is missing")
+    if _refused_link(path, allow_links_outside, problems):
+        return None
     sink = _Collector(path, collect=problems is not None)
 
     def parse():
@@ -776,21 +827,23 @@ def _read_two_columns(path, what, columns, check, problems):
 
 
 # ------------------------------------------------------------------------------------------------- groups.csv
-def read_groups(path, problems: list | None = None) -> Groups | None:
+def read_groups(path, problems: list | None = None, allow_links_outside: bool = False) -> Groups | None:
     """Read ``train/groups.csv`` (tab-separated ``file_name``, ``group``; UTF-8, blank lines ignored).
 
     Args:
         path: the file.
         problems: collect mode, as in ``read_test_points``.
+        allow_links_outside: as in ``read_landmarks``.
     Returns:
         ``Groups`` (``None`` only in collect mode, for a table that cannot be read on).
     Raises:
         FileNotFoundError: no such file.
         DataFormatError: file and line named: a bad header, a row without exactly two fields, an empty, duplicate
-            or not plain file name, an empty group, text that is not UTF-8. Not in collect mode.
+            or not plain file name, an empty group, text that is not UTF-8, a link out of the data folder. Not in
+            collect mode.
     """
     def check(text, groups, lines):
         return (text, None, None) if text.strip() else (None, "empty_group", "empty group")
 
-    got = _read_two_columns(path, "groups", ["file_name", "group"], check, problems)
+    got = _read_two_columns(path, "groups", ["file_name", "group"], check, problems, allow_links_outside)
     return None if got is None else Groups(*got)

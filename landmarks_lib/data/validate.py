@@ -13,7 +13,9 @@ and a message. Severities:
   being dropped); file names that are not plain names (``tables.file_name_problem``: a ``/`` or ``\\``, ``.``, ``..``,
   a drive, an absolute path) in any table, under both policies; listed images that are missing, empty (0 bytes),
   truncated or not images; ``test_points.csv`` missing, malformed, without data rows, with malformed lists,
-  out-of-range indices or lists of different lengths; ``groups.csv`` malformed.
+  out-of-range indices or lists of different lengths; ``groups.csv`` malformed; a table or a listed image that is a
+  symbolic link resolving outside the data folder (``link_outside``: ``tables.link_outside``; the loaders refuse
+  it too), unless ``allow_links_outside`` (then an ``info``, ``link_outside_allowed``).
 - ``warning``: points more than 25% of the image size beyond an edge; image modes that ``images.load_image``
   converts (grayscale, 1-bit, palette, alpha, CMYK, 16-bit); an EXIF orientation other than 1 (ignored by policy:
   pixels are used as stored); ``groups.csv`` names that do not match the training rows.
@@ -53,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ..core.coords import POINT_CHUNK, labels_to_points, points_to_labels
 from ..core.images import ImageError, load_image, size_problem
-from .tables import RowProblem, read_groups, read_landmarks, read_test_points
+from .tables import RowProblem, link_outside, read_groups, read_landmarks, read_test_points
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -259,23 +261,29 @@ def _probe(path, full: bool) -> dict:
     return out
 
 
-def _list_dir(d) -> list:
+def _list_dir(d) -> tuple[list, set]:
+    """The files of folder ``d`` (links to files included), sorted, and the names among them that are symbolic
+    links (from the listing itself: no call per file)."""
     try:
-        return sorted(e.name for e in os.scandir(d) if e.is_file())
+        with os.scandir(d) as it:
+            entries = [e for e in it if e.is_file()]
     except FileNotFoundError:
-        return []
+        return [], set()
+    return sorted(e.name for e in entries), {e.name for e in entries if e.is_symlink()}
 
 
 # ------------------------------------------------------------------------------------------------- CSV checks
 class _Listing:
     """What the tables list: ``rows[split]``: ``(name, line)`` of the rows whose images are checked; ``named[split]``:
     names of bad rows too (their images are not reported as unlisted, nor checked); ``unread``: the splits whose
-    table is missing or unreadable (no image of theirs is reported as unlisted)."""
+    table is missing or unreadable (no image of theirs is reported as unlisted); ``allow_links_outside``: the
+    policy for links out of the data folder."""
 
-    def __init__(self):
+    def __init__(self, allow_links_outside: bool = False):
         self.rows = {"train": [], "test": []}
         self.named = {"train": set(), "test": set()}
         self.unread = set()
+        self.allow_links_outside = allow_links_outside
 
 
 def _row_text(p: RowProblem) -> str:
@@ -304,7 +312,7 @@ def _check_landmarks(data_dir, bad_rows, report, listing, add):
         listing.unread.add("train")
         return None
     found = []
-    table = read_landmarks(path, bad_rows="skip", problems=found)
+    table = read_landmarks(path, bad_rows="skip", problems=found, allow_links_outside=listing.allow_links_outside)
     _add_table_problems(found, rel, add, bad_rows)
     listing.named["train"].update(p.name for p in found if p.name)
     if table is None:
@@ -322,7 +330,7 @@ def _check_landmarks(data_dir, bad_rows, report, listing, add):
     return table
 
 
-def _check_groups(data_dir, table, add, bad_names=()) -> None:
+def _check_groups(data_dir, table, add, bad_names=(), allow_links_outside=False) -> None:
     """Check the optional ``train/groups.csv`` with ``tables.read_groups``: format (fatal) and agreement with the
     training rows (warnings; ``bad_names``, the names of rows already reported as bad, count as training rows)."""
     rel = "train/groups.csv"
@@ -330,7 +338,7 @@ def _check_groups(data_dir, table, add, bad_names=()) -> None:
     if not os.path.exists(path):
         return
     found = []
-    groups = read_groups(path, problems=found)
+    groups = read_groups(path, problems=found, allow_links_outside=allow_links_outside)
     _add_table_problems(found, rel, add)
     if groups is None or table is None:
         return
@@ -358,7 +366,8 @@ def _check_test_points(data_dir, report, listing, add) -> None:
         add("warning", rel, None, "range_unchecked",
             "point indices not checked against K (the landmarks header could not be read)")
     found = []
-    tp = read_test_points(path, num_points=report.num_points or None, problems=found)
+    tp = read_test_points(path, num_points=report.num_points or None, problems=found,
+                          allow_links_outside=listing.allow_links_outside)
     _add_table_problems(found, rel, add)
     listing.named["test"].update(p.name for p in found if p.name)
     if tp is None:
@@ -372,7 +381,8 @@ def _check_test_points(data_dir, report, listing, add) -> None:
 
 # ------------------------------------------------------------------------------------------------- image checks
 def _image_jobs(data_dir, listing, add) -> list:
-    """``(split, name, line)`` of every listed image to check; reports missing folders and unlisted files."""
+    """``(split, name, line)`` of every listed image to check; reports missing folders, unlisted files and links out
+    of the data folder (``_links_outside``: not opened unless allowed)."""
     jobs = []
     tables = {"train": "train/landmarks.csv", "test": "test/test_points.csv"}
     for split in ("train", "test"):
@@ -383,12 +393,41 @@ def _image_jobs(data_dir, listing, add) -> list:
                 f"image folder is missing ({len(rows)} listed images)")
             continue
         wanted = {n for n, _ in rows} | listing.named[split]
-        for n in [] if split in listing.unread else _list_dir(img_dir):
+        files, links = ([], set()) if split in listing.unread else _list_dir(img_dir)
+        for n in files:
             if n not in wanted:
                 add("info", f"{split}/images/{n}", None, "unlisted_image", f"in the folder but not listed in "
                     f"{tables[split]}")
-        jobs.extend((split, n, line) for n, line in rows)
+        refused = _links_outside(data_dir, split, [(n, line) for n, line in rows if n in links], listing, add)
+        jobs.extend((split, n, line) for n, line in rows if n not in refused)
     return jobs
+
+
+def _links_outside(data_dir, split, linked, listing, add) -> set:
+    """Report the listed images (``(name, line)``, links) that resolve outside the data folder: fatal
+    (``link_outside``), or ``info`` (``link_outside_allowed``) under ``allow_links_outside``. Returns the names
+    refused (not to be opened)."""
+    refused = set()
+    for n, line in linked:
+        why = link_outside(os.path.join(data_dir, split, "images", n), data_dir)
+        if why is None:
+            continue
+        if listing.allow_links_outside:
+            add("info", f"{split}/images/{n}", line, "link_outside_allowed",
+                why.split(";")[0] + " (read: allow_links_outside is set)")
+        else:
+            add("fatal", f"{split}/images/{n}", line, "link_outside", why)
+            refused.add(n)
+    return refused
+
+
+def _allowed_table_links(data_dir, add) -> None:
+    """Under ``allow_links_outside``: an ``info`` (``link_outside_allowed``) for each table read through a link out
+    of the data folder."""
+    for rel in ("train/landmarks.csv", "train/groups.csv", "test/test_points.csv"):
+        why = link_outside(os.path.join(data_dir, rel), data_dir)
+        if why:
+            add("info", rel, None, "link_outside_allowed", why.split(";")[0] + " (read: allow_links_outside is set)")
 
 
 def _exists_only(path) -> dict:
@@ -490,7 +529,7 @@ def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHU
 
 # ------------------------------------------------------------------------------------------------- main entry
 def validate_dataset(data_dir, check_images=True, progress: bool = False, num_workers: int = 0,
-                     bad_rows: str = "error") -> ValidationReport:
+                     bad_rows: str = "error", allow_links_outside: bool = False) -> ValidationReport:
     """Check a contest-format folder and report every problem (nothing is dropped silently).
 
     The tables are read by the loaders' own parsers (``tables.read_landmarks``, ``tables.read_groups``,
@@ -509,6 +548,8 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
         bad_rows: the policy training will use for bad ``landmarks.csv`` rows (``read_landmarks``): under
             ``"error"`` they are fatal, under ``"skip"`` warnings (the rows are dropped). File names that are not
             plain names are fatal under both.
+        allow_links_outside: the parameter of that name: tables and images that are symbolic links resolving
+            outside the data folder are read (an ``info`` each) instead of fatal (``link_outside``).
     Returns:
         ``ValidationReport``; call ``raise_if_fatal()`` to stop on fatal problems.
     Raises:
@@ -528,9 +569,11 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
     def add(severity, file, line, kind, message):
         report.problems.append(Problem(severity, file, line, message, kind))
 
-    listing = _Listing()
+    listing = _Listing(allow_links_outside)
+    if allow_links_outside:
+        _allowed_table_links(data_dir, add)
     table = _check_landmarks(data_dir, bad_rows, report, listing, add)
-    _check_groups(data_dir, table, add, listing.named["train"])
+    _check_groups(data_dir, table, add, listing.named["train"], allow_links_outside)
     _check_test_points(data_dir, report, listing, add)
     jobs = _image_jobs(data_dir, listing, add)
     report.image_sizes = _image_findings(jobs, _probe_all(data_dir, jobs, check_images, num_workers, progress), add)
@@ -553,12 +596,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="threads for the image checks")
     ap.add_argument("--bad-rows", choices=("error", "skip"), default="error",
                     help="policy for bad landmarks rows: fatal under 'error', warning under 'skip'")
+    ap.add_argument("--allow-links-outside", action="store_true",
+                    help="read tables and images that are symbolic links resolving outside the data folder "
+                         "(parameter allow_links_outside; refused by default)")
     ap.add_argument("--show", type=int, default=20, help="how many problems to print")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     try:
         rep = validate_dataset(args.data_dir, check_images="full" if args.full else not args.no_images,
-                               progress=args.progress, num_workers=args.workers, bad_rows=args.bad_rows)
+                               progress=args.progress, num_workers=args.workers, bad_rows=args.bad_rows,
+                               allow_links_outside=args.allow_links_outside)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

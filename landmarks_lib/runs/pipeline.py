@@ -20,7 +20,9 @@ A run folder that is not empty is refused unless ``--resume`` or ``--force``. ``
 later one; ``runtime`` values (device, threads, workers, the folder's location) change freely; a changed training
 value is refused (exit 2, listing ``name: old -> new`` and the stages affected) unless ``--retrain``. With
 ``--notebooks`` exactly those notebooks run (``--resume --notebooks 04`` redraws the figures). ``--force`` removes
-only the paths the run folder's manifest declares and refuses any folder without the marker.
+only the paths the run folder's manifest declares and refuses any folder without the marker. Nothing is written
+or removed outside the run folder through a link: a symbolic link where the project writes (the lock, the marker,
+``checkpoints/``, ``data/``, ...) is refused before any work, with one line (``RunFolder.check_links``).
 
 A failing cell stops the pipeline with exit status 1 and a message naming the notebook, the cell and the error; a
 dead kernel is named as such; the partly executed notebook and its HTML report stay in the run folder. Usage errors
@@ -162,7 +164,9 @@ def prepare_run(params: dict, resume: bool = False, force: bool = False, retrain
         PipelineError: a non-empty folder without ``--resume``/``--force``; ``--force`` or ``--resume`` on a folder
             without the run-folder marker; a resume whose training parameters changed, without ``--retrain`` (the
             message lists ``name: old -> new`` and the stages affected).
-        RunFolderError: another process works on the run.
+        RunFolderError: another process works on the run (a lock record whose process has ended is named as
+            stale); a malformed marker; a symbolic link where the project writes (``RunFolder.check_links``: the
+            lock, the marker, ``checkpoints/``, ``data/``, ...), refused before anything is written.
     """
     run = RunFolder(params["run_dir"])
     if resume and force:
@@ -171,6 +175,9 @@ def prepare_run(params: dict, resume: bool = False, force: bool = False, retrain
     if busy and not run.is_run():
         raise PipelineError(f"{run.path}: not empty and not a run folder (no {os.path.basename(run.marker)}); "
                             f"nothing in it is touched; choose a new or empty --run-dir")
+    if busy:  # before anything is written: a malformed marker, or a link where the project writes, is refused
+        run.check_links()
+        run.manifest()
     if busy and not (resume or force):
         raise PipelineError(f"{run.path}: run folder is not empty; add --resume to continue it, or --force to "
                             f"remove what this project wrote there and start over (or choose another --run-dir)")

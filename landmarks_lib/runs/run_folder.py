@@ -26,6 +26,12 @@ step's products):
 ``data/``                  the embedded synthetic dataset (runs without ``data_dir``)
 ``.lock``                  held (``flock``) by the process working on the run
 =========================  ==========================================================================================
+
+Nothing is written, read back or removed outside the run folder through a link: a path this project writes there
+(the marker, a manifest entry, a file of ``OWN_FILES`` in its folder) that is a symbolic link is refused with one line
+(``check_links``; a run folder received by tar or rsync may hold any), the lock is opened without following links,
+and ``clear`` never follows one. Temporary files belong to their writer (``files.tmp_writer``): only those whose
+writer is no longer running are removed.
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ import datetime
 import errno
 import fcntl
 import fnmatch
+import json
 import os
 import re
+import stat
 
 import numpy as np
 import pandas as pd
 
-from ..core.files import MARKER, TMP_SUFFIX, atomic_write_json, read_json
+from ..core.files import MARKER, atomic_write_json, pid_alive, read_json, tmp_writer
 
 FORMAT = "thousand-landmarks-run/1"
 MANIFEST = ("params.yaml", "run_info.json", "pipeline_state.json", "checkpoints/", "model.pt", "history.csv",
@@ -56,7 +64,13 @@ OWN_FILES = {"": {e for e in MANIFEST if not e.endswith("/")},
              "checkpoints": ("*_best.pt", "*_last.pt"), "figures": ("[0-9][0-9]_*.png",),
              "export": ("model.json", "face.onnx", "localizer.onnx"),
              "notebooks": ("[0-9][0-9]_*.ipynb", ".[0-9][0-9]_*.running.ipynb"), "reports": ("[0-9][0-9]_*.html",)}
-_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")  # tempfile.mkstemp's names
+# The embedded synthetic dataset's files (synthetic.write_dataset), by folder: the project's own in data/ only when
+# data/ holds the synthetic marker.
+SYNTHETIC_FILES = {"data": (SYNTHETIC_MARKER, "test_truth.csv"), "data/train": ("landmarks.csv", "groups.csv"),
+                   "data/test": ("test_points.csv",), "data/train/images": ("*.jpg",), "data/test/images": ("*.jpg",)}
+FOLDERS = tuple(e.rstrip("/") for e in MANIFEST if e.endswith("/"))
+# Where files.atomic_open writes temporary files in a run folder.
+TMP_FOLDERS = ("", *FOLDERS, "data/train", "data/test")
 
 
 class RunFolderError(RuntimeError):
@@ -66,6 +80,50 @@ class RunFolderError(RuntimeError):
 def now() -> str:
     """The current UTC time, ISO 8601, seconds."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _refuse_link(path) -> None:
+    """Raise ``RunFolderError`` when ``path`` is a symbolic link (one line: where it points, what to do)."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # not a link (or missing): nothing to refuse
+        return
+    what = "folder" if path.rstrip(os.sep).rsplit(os.sep, 1)[-1] in FOLDERS else "file"
+    raise RunFolderError(f"{path}: a symbolic link (to {target}) where this project keeps its own {what}; nothing is "
+                         f"written, read back or removed through links: replace the link with a real {what} (or "
+                         f"remove it), or use another run folder")
+
+
+def _malformed(marker, why: str) -> str:
+    """The one-line message for a malformed run marker."""
+    return (f"{marker}: malformed run marker ({why}); nothing was changed: restore it from where the run folder came "
+            f"from (it holds {{\"format\": \"{FORMAT}\", \"manifest\": [...], ...}}), or use another run folder")
+
+
+def _marker_problem(m) -> str | None:
+    """What is wrong with a parsed marker, or ``None``."""
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}, not an object"
+    if m.get("format") != FORMAT:
+        return f"format {m.get('format')!r}, expected {FORMAT!r}" if "format" in m else "no 'format' field"
+    if not isinstance(m.get("manifest"), list) or not all(isinstance(e, str) for e in m["manifest"]):
+        return "'manifest' is not a list of file names" if "manifest" in m else "no 'manifest' field"
+    bad = [k for k in ("created_by", "created_at") if k in m and not isinstance(m[k], str)]
+    return f"{bad[0]!r} is not text" if bad else None
+
+
+def _busy(text: str) -> str:
+    """The refusal for a held lock, from the text in ``.lock`` (``pid <n> <owner>`` of the last exclusive holder,
+    or empty): a holder whose process no longer runs is named as such (a stale record), never as active."""
+    m = re.match(r"pid (\d+)\b\s*(.*)", text)
+    if not m:
+        return "in use by another process (a notebook kernel open on it); wait for it or stop it"
+    pid, owner = int(m.group(1)), m.group(2)
+    if pid_alive(pid):
+        return f"in use by another process ({text}, or a notebook kernel open on it); wait for it or stop it"
+    return (f"in use by another process, not by pid {pid}{' ' + owner if owner else ''} named in its lock file: that "
+            f"process is not running on this machine (a stale lock record); a notebook kernel open on the run, or a "
+            f"process left behind by pid {pid}, holds the lock: close that kernel or stop that process")
 
 
 class RunFolder:
@@ -91,10 +149,14 @@ class RunFolder:
 
         Raises:
             KeyError: a name the manifest does not declare.
+            RunFolderError: a folder entry (``checkpoints/``, ``data/``, ...) that is a symbolic link.
         """
         for entry in MANIFEST:
             if entry.rstrip("/") == name.rstrip("/"):
-                return os.path.join(self.path, entry.rstrip("/"))
+                path = os.path.join(self.path, entry.rstrip("/"))
+                if entry.endswith("/"):
+                    _refuse_link(path)
+                return path
         raise KeyError(f"{name!r} is not a run-folder file; declared: {', '.join(MANIFEST)}")
 
     def checkpoint(self, stage: str, kind: str = "best") -> str:
@@ -125,71 +187,148 @@ class RunFolder:
 
     def create(self, created_by: str) -> RunFolder:
         """Create the folder (if needed) and write the marker once; an existing non-empty folder without it is
-        refused, so nothing is ever written into (or later removed from) someone else's folder.
+        refused, so nothing is ever written into (or later removed from) someone else's folder. An existing run
+        folder's marker is checked (``manifest``), and so are its links (``check_links``).
 
         Raises:
-            RunFolderError: the path is a file, or a non-empty folder that is not a run folder.
+            RunFolderError: the path is a file, or a non-empty folder that is not a run folder; a malformed marker;
+                a symbolic link where the project writes.
         """
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunFolderError(f"{self.path}: exists and is not a folder")
-        if not self.is_run():
-            if os.path.isdir(self.path) and os.listdir(self.path):
-                raise RunFolderError(f"{self.path}: not empty and not a run folder (no {MARKER}); choose a new or "
-                                     f"empty run folder")
-            os.makedirs(self.path, exist_ok=True)
-            atomic_write_json(self.marker, {"format": FORMAT, "created_by": created_by, "created_at": now(),
-                                            "manifest": list(MANIFEST)})
+        if self.is_run():
+            self.check_links()
+            self.manifest()
+            return self
+        if os.path.isdir(self.path) and os.listdir(self.path):
+            raise RunFolderError(f"{self.path}: not empty and not a run folder (no {MARKER}); choose a new or "
+                                 f"empty run folder")
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_json(self.marker, {"format": FORMAT, "created_by": created_by, "created_at": now(),
+                                        "manifest": list(MANIFEST)})
         return self
 
     def manifest(self) -> list:
         """The manifest recorded in the marker.
 
         Raises:
-            RunFolderError: no marker, or a marker of another format.
+            RunFolderError: no marker, or a malformed one (not JSON, another format, fields of the wrong type): one
+                line naming the marker and what to do.
         """
-        m = read_json(self.marker)
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise RunFolderError(f"{self.path}: not a run folder (no {MARKER} of format {FORMAT})")
-        return list(m.get("manifest") or [])
+        try:
+            with open(self.marker, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise RunFolderError(f"{self.path}: not a run folder (no {MARKER} of format {FORMAT})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunFolderError(_malformed(self.marker, f"cannot be read as text: {e}")) from None
+        try:
+            m = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RunFolderError(_malformed(self.marker, f"not JSON: {e.msg} at line {e.lineno}")) from None
+        why = _marker_problem(m)
+        if why:
+            raise RunFolderError(_malformed(self.marker, why))
+        return list(m["manifest"])
 
-    def _ours(self, rel: str) -> bool:
-        """Whether ``rel`` (a path below the run folder) is a file this project writes there (``OWN_FILES``)."""
-        top, _, rest = rel.partition(os.sep)
-        if top == "data":  # the synthetic dataset: every file of it, when it is ours
-            return os.path.isfile(os.path.join(self.path, "data", SYNTHETIC_MARKER))
-        if not rest:
-            return top in OWN_FILES[""] or bool(_TMP.match(top))
-        return any(fnmatch.fnmatch(rest, pat) for pat in OWN_FILES.get(top, ())) or _TMP.match(os.path.basename(rest))
+    def check_links(self) -> None:
+        """Refuse symbolic links where this project writes: the marker, the manifest's entries (``.lock``, the
+        files, the folders) and the files of ``OWN_FILES`` directly in its folders. Nothing is then written, read
+        back or removed outside the run folder through them.
+
+        Raises:
+            RunFolderError: one line naming the first such link, where it points and what to do.
+        """
+        for name in (MARKER, *(e.rstrip("/") for e in MANIFEST)):
+            _refuse_link(os.path.join(self.path, name))
+        for folder, patterns in OWN_FILES.items():
+            d = os.path.join(self.path, folder)
+            if not folder or not os.path.isdir(d):
+                continue
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_symlink() and any(fnmatch.fnmatch(e.name, p) for p in patterns):
+                        _refuse_link(e.path)
+
+    def _synthetic(self) -> bool:
+        """Whether ``data/`` holds the embedded synthetic dataset (its marker, a plain file)."""
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self.path, "data", SYNTHETIC_MARKER)).st_mode)
+        except OSError:
+            return False
+
+    def _entries(self):
+        """``(folder relative to the run folder, "/"-separated, os.DirEntry)`` of everything below the run folder,
+        sorted by name within a folder; a symbolic link is listed, never followed."""
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            with os.scandir(os.path.join(self.path, rel)) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for e in entries:
+                yield rel, e
+            stack.extend(f"{rel}/{e.name}" if rel else e.name for e in reversed(entries)
+                         if e.is_dir(follow_symlinks=False))
+
+    def _own(self, folder: str, name: str, synthetic: bool) -> bool:
+        """Whether ``folder/name`` is a file this project writes at that depth (``OWN_FILES``, and
+        ``SYNTHETIC_FILES`` when ``synthetic``): ``checkpoints/train_best.pt``, never ``checkpoints/sub/x_best.pt``."""
+        if folder == "":
+            return name in OWN_FILES[""]
+        patterns = OWN_FILES.get(folder, ())
+        if synthetic:
+            patterns = (*patterns, *SYNTHETIC_FILES.get(folder, ()))
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    def _why_kept(self, folder: str, e, synthetic: bool) -> str | None:
+        """``None`` when ``clear`` removes the entry (a plain file this project wrote, or a temporary file whose
+        writer has ended); else why it stays."""
+        if e.is_symlink():
+            return "a symbolic link, not followed; not written by this project"
+        if not e.is_file(follow_symlinks=False):
+            return "not a plain file; not written by this project"
+        writer = tmp_writer(e.name) if folder in TMP_FOLDERS else None
+        if writer:
+            return None if not pid_alive(writer) else f"being written by process {writer}"
+        if writer == 0 or self._own(folder, e.name, synthetic):
+            return None
+        return "not written by this project"
 
     def clear(self, log=print) -> list:
         """Remove what this project wrote in the run folder (``--force``): the manifest's files, and inside its
-        folders only the files of the project's own patterns (``OWN_FILES``); anything else is kept and listed. The
-        marker stays.
+        folders only the files of the project's own patterns at the depth it writes them (``OWN_FILES``;
+        ``SYNTHETIC_FILES`` in ``data/`` when it holds the synthetic dataset), plus temporary files whose writer
+        has ended (``files.tmp_writer``). Links are never followed nor removed; anything else is kept and listed,
+        one line per file. The marker and the lock stay, and so do folders that are not the project's own.
 
         Returns:
             the removed paths.
         Raises:
-            RunFolderError: not a run folder.
+            RunFolderError: not a run folder, a malformed marker, or a symbolic link where the project writes
+                (``check_links``; nothing is removed then).
         """
         self.manifest()
+        self.check_links()
+        synthetic = self._synthetic()
         removed, kept = [], []
-        for root, _, files in os.walk(self.path):
-            for n in files:
-                full = os.path.join(root, n)
-                rel = os.path.relpath(full, self.path)
-                if rel in (MARKER, ".lock"):
-                    continue
-                (removed if self._ours(rel) else kept).append(full)
+        for folder, e in self._entries():
+            if (folder == "" and e.name in (MARKER, ".lock")) or e.is_dir(follow_symlinks=False):
+                continue
+            why = self._why_kept(folder, e, synthetic)
+            if why is None:
+                removed.append(e.path)
+            else:
+                kept.append((e.path, why))
         for p in removed:
             os.remove(p)
-        folders = {e.rstrip("/") for e in MANIFEST if e.endswith("/")}
-        for root, _dirs, _ in sorted(os.walk(self.path), key=lambda w: -len(w[0])):  # our empty folders, deepest first
-            rel = os.path.relpath(root, self.path)
-            if rel.split(os.sep)[0] in folders and not os.listdir(root):
-                os.rmdir(root)
+        own_dirs = [*(d for d in SYNTHETIC_FILES if synthetic), *FOLDERS]
+        for d in sorted(own_dirs, key=lambda d: -d.count("/")):  # our empty folders, deepest first
+            path = os.path.join(self.path, d)
+            if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+                os.rmdir(path)
         log(f"[run] removed {len(removed)} file(s) this project wrote in {self.path}")
-        for p in kept:
-            log(f"[run] kept {p} (not written by this project)")
+        for p, why in kept:
+            log(f"[run] kept {p} ({why})")
         return removed
 
     # ---------------------------------------------------------------------------------------------- lock
@@ -197,22 +336,25 @@ class RunFolder:
         """Take the run's lock, an ``flock`` on ``.lock`` held until ``unlock`` or the process ends: exclusive for a
         runner or ``landmarks_lib.train`` (then stale temporary files are removed), shared for a notebook kernel in
         Jupyter (several notebooks may be open on one run, but no runner while any is). Kernels started by a runner
-        skip it (``LANDMARKS_RUN_LOCK`` names the run folder their runner holds).
+        skip it (``LANDMARKS_RUN_LOCK`` names the run folder their runner holds). ``.lock`` is opened without
+        following links and must be a plain file of its own (one link), since the holder writes its pid into it.
 
         Raises:
-            RunFolderError: another process holds the lock (the message names the last exclusive holder's pid).
+            RunFolderError: another process holds the lock (the message names the last exclusive holder's pid, or
+                says that process has ended: a stale record); ``.lock`` or another path the project writes is a
+                symbolic link (``check_links``), or ``.lock`` is not a plain file of its own.
         """
         if self._lock_fd is not None or os.environ.get(LOCK_ENV) == self.path:
             return self
-        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        self.check_links()
+        fd = self._open_lock()
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a notebook kernel"
+            text = os.pread(fd, 200, 0).decode(errors="replace").strip()
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(f"{self.path}: in use by another process ({holder}, or a notebook kernel "
-                                     f"open on it); wait for it or stop it") from None
+                raise RunFolderError(f"{self.path}: {_busy(text)}") from None
             raise
         self._lock_fd = fd
         if not shared:
@@ -221,6 +363,27 @@ class RunFolder:
             self.remove_stale_tmp()
         return self
 
+    def _open_lock(self) -> int:
+        """``.lock`` opened for reading and writing (created when missing) without following a link.
+
+        Raises:
+            RunFolderError: ``.lock`` is a symbolic link, not a plain file, or a hard link shared with another name.
+        """
+        path = self.file(".lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP or os.path.islink(path):
+                _refuse_link(path)
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a plain file" if not stat.S_ISREG(st.st_mode) else f"a hard link ({st.st_nlink} names)"
+            raise RunFolderError(f"{path}: the run's lock is {what}; the lock holder writes into it, so it must be "
+                                 f"a file of its own: remove {path} (it is recreated) and retry")
+        return fd
+
     def unlock(self) -> None:
         """Release the lock taken by ``lock``."""
         if self._lock_fd is not None:
@@ -228,14 +391,21 @@ class RunFolder:
             self._lock_fd = None
 
     def remove_stale_tmp(self) -> list:
-        """Remove ``files.atomic_open``'s temporary files (``.<name>.<8 random characters>.tmp``) below the run
-        folder; call only while holding the exclusive lock. Returns the removed paths."""
+        """Remove ``files.atomic_open``'s temporary files whose writer has ended (``.<name>.<pid>.<random>.tmp``
+        with no process ``pid`` running) where the project writes them (``TMP_FOLDERS``), and those of earlier
+        versions (``.<name>.<random>.tmp``, no pid: no writer of this version makes them); links and anything
+        else are left alone. Call only while holding the exclusive lock. Returns the removed paths."""
         out = []
-        for root, _dirs, files in os.walk(self.path):
-            for n in files:
-                if _TMP.match(n):
-                    os.remove(os.path.join(root, n))
-                    out.append(os.path.join(root, n))
+        for folder in TMP_FOLDERS:
+            d = os.path.join(self.path, folder)
+            if os.path.islink(d) or not os.path.isdir(d):
+                continue
+            with os.scandir(d) as it:
+                for e in it:
+                    writer = tmp_writer(e.name)
+                    if writer is not None and e.is_file(follow_symlinks=False) and not (writer and pid_alive(writer)):
+                        os.remove(e.path)
+                        out.append(e.path)
         return out
 
     # ---------------------------------------------------------------------------------------------- state
