@@ -64,7 +64,8 @@ pd.Series(run.read_info(), dtype=object)
 # warnings and notes are listed for reading.
 
 # %%
-report = validate.validate_dataset(params["data_dir"], bad_rows=params["bad_rows"])
+report = validate.validate_dataset(params["data_dir"], bad_rows=params["bad_rows"],
+                                   allow_links_outside=params["allow_links_outside"])
 print(report.summary())
 report.raise_if_fatal()
 report.to_frame().head(20)

@@ -119,7 +119,8 @@ def test_unsafe_name_is_not_looked_up(ds, tmp_path):
 
 
 def test_symlinked_image_inside_the_folder_is_fine(ds, tmp_path):
-    store = tmp_path / "store"
+    """A link to a file inside the data folder is followed (links out of it: tests/test_bad_run_inputs.py)."""
+    store = ds / "store"
     store.mkdir()
     img = ds / "train" / "images" / "00001.jpg"
     shutil.move(img, store / "real.jpg")

@@ -176,6 +176,9 @@ _SPEC = [
        choices=("auto", "torch", "onnx")),
     _p("num_workers", -1, "runtime", "DataLoader workers (-1 = chosen for the device)", low=-1),
     _p("threads", 1, "runtime", "torch CPU threads (0 = all cores)", low=0),
+    _p("allow_links_outside", False, "runtime", "read tables and images that are symbolic links resolving outside the "
+       "data folder (by default the validator reports them as fatal and the loaders refuse them); a data folder or "
+       "images folder that is itself a link is always fine"),
     _p("adaptive_threads", False, "runtime", "while other processes keep the CPU busy, let OpenMP's waiting threads "
                                              "sleep (for a CPU shared with other jobs)"),
     _p("amp", True, "runtime", "bf16 autocast on CUDA (ignored on CPU)"),

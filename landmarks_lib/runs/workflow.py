@@ -391,7 +391,8 @@ def predict_test(params: dict, data_dir, models, progress: bool = True, with_fac
         ``with_faces`` a third item, the face crops and confidences (``predict.predict_images``).
     """
     tp = read_test_points(os.path.join(data_dir, "test", "test_points.csv"),
-                          num_points=checkpoint.num_points(models[0]))
+                          num_points=checkpoint.num_points(models[0]),
+                          allow_links_outside=params.get("allow_links_outside", False))
     if params["max_test_images"]:
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
     images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), progress=progress)
@@ -419,7 +420,7 @@ def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metr
             check (nothing is written then).
     """
     tp_path = os.path.join(params["data_dir"], "test", "test_points.csv")
-    full = read_test_points(tp_path)
+    full = read_test_points(tp_path, allow_links_outside=params.get("allow_links_outside", False))
     n = len(test_points)
     if list(test_points.names) != full.names[:n] or not np.array_equal(test_points.indices, full.indices[:n]):
         raise SubmissionError(f"{tp_path}: the {n} test images predicted are not its first {n} rows")
@@ -469,7 +470,8 @@ def image_loader(image_dir, names):
 def test_images(params: dict, n: int | None = None):
     """The first ``n`` test images of ``test_points.csv`` (all by default): ``(loader i -> uint8 [H, W, 3], names)``
     for ``viz.gallery``."""
-    names = read_test_points(os.path.join(params["data_dir"], "test", "test_points.csv")).names[:n]
+    names = read_test_points(os.path.join(params["data_dir"], "test", "test_points.csv"),
+                             allow_links_outside=params.get("allow_links_outside", False)).names[:n]
     return image_loader(os.path.join(params["data_dir"], "test", "images"), names), names
 
 

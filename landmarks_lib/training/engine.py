@@ -180,7 +180,8 @@ def load_train_data(params: dict, progress: bool = True) -> TrainData:
     """
     data_dir = params["data_dir"]
     table = read_landmarks(os.path.join(data_dir, "train", "landmarks.csv"), bad_rows=params["bad_rows"],
-                           cache_dir=default_cache_dir(params))
+                           cache_dir=default_cache_dir(params),
+                           allow_links_outside=params.get("allow_links_outside", False))
     if params["max_train_images"] and params["max_train_images"] < len(table):
         keep = np.sort(np.random.default_rng([params["seed"], 3]).choice(len(table), params["max_train_images"],
                                                                            replace=False))
@@ -396,7 +397,8 @@ def stage_cache(recipe: dict, data: TrainData, runtime: dict, progress: bool = T
     return cache_mod.get_cache(data.image_dir, data.names, recipe["crop_mode"], recipe["crop_size"],
                                default_cache_dir(runtime), margin=margin, face_scale=recipe["face_scale"],
                                points=data.point_view(), num_workers=0, progress=progress,
-                               desc=f"caching {recipe['crop_mode']} crops")
+                               desc=f"caching {recipe['crop_mode']} crops", data_dir=data.data_dir,
+                               allow_links_outside=runtime.get("allow_links_outside", False))
 
 
 def prepare_batch(batch: dict, recipe: dict, device, size: int, pad: int, mean, std, generator=None, perm=None,
