@@ -497,3 +497,23 @@ def test_a_lock_record_naming_an_ended_process_is_called_stale(tmp_path):
     finally:
         os.close(holder)
     RunFolder(run.path).lock("landmarks_lib.pipeline").unlock()  # free again once the holder is gone
+
+
+def test_quiet_runs_start_their_kernels_without_the_transport_warning(tmp_path, monkeypatch):
+    """``--quiet`` hides the notebooks' output, and the kernel's own warnings with it (papermill gets the kernel
+    arguments that set its log level to errors); a normal run streams everything."""
+    from landmarks_lib.runs import pipeline
+
+    seen = []
+
+    def fake_execute(src, dst, **kw):
+        seen.append(kw.get("extra_arguments"))
+        raise KeyboardInterrupt  # stop before any kernel starts
+
+    monkeypatch.setattr(pipeline.pm, "execute_notebook", fake_execute)
+    monkeypatch.setattr(pipeline, "check_pair", lambda name: None)
+    run = RunFolder(str(tmp_path / "run")).create("test")
+    for quiet in (True, False):
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_notebook("01_eda", run, quiet=quiet)
+    assert seen == [["--IPKernelApp.log_level=ERROR"], []]

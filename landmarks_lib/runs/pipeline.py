@@ -272,6 +272,11 @@ def check_pair(name: str) -> None:
                             f"sync-notebooks (the .ipynb is what runs)")
 
 
+# Under ``--quiet`` the kernels log errors only: no warning about the local kernel's TCP transport (the kernel and
+# the runner talk over the loopback interface of this machine, started and ended by the runner).
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
 def run_notebook(name: str, run: RunFolder, retrain: bool = False, quiet: bool = False) -> float:
     """Execute ``notebooks/<name>.ipynb`` on the run into ``<run>/notebooks/<name>.ipynb`` and export
     ``<run>/reports/<name>.html``; papermill injects ``run_dir`` (and ``retrain`` into the training notebooks), and
@@ -293,7 +298,8 @@ def run_notebook(name: str, run: RunFolder, retrain: bool = False, quiet: bool =
     try:
         pm.execute_notebook(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), tmp, parameters=inject, cwd=run.path,
                             kernel_name=KERNEL, progress_bar=False, log_output=False,
-                            stdout_file=None if quiet else sys.stdout, stderr_file=None if quiet else sys.stderr)
+                            stdout_file=None if quiet else sys.stdout, stderr_file=None if quiet else sys.stderr,
+                            extra_arguments=QUIET_KERNEL if quiet else [])
     except pm.PapermillExecutionError as e:
         failure = (f"notebook {name} failed in {_cell_label(e, tmp)}\n  {e.ename}: {e.evalue}\n"
                    f"  the partly executed notebook is {out}")
