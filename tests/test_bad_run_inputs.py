@@ -517,3 +517,22 @@ def test_quiet_runs_start_their_kernels_without_the_transport_warning(tmp_path, 
         with pytest.raises(KeyboardInterrupt):
             pipeline.run_notebook("01_eda", run, quiet=quiet)
     assert seen == [["--IPKernelApp.log_level=ERROR"], []]
+
+
+def test_a_test_image_linked_outside_the_data_folder_is_refused_before_predicting(tmp_path):
+    """The pipeline's test images obey the same rule as the tables and the training images."""
+    from landmarks_lib.data import synthetic
+    from landmarks_lib.data.tables import DataFormatError
+    from landmarks_lib.runs import workflow
+
+    data = tmp_path / "data"
+    synthetic.write_dataset(data, n_train=4, n_test=2, num_points=20, seed=1, min_size=40, max_size=48)
+    images = data / "test" / "images"
+    first = sorted(os.listdir(images))[0]
+    outside = tmp_path / "elsewhere.jpg"
+    os.replace(images / first, outside)
+    os.symlink(outside, images / first)
+    params = {"max_test_images": 0, "allow_links_outside": False, "device": "cpu"}
+    model = {"kind": "model", "face": {"meta": {"num_points": 20}}}
+    with pytest.raises(DataFormatError, match=f"{first}: a symbolic link to .*outside the data folder"):
+        workflow.predict_test(params, str(data), [model])

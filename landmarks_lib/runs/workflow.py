@@ -22,7 +22,7 @@ from ..core.geometry import frames_to_crop, frames_to_original, letterbox_frame
 from ..core.images import image_size, load_image
 from ..core.params import SPEC, dump, resolve, scoped, split_list
 from ..data import synthetic
-from ..data.tables import read_test_points
+from ..data.tables import DataFormatError, link_outside, read_test_points
 from ..evaluation import metrics, robustness
 from ..evaluation.eda import sample_rows
 from ..evaluation.submission import SubmissionError, write_submission
@@ -395,7 +395,13 @@ def predict_test(params: dict, data_dir, models, progress: bool = True, with_fac
                           allow_links_outside=params.get("allow_links_outside", False))
     if params["max_test_images"]:
         tp.names, tp.indices = tp.names[: params["max_test_images"]], tp.indices[: params["max_test_images"]]
-    images = ImageSet(os.path.join(data_dir, "test", "images"), tuple(tp.names), progress=progress)
+    image_dir = os.path.join(data_dir, "test", "images")
+    if not params.get("allow_links_outside", False):
+        for n in tp.names:
+            why = link_outside(os.path.join(image_dir, n), data_dir)
+            if why:
+                raise DataFormatError(f"{os.path.join(image_dir, n)}: {why}")
+    images = ImageSet(image_dir, tuple(tp.names), progress=progress)
     dev = select_device(params["device"])
     out = predict_images(models, images, dev, inference_settings(params), with_faces=with_faces,
                          backend=inference_backend(params, dev))
