@@ -1,6 +1,10 @@
 """Checks on the real stand-in dataset (``make test-standin``; skipped when ../shared is absent)."""
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ import pytest
 from landmarks_lib.data import symmetry, tables, validate
 from landmarks_lib.training import engine
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "thousand-standin")
 pytestmark = [pytest.mark.standin,
               pytest.mark.skipif(not os.path.isdir(STANDIN), reason="../shared/datasets/thousand-standin absent")]
@@ -37,3 +42,24 @@ def test_standin_mirror_permutation_and_group_split():
     assert symmetry.mirror_error(other, perm2) < 0.02 and len(symmetry.mirror_unmatched(other, perm2)) == 0
     tr, va, mode = engine.split_indices(table.names, STANDIN, 0.1, seed=0)
     assert mode == "groups" and 0.08 < len(va) / len(table.names) < 0.13
+
+
+def test_cpu_profile_learns_the_standin(standin_dir, tmp_path):
+    """``params/cpu.yaml`` through the whole pipeline on the stand-in (15+ minutes on 2 cores; README, "Results":
+    validation MSE 3.11): the model must reach a validation MSE of at most 5 px^2."""
+    run_dir = tmp_path / "standin-cpu"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    torch_home = os.path.join(REPO, "..", "shared", "torch_home")  # the ImageNet weights offline, as `make` sets it
+    if "TORCH_HOME" not in env and os.path.isdir(torch_home):
+        env["TORCH_HOME"] = os.path.abspath(torch_home)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "landmarks_lib.pipeline", "--data-dir", standin_dir,
+                           "--params", os.path.join(REPO, "params", "cpu.yaml"), "--run-dir", str(run_dir),
+                           "-p", "cache_dir", str(tmp_path / "cache"), "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=3 * 3600)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+    m = json.loads((run_dir / "metrics.json").read_text())
+    print(f"cpu.yaml on the stand-in: {seconds / 60:.1f} min, val_mse {m['val_mse']:.3f}, val_nme {m['val_nme']:.3f} %")
+    assert m["n_val"] > 0 and np.isfinite(m["val_nme"])
+    assert m["val_mse"] <= 5.0, m
