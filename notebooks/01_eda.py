@@ -85,7 +85,7 @@ pd.Series({"training images": len(data.names), "test images": report.num_test,
            "rows skipped": len(data.table.skipped)}, dtype=object)
 
 # %% [markdown]
-# A few training images with their labels (red), as stored: every point in original pixels.
+# A few training images with their labels (magenta), as stored: every point in original pixels.
 
 # %%
 load_train = workflow.image_loader(data.image_dir, data.names)
@@ -191,7 +191,7 @@ print(f"{int(shape_flags.sum())} of {len(shape_flags)} training shapes flagged "
 shape_table.sort_values("residual", ascending=False).head(10)
 
 # %% [markdown]
-# The training images with the largest shape residuals, labels in red:
+# The training images with the largest shape residuals, labels in magenta:
 
 # %%
 fig = viz.gallery(load_train, None, points, residuals, which="worst", n=num_examples, names=data.names,

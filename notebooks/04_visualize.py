@@ -105,7 +105,7 @@ fig
 # ## Noisy labels
 #
 # The training images the trained model disagrees with most (worst NME against their labels; flagged ones are marked):
-# labels in green, the model's prediction in red, a yellow segment from each label to its prediction. Long
+# labels in cyan, the model's prediction in magenta, a yellow segment from each label to its prediction. Long
 # segments all pointing one way mean a shifted label; segments crossing the face mean mirrored or swapped points.
 
 # %%

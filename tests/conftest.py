@@ -3,7 +3,8 @@
 - The whole session uses a temporary cache folder (``LANDMARKS_CACHE``), so tests never write to
   ``~/.cache/thousand-landmarks`` (subprocesses and notebook kernels inherit it); it is removed at the end.
 - Matplotlib draws off-screen (``MPLBACKEND=Agg``).
-- ``standin`` tests (run with ``make test-standin``) need the real stand-in dataset ``../shared/datasets/thousand-standin``
+- ``standin`` tests (run with ``make test-standin``) need the real stand-in dataset
+``../shared/datasets/thousand-standin``
   next to the repository (or ``$THOUSAND_STANDIN``); without it they are skipped with that reason.
 """
 
