@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("landmarks_lib.runs.train", "the training notebook's job from the shell (also under torchrun)"),
     "predict": ("landmarks_lib.inference.predict", "landmarks of images, from a run folder or an export folder"),
     "export": ("landmarks_lib.inference.export", "a run's final model as an ONNX folder (torch-free prediction)"),
+    "evaluate": ("landmarks_lib.runs.evaluate", "score a run on labelled faces: NME, AUC and FR, any format"),
     "compare": ("landmarks_lib.runs.compare", "compare run folders side by side"),
     "validate": ("landmarks_lib.data.validate", "check a data folder (tables and images), with file and line"),
     "params": ("landmarks_lib.core.params", "list every parameter with its default, scope and help"),

@@ -65,7 +65,8 @@ pd.Series(run.read_info(), dtype=object)
 
 # %%
 report = validate.validate_dataset(params["data_dir"], bad_rows=params["bad_rows"],
-                                   allow_links_outside=params["allow_links_outside"])
+                                   allow_links_outside=params["allow_links_outside"],
+                                   data_format=params["data_format"])
 print(report.summary())
 report.raise_if_fatal()
 report.to_frame().head(20)

@@ -87,8 +87,7 @@ robust_metrics, robust, robust_set = workflow.evaluate_robustness(params, data, 
 val_metrics.update(robust_metrics)
 test_points, test_pred, test_faces = workflow.predict_test(params, params["data_dir"], models, with_faces=True)
 metrics = workflow.write_results(params, run, test_points, test_pred, val_metrics, val_pred, test_faces)
-print(f"{run.submission()}: {len(test_points)} rows, {2 * test_points.indices.shape[1]} value columns, validated "
-      f"against test_points.csv (a submission_partial.csv holds only its first rows: not for upload)")
+print(workflow.results_summary(run, test_points))
 pd.Series(metrics, name="value").to_frame()
 
 # %% [markdown]

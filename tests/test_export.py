@@ -189,7 +189,7 @@ def test_predicting_from_an_export_folder_never_imports_torch(setup, tmp_path):
         want = Predictor.load(path, "cpu", inference=inference).predict(images).points
         np.testing.assert_allclose(labels_to_points(read_landmarks(out).points), want, atol=0.006)
     faces = (tmp_path / "pred.faces.csv").read_text().splitlines()
-    assert faces[0] == "file_name,x0,y0,x1,y1,confidence,faces" and len(faces) == len(images) + 1
+    assert faces[0] == "file_name,crop_x0,crop_y0,crop_x1,crop_y1,confidence,faces" and len(faces) == len(images) + 1
 
 
 def _run_folder_with_export(setup, root):

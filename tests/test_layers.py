@@ -36,10 +36,12 @@ def _modules():
     return out
 
 
-def _own_target(name: str, node: ast.ImportFrom, alias: str, modules) -> str | None:
-    """The package module an ``ImportFrom`` names (``None`` for a third-party import)."""
+def _own_target(name: str, node: ast.ImportFrom, alias: str, modules, is_package: bool = False) -> str | None:
+    """The package module an ``ImportFrom`` names (``None`` for a third-party import); ``is_package``: ``name`` is a
+    package's ``__init__`` (its relative imports start from the package itself)."""
     if node.level:
-        base = name.split(".")[: -node.level] if not name.endswith("__init__") else name.split(".")
+        parts = name.split(".")
+        base = parts[: len(parts) - node.level + (1 if is_package else 0)]
         parts = base + (node.module.split(".") if node.module else [])
     elif node.module and node.module.split(".")[0] == "landmarks_lib":
         parts = node.module.split(".")[1:]
@@ -69,7 +71,7 @@ def _imports(name, path, modules):
                        None if own else a.name.split(".")[0])
         elif isinstance(node, ast.ImportFrom):
             for a in node.names:
-                t = _own_target(name, node, a.name, modules)
+                t = _own_target(name, node, a.name, modules, path.endswith("__init__.py"))
                 yield t, node.lineno, in_function(node), None if t is not None else (node.module or "").split(".")[0]
 
 

@@ -80,8 +80,9 @@ def test_profile_errors_name_the_file(tmp_path):
 
 
 def test_paths_that_must_exist_are_checked(tmp_path):
-    with pytest.raises(lp.ParamError, match="no train/landmarks.csv"):
-        lp.resolve(overrides={"data_dir": str(tmp_path)})
+    with pytest.raises(lp.ParamError, match="no such folder"):
+        lp.resolve(overrides={"data_dir": str(tmp_path / "missing")})
+    assert lp.resolve(overrides={"data_dir": str(tmp_path)})["data_dir"] == str(tmp_path)  # format: checked on read
     with pytest.raises(lp.ParamError, match="ensemble_runs.*not a run folder"):
         lp.resolve(overrides={"ensemble_runs": str(tmp_path)})
 

@@ -104,8 +104,9 @@ def test_predict_cli_writes_points_faces_and_drawings_and_names_an_unreadable_im
     direct = predict.predict_images(model, predict.ImageSet(str(img_dir), tuple(table.names), progress=False))
     np.testing.assert_allclose(labels_to_points(table.points), direct, atol=0.006)  # the file holds labels
     faces = pd.read_csv(tmp_path / "pred.faces.csv")
-    assert list(faces.columns) == ["file_name", "x0", "y0", "x1", "y1", "confidence", "faces"] and len(faces) == 5
-    assert ((faces["x1"] > faces["x0"]) & (faces["confidence"] >= 0) & (faces["confidence"] <= 1)).all()
+    assert list(faces.columns) == ["file_name", "crop_x0", "crop_y0", "crop_x1", "crop_y1", "confidence", "faces"] \
+        and len(faces) == 5
+    assert ((faces["crop_x1"] > faces["crop_x0"]) & (faces["confidence"] >= 0) & (faces["confidence"] <= 1)).all()
     assert sorted(os.listdir(tmp_path / "drawn")) == sorted(n + ".png" for n in table.names)
     (img_dir / table.names[2]).write_bytes(b"not an image")  # one unreadable image: named, the others written
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -292,8 +293,8 @@ def test_faces_csv_is_the_text_pandas_writes(tmp_path):
     for with_faces in (True, False):
         path = tmp_path / f"f{with_faces}.csv"
         write_faces_csv(path, names, boxes, conf, faces if with_faces else None)
-        df = pd.DataFrame({"file_name": names, "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2],
-                           "y1": boxes[:, 3], "confidence": np.round(conf, 3)})
+        df = pd.DataFrame({"file_name": names, "crop_x0": boxes[:, 0], "crop_y0": boxes[:, 1],
+                           "crop_x1": boxes[:, 2], "crop_y1": boxes[:, 3], "confidence": np.round(conf, 3)})
         if with_faces:
             df["faces"] = faces
         assert path.read_text() == df.to_csv(index=False, float_format="%.3f")

@@ -157,6 +157,15 @@ def boxes_to_original(boxes: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return np.stack([b[:, 0] * k + f[:, 0], b[:, 1] * k + f[:, 1], b[:, 2] * k], 1)
 
 
+def boxes_to_crop(boxes: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``float [N, 3]`` face boxes ``(cx, cy, extent)`` in original pixels -> ``float64 [N, 3]`` crop pixels of
+    ``frames`` (``float64 [N, 4]``): the inverse of ``boxes_to_original``."""
+    f = np.asarray(frames, np.float64)
+    k = f[:, 2] / f[:, 3]
+    b = np.asarray(boxes, np.float64)
+    return np.stack([(b[:, 0] - f[:, 0]) / k, (b[:, 1] - f[:, 1]) / k, b[:, 2] / k], 1)
+
+
 def center_frame(width: int, height: int, size: int) -> CropFrame:
     """Course-baseline crop: the centre square of side ``min(width, height)`` scaled to ``size``."""
     side = float(min(width, height))

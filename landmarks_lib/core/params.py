@@ -73,8 +73,11 @@ def _p(name, default, scope, help, **kw) -> Param:
 
 _SPEC = [
     # data
-    _p("data_dir", "", "data", "contest-format data folder (train/, test/); empty = the embedded synthetic default",
-       check="data_dir"),
+    _p("data_dir", "", "data", "data folder: the contest's layout (train/, test/), a folder of images with iBUG .pts "
+                               "files, a WFLW annotation file or a COCO keypoints JSON (docs/data.md); empty = the "
+                               "embedded synthetic default", check="data_dir"),
+    _p("data_format", "auto", "data", "the format of data_dir: 'auto' (detected), 'contest', 'pts', 'wflw', 'coco'",
+       choices=("auto", "contest", "pts", "wflw", "coco")),
     _p("synthetic_train", 240, "data", "embedded default: number of synthetic training images", low=2),
     _p("synthetic_test", 40, "data", "embedded default: number of synthetic test images", low=1),
     _p("synthetic_points", 971, "data", "embedded default: landmarks per face", low=8),
@@ -289,9 +292,10 @@ def _check_device(p, v):
 
 
 def _check_data_dir(p, v):
-    if v and not os.path.isfile(os.path.join(os.path.expanduser(v), "train", "landmarks.csv")):
-        raise ParamError(f"parameter 'data_dir': {v}: no train/landmarks.csv; data_dir must hold the contest "
-                         f"layout (train/images, train/landmarks.csv, test/images, test/test_points.csv)")
+    if v and not os.path.isdir(os.path.expanduser(v)):
+        raise ParamError(f"parameter 'data_dir': {v}: no such folder; data_dir must be a folder holding the contest "
+                         f"layout (train/images, train/landmarks.csv, test/images, test/test_points.csv) or labelled "
+                         f"images in another format (docs/data.md)")
 
 
 def _check_runs(p, v):

@@ -341,7 +341,7 @@ def clean_cache(cache_dir) -> int:
 
 def main(argv=None) -> int:
     """``python -m landmarks_lib.cache [--info|--clean] [DIR]``: list the caches and their sizes, or remove them."""
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.cache", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="landmarks cache", description=__doc__.split("\n")[0])
     ap.add_argument("cache_dir", nargs="?", default=None,
                     help="default: $LANDMARKS_CACHE or ~/.cache/thousand-landmarks")
     g = ap.add_mutually_exclusive_group()

@@ -1,4 +1,5 @@
-"""Check a contest-format data folder before EDA or training, and report every problem found.
+"""Check a data folder (the contest's format, or another of ``formats``) before EDA or training, and report every
+problem found.
 
 ``validate_dataset(data_dir)`` reads ``train/landmarks.csv``, the optional ``train/groups.csv``,
 ``test/test_points.csv`` and the image headers, and returns a ``ValidationReport``: a list of ``Problem`` s, each
@@ -55,7 +56,8 @@ from tqdm.auto import tqdm
 
 from ..core.coords import POINT_CHUNK, labels_to_points, points_to_labels
 from ..core.images import ImageError, load_image, size_problem
-from .tables import RowProblem, link_outside, read_groups, read_landmarks, read_test_points
+from . import formats
+from .tables import DataFormatError, RowProblem, link_outside, read_groups, read_landmarks, read_test_points
 
 SEVERITIES = ("fatal", "warning", "info")
 TINY_SIDE = 32  # px: shorter side below this is reported as info
@@ -439,12 +441,13 @@ def _exists_only(path) -> dict:
     return {"error": None, "width": None}
 
 
-def _probe_all(data_dir, jobs, check_images, num_workers, progress) -> list:
-    """The probe result (``_probe`` or ``_exists_only``) of every job, in job order."""
+def _probe_all(data_dir, jobs, check_images, num_workers, progress, flat: bool = False) -> list:
+    """The probe result (``_probe`` or ``_exists_only``) of every job, in job order; ``flat``: the names are paths
+    below ``data_dir`` (the other formats' images), not in ``<split>/images``."""
     full = check_images == "full"
 
     def one(job):
-        path = os.path.join(data_dir, job[0], "images", job[1])
+        path = os.path.join(data_dir, *job[1].split("/")) if flat else os.path.join(data_dir, job[0], "images", job[1])
         return _exists_only(path) if check_images is False else _probe(path, full)
 
     pool = ThreadPoolExecutor(num_workers) if num_workers and num_workers > 0 and jobs else None
@@ -458,11 +461,12 @@ def _probe_all(data_dir, jobs, check_images, num_workers, progress) -> list:
             pool.shutdown()
 
 
-def _image_findings(jobs, probes, add) -> pd.DataFrame:
-    """Report each probe's error, mode, orientation, size and format findings; the sizes of readable images."""
+def _image_findings(jobs, probes, add, prefix=None) -> pd.DataFrame:
+    """Report each probe's error, mode, orientation, size and format findings; the sizes of readable images.
+    ``prefix``: what the messages put before an image's name (default ``<split>/images/``)."""
     sizes = []
     for (split, name, line), res in zip(jobs, probes):
-        rel = f"{split}/images/{name}"
+        rel = f"{split}/images/{name}" if prefix is None else prefix + name
         if res["error"] is not None:
             kind, msg = res["error"]
             add("fatal", rel, line, kind, msg)
@@ -490,10 +494,11 @@ def _image_findings(jobs, probes, add) -> pd.DataFrame:
     return pd.DataFrame(sizes, columns=["name", "width", "height", "split", "mode", "format"])
 
 
-def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHUNK) -> None:
+def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHUNK, prefix: str = "train/images/"
+                        ) -> None:
     """Points outside their image: info within ``FAR_OUTSIDE`` of its size (a face cut by the frame), else a
     warning naming the farthest point. The images are checked ``chunk`` at a time (bounded memory at any dataset
-    size; the messages and their order do not depend on ``chunk``)."""
+    size; the messages and their order do not depend on ``chunk``). Unlabelled (NaN) points are not checked."""
     tr = image_sizes[image_sizes["split"] == "train"].set_index("name")
     idx = np.array([i for i, n in enumerate(table.names) if n in tr.index], dtype=np.int64)
     if not len(idx):
@@ -508,7 +513,7 @@ def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHU
         out = ((pts < 0) | (pts > wh)).any(axis=2) & ~far  # [c, K] outside, but not far
         for r in np.flatnonzero(out.any(axis=1) & ~far.any(axis=1)):
             name = names[start + r]
-            infos.append((f"train/images/{name}", line_of.get(name), "points_outside",
+            infos.append((prefix + name, line_of.get(name), "points_outside",
                           f"{int(out[r].sum())} of {table.num_points} points outside the {int(wh[r, 0, 0])}x"
                           f"{int(wh[r, 0, 1])} image, within {FAR_OUTSIDE:.0%} of its size (a face cut by the frame)"))
         for r in np.flatnonzero(far.any(axis=1)):
@@ -517,7 +522,7 @@ def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHU
             over = np.maximum(-pts[r, ks] / wh[r], pts[r, ks] / wh[r] - 1).max(axis=1)
             kmax = ks[int(np.argmax(over))]
             x, y = points_to_labels(pts[r, kmax])  # as written in the file
-            warnings.append((f"train/images/{name}", line_of.get(name), "points_far_outside",
+            warnings.append((prefix + name, line_of.get(name), "points_far_outside",
                              f"{len(ks)} of {table.num_points} points more than {FAR_OUTSIDE:.0%} of the image "
                              f"size outside the {int(wh[r, 0, 0])}x{int(wh[r, 0, 1])} image (farthest: point "
                              f"{kmax} at ({x:g}, {y:g}))"))
@@ -528,9 +533,47 @@ def _check_point_ranges(table, image_sizes, line_of, add, chunk: int = POINT_CHU
 
 
 # ------------------------------------------------------------------------------------------------- main entry
+_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+def _other_format(data_dir) -> bool:
+    """Whether ``formats.detect_format`` finds another format than the contest's in ``data_dir`` (a folder where it
+    finds none is checked as the contest's, which names every missing file)."""
+    try:
+        return formats.detect_format(data_dir) != "contest"
+    except DataFormatError:
+        return False
+
+
+def _check_other_format(data_dir, data_format, report, add, probing, allow_links_outside) -> None:
+    """A data folder in another format than the contest's (``formats``): its reader's checks (the first error is
+    fatal: ``bad_labels``, its message names the file and line), then every labelled image as for the contest's
+    (names relative to the reader's image folder)."""
+    try:
+        ds = formats.read_dataset(data_dir, data_format, allow_links_outside=allow_links_outside)
+    except DataFormatError as e:
+        add("fatal", os.path.basename(os.path.normpath(data_dir)), None, "bad_labels", str(e))
+        return
+    report.num_train, report.num_points = len(ds), ds.table.num_points
+    if len(ds) < MIN_TRAIN_ROWS:
+        add("fatal", ds.source, None, "too_few_rows", f"{len(ds)} labelled face(s); a train/validation split needs "
+                                                      f"at least {MIN_TRAIN_ROWS}")
+    uniq = list(dict.fromkeys(ds.table.names))  # a photo with several labelled faces is checked once
+    line = dict(zip(ds.table.names, ds.table.lines.tolist()))
+    jobs = [("train", n, line[n]) for n in uniq]
+    check_images, num_workers, progress = probing
+    probes = _probe_all(ds.root, jobs, check_images, num_workers, progress, flat=True)
+    report.image_sizes = _image_findings(jobs, probes, add, prefix="")
+    if len(report.image_sizes) and len(uniq) == len(ds):
+        _check_point_ranges(ds.table, report.image_sizes, line, add, prefix="")
+
+
 def validate_dataset(data_dir, check_images=True, progress: bool = False, num_workers: int = 0,
-                     bad_rows: str = "error", allow_links_outside: bool = False) -> ValidationReport:
-    """Check a contest-format folder and report every problem (nothing is dropped silently).
+                     bad_rows: str = "error", allow_links_outside: bool = False,
+                     data_format: str = "auto") -> ValidationReport:
+    """Check a data folder and report every problem (nothing is dropped silently). A contest-format folder is
+    checked table by table, row by row, as below; a folder in another format (``data_format``, detected when
+    ``auto``: ``formats``) by its reader (the first error is fatal, named by file and line) and then every image.
 
     The tables are read by the loaders' own parsers (``tables.read_landmarks``, ``tables.read_groups``,
     ``tables.read_test_points``) in collect mode, so every row a loader would refuse is reported, with its file and
@@ -550,6 +593,7 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
             plain names are fatal under both.
         allow_links_outside: the parameter of that name: tables and images that are symbolic links resolving
             outside the data folder are read (an ``info`` each) instead of fatal (``link_outside``).
+        data_format: the parameter of that name (``auto``, ``contest``, ``pts``, ``wflw``, ``coco``).
     Returns:
         ``ValidationReport``; call ``raise_if_fatal()`` to stop on fatal problems.
     Raises:
@@ -569,6 +613,12 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
     def add(severity, file, line, kind, message):
         report.problems.append(Problem(severity, file, line, message, kind))
 
+    if data_format not in ("auto", "contest") or (data_format == "auto" and _other_format(data_dir)):
+        _check_other_format(data_dir, data_format, report, add, (check_images, num_workers, progress),
+                            allow_links_outside)
+        report.problems.sort(key=lambda p: (_ORDER[p.severity], p.file, p.line or 0))
+        report.elapsed_s = time.perf_counter() - t0
+        return report
     listing = _Listing(allow_links_outside)
     if allow_links_outside:
         _allowed_table_links(data_dir, add)
@@ -579,16 +629,16 @@ def validate_dataset(data_dir, check_images=True, progress: bool = False, num_wo
     report.image_sizes = _image_findings(jobs, _probe_all(data_dir, jobs, check_images, num_workers, progress), add)
     if table is not None and len(table) and len(report.image_sizes):
         _check_point_ranges(table, report.image_sizes, dict(listing.rows["train"]), add)
-    order = {s: i for i, s in enumerate(SEVERITIES)}
-    report.problems.sort(key=lambda p: (order[p.severity], p.file, p.line or 0))
+    report.problems.sort(key=lambda p: (_ORDER[p.severity], p.file, p.line or 0))
     report.elapsed_s = time.perf_counter() - t0
     return report
 
 
 def main(argv=None) -> int:
     """Command line entry: print the report; return 1 when there is a fatal problem, else 0."""
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.validate",
-                                 description="Check a contest-format data folder (train/, test/).")
+    ap = argparse.ArgumentParser(prog="landmarks validate",
+                                 description="Check a data folder: the contest's (train/, test/) or another format "
+                                             "(docs/data.md).")
     ap.add_argument("data_dir")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--full", action="store_true", help="decode every image (slower)")
@@ -599,13 +649,15 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-links-outside", action="store_true",
                     help="read tables and images that are symbolic links resolving outside the data folder "
                          "(parameter allow_links_outside; refused by default)")
+    ap.add_argument("--data-format", choices=("auto", *formats.FORMATS), default="auto",
+                    help="the folder's format (parameter data_format; auto: detected)")
     ap.add_argument("--show", type=int, default=20, help="how many problems to print")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     try:
         rep = validate_dataset(args.data_dir, check_images="full" if args.full else not args.no_images,
                                progress=args.progress, num_workers=args.workers, bad_rows=args.bad_rows,
-                               allow_links_outside=args.allow_links_outside)
+                               allow_links_outside=args.allow_links_outside, data_format=args.data_format)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -320,6 +320,10 @@ class _Schema:
             self.get(meta, "flip_unmatched", f"{key}.flip_unmatched", lambda v: v is None or (
                 isinstance(v, list) and all(_is_int(x) and 0 <= x < k for x in v)),
                 f"must be a list of point indices 0..{k - 1}", required=False)
+        self.get(meta, "face_rule", f"{key}.face_rule", lambda v: v is None or (
+            isinstance(v, dict) and isinstance(v.get("weights"), list) and len(v["weights"]) == 4
+            and all(_is_number(w) for w in v["weights"])), "must be null or an object with 4 numeric weights",
+                 required=False)
         return meta
 
     def onnx_shapes(self, name: str, f: str, meta: dict) -> None:

@@ -199,7 +199,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m landmarks_lib.export",
+    ap = argparse.ArgumentParser(prog="landmarks export",
                                  description="Export a run's final model to ONNX (face.onnx, localizer.onnx, "
                                              "model.json) for the onnx backend of the predictor.")
     ap.add_argument("--checkpoint", required=True, help="a run folder or its model.pt")

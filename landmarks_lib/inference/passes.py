@@ -67,8 +67,9 @@ def predict_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool =
     return out
 
 
-def detect_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool = False):
-    """The chosen face of each ready letterboxed crop.
+def detect_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool = False, raw: bool = False):
+    """The chosen face of each ready letterboxed crop (``codecs.choose``, with the rule the localizer learned,
+    ``meta["face_rule"]``, when it has one).
 
     Args:
         net: a backend (a torch module runs on the CPU; ``backends.as_backend``): ``float32 [n, 3, S, S]`` numpy ->
@@ -76,10 +77,13 @@ def detect_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool = 
         crops: ``uint8 [N, S, S, 3]``.
         tta_flip: average the output with that of the mirrored crop (mapped back: columns reversed, x offsets
             negated) before decoding.
+        raw: return every detection instead of the chosen one.
     Returns:
-        ``(boxes float64 [N, 3]`` input pixels, ``scores float64 [N]``, ``faces int64 [N]``); see ``choose``.
+        ``(boxes float64 [N, 3]`` input pixels, ``scores float64 [N]``, ``faces int64 [N]``); see ``choose``. With
+        ``raw``: ``(boxes float64 [N, T, 3], scores float64 [N, T])``, ``FaceBoxCodec.decode``'s.
     """
     net, codec = as_backend(net), codecs.FaceBoxCodec(int(meta["crop_size"]))
+    rule = meta.get("face_rule")
     out_b, out_s, out_n = [], [], []
     for s in range(0, len(crops), batch_size):
         x = network_input(crops[s: s + batch_size], meta["input_mean"], meta["input_std"])
@@ -88,8 +92,14 @@ def detect_crops(net, meta: dict, crops, batch_size: int = 16, tta_flip: bool = 
             mirrored = np.ascontiguousarray(net(np.ascontiguousarray(x[..., ::-1]))[..., ::-1])
             mirrored[:, 1] = -mirrored[:, 1]
             out = (out + mirrored) / np.float32(2)
-        b, sc, n = codecs.choose(*codec.decode(out))
+        if raw:
+            b, sc = codec.decode(out)
+            out_b.append(b), out_s.append(sc)
+            continue
+        b, sc, n = codecs.choose(*codec.decode(out), rule=rule, size=codec.size)
         out_b.append(b), out_s.append(sc), out_n.append(n)
+    if raw:
+        return (np.concatenate(out_b), np.concatenate(out_s)) if out_b else (np.zeros((0, 8, 3)), np.zeros((0, 8)))
     if not out_b:
         return np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int64)
     return np.concatenate(out_b), np.concatenate(out_s), np.concatenate(out_n)
@@ -120,21 +130,38 @@ def predict_cache(model, meta, crop_cache, indices=None, device="cpu", batch_siz
     return np.concatenate(out)
 
 
+def _cache_crops(crop_cache, sel) -> np.ndarray:
+    """``uint8 [n, S, S, 3]``: the crops of the cache rows ``sel`` (read in index order), sliced from the border."""
+    p, s = crop_cache.pad, crop_cache.size
+    order = np.argsort(sel, kind="stable")
+    crops = np.empty((len(sel), s, s, 3), np.uint8)
+    crops[order] = crop_cache.images[sel[order], p: p + s, p: p + s]
+    return crops
+
+
 def predict_boxes_cache(model, meta: dict, crop_cache, indices, device="cpu") -> np.ndarray:
     """``float64 [n, 3]`` chosen face boxes ``(cx, cy, extent)`` in original pixels of the images ``indices`` of a
     letterbox ``cache.CropCache`` (crops sliced from its border); ``model`` a torch module or a backend."""
     net = as_backend(model, device)
     idx = np.asarray(indices)
-    p, s = crop_cache.pad, crop_cache.size
     out = []
     for b in range(0, len(idx), 512):
         sel = idx[b: b + 512]
-        order = np.argsort(sel, kind="stable")
-        crops = np.empty((len(sel), s, s, 3), np.uint8)
-        crops[order] = crop_cache.images[sel[order], p: p + s, p: p + s]
-        boxes, _, _ = detect_crops(net, meta, crops, 128)
+        boxes, _, _ = detect_crops(net, meta, _cache_crops(crop_cache, sel), 128)
         out.append(geometry.boxes_to_original(boxes, crop_cache.frames[sel]))
     return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def detections_cache(model, meta: dict, crop_cache, indices, device="cpu"):
+    """Every detection of the localizer on the images ``indices`` of a letterbox ``cache.CropCache``, in input
+    (letterbox crop) pixels: ``(boxes float64 [n, T, 3], scores float64 [n, T])`` (``FaceBoxCodec.decode``)."""
+    net = as_backend(model, device)
+    idx = np.asarray(indices)
+    bs, ss = [], []
+    for b in range(0, len(idx), 512):
+        boxes, scores = detect_crops(net, meta, _cache_crops(crop_cache, idx[b: b + 512]), 128, raw=True)
+        bs.append(boxes), ss.append(scores)
+    return (np.concatenate(bs), np.concatenate(ss)) if bs else (np.zeros((0, 8, 3)), np.zeros((0, 8)))
 
 
 @dataclass(frozen=True)

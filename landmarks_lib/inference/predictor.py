@@ -10,7 +10,9 @@ a batch (bit-identical at batch 1, 7 or 128 with a fixed thread count; tested).
 Placement: a face-box localizer (``localizer``) finds the faces on the letterboxed image and ``codecs.choose``
 picks one; its box, scaled by the face model's ``face_scale``, is the first face crop, and each refinement re-places
 the crop around the predicted points. (A model with the older landmark-regression localizer is placed by that
-model's points.)
+model's points.) Face boxes given by the caller (``predict(images, boxes)``: the landmarks' extent
+``x0, y0, x1, y1`` per image, ``check_boxes``) replace the localizer's box for their images; the crops, refinements
+and TTA that follow are the same.
 
 Inference settings: ``"accurate"`` is the model's own (flip TTA, refinements, scale TTA as validated); ``"fast"`` is
 one localizer pass and one face pass, no TTA. The pipeline's evaluation and test prediction, the notebooks and the
@@ -66,7 +68,8 @@ class Prediction:
         errors: ``{index: message}`` for images that could not be read.
         faces: ``int32 [N]`` faces the localizer found (scores of at least ``codecs.MIN_SCORE`` and half the
             best; the prediction is for one of them, ``codecs.choose``); 1 for crop modes without a face-box
-            localizer, 0 for an unreadable image.
+            localizer and for an image placed by a given box (its score counts as 1 in ``confidence``), 0 for an
+            unreadable image.
     """
 
     points: np.ndarray
@@ -136,6 +139,67 @@ def _at_least_one(value, what: str) -> int:
     if not ok or not math.isfinite(value) or value != int(value) or value < 1:
         raise ValueError(f"{what} must be a whole number of at least 1, got {value!r}")
     return int(value)
+
+
+def extent_boxes(boxes) -> np.ndarray:
+    """Corner boxes ``x0, y0, x1, y1`` -> the face boxes ``(cx, cy, extent)`` that place crops
+    (``geometry.face_boxes``' rows: the box centre and its longer side). NaN rows stay NaN.
+
+    Args:
+        boxes: ``float [N, 4]``, any pixel units.
+    Returns:
+        ``float64 [N, 3]`` in the same units.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                     np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])], 1)
+
+
+def corner_boxes(boxes) -> np.ndarray:
+    """Face boxes ``(cx, cy, extent)`` (``geometry.face_boxes``' rows) -> the square ``x0, y0, x1, y1`` of side
+    ``extent`` on their centre, ``float64 [N, 4]`` in the same units (``extent_boxes`` takes it back)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 3)
+    h = b[:, 2] / 2
+    return np.stack([b[:, 0] - h, b[:, 1] - h, b[:, 0] + h, b[:, 1] + h], 1)
+
+
+def check_boxes(boxes, n: int | None = None) -> np.ndarray:
+    """Face boxes given for the images, as the predictor takes them.
+
+    Args:
+        boxes: ``float [N, 4]`` ``x0, y0, x1, y1`` per image, continuous original pixels (pixel ``i`` spans
+            ``[i, i + 1)``): the box of the face's landmarks (``geometry.face_boxes`` of the points, the quantity
+            the localizer predicts), not the crop (which is ``face_scale`` times the box's longer side, on its
+            centre). A row of four NaN means "no box for this image": the localizer places it.
+        n: the number of images, or ``None`` to check the rows alone.
+    Returns:
+        ``float64 [N, 4]``.
+    Raises:
+        ValueError: another shape or ``N != n``; a row with infinite values or NaN in some of its values only;
+            ``x1 <= x0`` or ``y1 <= y0``. The message names the row (from 0).
+    """
+    try:
+        b = np.array(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"boxes must be numbers, float [N, 4] (x0, y0, x1, y1 per image), got "
+                         f"{type(boxes).__name__}") from None
+    if b.size == 0 and b.ndim <= 2:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be float [N, 4] (x0, y0, x1, y1 per image; one image: [[x0, y0, x1, y1]]), "
+                         f"got shape {b.shape}")
+    if n is not None and len(b) != n:
+        raise ValueError(f"boxes has {len(b)} rows for {n} images: pass one row per image (NaN row: no box)")
+    nan = np.isnan(b)
+    for i in np.flatnonzero(nan.any(1) & ~nan.all(1)):
+        raise ValueError(f"boxes row {i}: {b[i].tolist()} has NaN in some values only; a row of four NaN means "
+                         f"no box (the localizer places that image)")
+    given = ~nan.all(1)
+    for i in np.flatnonzero(given & ~np.isfinite(b).all(1)):
+        raise ValueError(f"boxes row {i}: {b[i].tolist()} is not finite")
+    for i in np.flatnonzero(given & ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))):
+        raise ValueError(f"boxes row {i}: {b[i].tolist()} must have x1 > x0 and y1 > y0 (x0, y0, x1, y1)")
+    return b
 
 
 def check_ensemble(models, names=None) -> None:
@@ -281,9 +345,36 @@ class Predictor:
         boxes, scores, faces = detect_crops(net, lm, crops, self.micro_batch, tta_flip)
         return geometry.boxes_to_original(boxes[:n], lframes), scores[:n], faces[:n]
 
-    def _one_model(self, nets, model, images):
+    def _place(self, nets, model, images, given):
+        """The first placement of each image's face crop: ``(boxes float64 [n, 3]`` ``(cx, cy, extent)`` original
+        pixels, localizer scores ``float64 [n]`` or ``None``, faces ``int64 [n]`` or ``None)``. ``given``:
+        ``float64 [n, 4]`` corner boxes (``check_boxes``) or ``None``; its rows place their images (score 1, one
+        face) and the localizer runs on the others alone (a result does not depend on the other images)."""
+        n, s, lm = len(images), self.settings, None if model.get("localizer") is None else model["localizer"]["meta"]
+        todo = np.arange(n) if given is None else np.flatnonzero(np.isnan(given).all(1))
+        place = np.full((n, 3), np.nan) if given is None else extent_boxes(given)
+        facebox = lm is not None and lm.get("head") == codecs.HEAD
+        scores, faces = (np.ones(n), np.ones(n, np.int64)) if facebox else (None, None)
+        if len(todo) == 0:
+            return place, scores, faces
+        if nets["localizer"] is None:
+            raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
+        sub = images if len(todo) == n else [images[i] for i in todo]
+        if facebox:
+            found, sc, fc = self._locate(nets["localizer"], lm, sub, s.tta_flip)
+            if len(todo) == n:
+                return found, sc, fc
+            scores[todo], faces[todo] = sc, fc
+        else:  # a landmark-regression localizer: its points place the crop
+            lframes = self._letterbox_frames(sub, int(lm["crop_size"]))
+            found = geometry.face_boxes(self._forward(nets["localizer"], lm, sub, lframes, s.tta_flip))
+        place[todo] = found
+        return place, scores, faces
+
+    def _one_model(self, nets, model, images, given=None):
         """``(points float64 [n, K, 2], frames float64 [n, 4] of the final crop, placement boxes float64 [n, 3],
-        localizer scores float64 [n] or None, faces int64 [n] or None)``, original pixels."""
+        localizer scores float64 [n] or None, faces int64 [n] or None)``, original pixels; ``given`` as for
+        ``_place``."""
         meta = model["face"]["meta"]
         size, s = int(meta["crop_size"]), self.settings
         if meta["crop_mode"] != "face":
@@ -291,15 +382,7 @@ class Predictor:
                                for im in images])
             pts = self._forward(nets["face"], meta, images, frames, s.tta_flip)
             return pts, frames, geometry.face_boxes(pts), None, None
-        if nets["localizer"] is None:
-            raise checkpoint.CheckpointError("a 'face' model needs its localizer to place crops; it has none")
-        lm = model["localizer"]["meta"]
-        scores = faces = None
-        if lm.get("head") == codecs.HEAD:
-            place, scores, faces = self._locate(nets["localizer"], lm, images, s.tta_flip)
-        else:  # a landmark-regression localizer: its points place the crop
-            lframes = self._letterbox_frames(images, int(lm["crop_size"]))
-            place = geometry.face_boxes(self._forward(nets["localizer"], lm, images, lframes, s.tta_flip))
+        place, scores, faces = self._place(nets, model, images, given)
         fs = meta["face_scale"]
         for _ in range(s.refine_steps):
             pts = self._forward(nets["face"], meta, images, geometry.box_frames(place, size, fs), s.tta_flip)
@@ -308,28 +391,51 @@ class Predictor:
                 for sc in s.tta_scales]
         return np.mean(last, axis=0), geometry.box_frames(place, size, fs), place, scores, faces
 
+    def _boxes(self, boxes, n: int | None):
+        """``check_boxes`` of ``boxes`` (``None`` stays ``None``, as does a table of NaN rows alone).
+
+        Raises:
+            ValueError: ``check_boxes``' errors; a given box for a model whose crops are not placed on faces
+                (``crop_mode`` other than ``face``).
+        """
+        if boxes is None:
+            return None
+        b = check_boxes(boxes, n)
+        if np.isnan(b).all():
+            return None
+        modes = sorted({m["face"]["meta"]["crop_mode"] for m in self.models} - {"face"})
+        if modes:
+            raise ValueError(f"boxes place face crops, and this model's crops are {modes[0]!r} crops (of the whole "
+                             f"image, not placed on a face): predict without boxes")
+        return b
+
     # --------------------------------------------------------------------------------------------- public API
-    def predict_arrays(self, images) -> Prediction:
+    def predict_arrays(self, images, boxes=None) -> Prediction:
         """Landmarks of image arrays (sizes may differ).
 
         Args:
             images: ``uint8 [H, W, 3]`` RGB or ``[H, W]`` grayscale arrays (one array is one image; ``check_image``).
+            boxes: optional face boxes, ``float [N, 4]`` ``x0, y0, x1, y1`` per image (``check_boxes``: the
+                landmarks' extent in continuous original pixels, not the crop; a NaN row: the localizer's box).
         Returns:
             ``Prediction`` of ``N`` images: points ``float32 [N, K, 2]`` in original pixels, continuous convention
             (pixel ``i`` spans ``[i, i + 1)``).
         Raises:
-            ValueError: an array that is not a non-empty ``uint8`` image (``check_image``: names its index).
+            ValueError: an array that is not a non-empty ``uint8`` image (``check_image``: names its index); boxes
+                refused by ``check_boxes`` (names the row) or given to a model without face crops.
         """
         images = [check_image(im, i) for i, im in enumerate(_one_or_many(images))]
+        given = self._boxes(boxes, len(images))
         if not images:
             k = self.num_points
             return Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                               faces=np.zeros(0, np.int32))
-        return self._predict_checked(images)
+        return self._predict_checked(images, given)
 
-    def _predict_checked(self, images) -> Prediction:
-        """``predict_arrays`` of arrays already through ``check_image``."""
-        outs = [self._one_model(nets, m, images) for nets, m in zip(self._nets, self.models)]
+    def _predict_checked(self, images, given=None) -> Prediction:
+        """``predict_arrays`` of arrays already through ``check_image``; ``given``: ``float64 [n, 4]`` boxes already
+        through ``_boxes``, or ``None``."""
+        outs = [self._one_model(nets, m, images, given) for nets, m in zip(self._nets, self.models)]
         points = np.mean([o[0] for o in outs], axis=0)
         frames, place, scores, faces = outs[0][1:]
         boxes = np.stack([frames[:, 0], frames[:, 1], frames[:, 0] + frames[:, 2], frames[:, 1] + frames[:, 2]], 1)
@@ -343,25 +449,34 @@ class Predictor:
         return Prediction(points.astype(np.float32), boxes.astype(np.float32), conf.astype(np.float32),
                           faces=(np.ones(n) if faces is None else faces).astype(np.int32))
 
-    def predict(self, images) -> Prediction:
+    def predict(self, images, boxes=None) -> Prediction:
         """Landmarks of images.
 
         Args:
             images: one image or several: a file path (``str`` / ``os.PathLike``), a ``uint8 [H, W, 3]`` RGB or
                 ``[H, W]`` grayscale array (``check_image``), or a list (any iterable, or a ``[N, H, W, 3]``
                 array) of them. One path or one array gives a ``Prediction`` of one image.
+            boxes: optional face boxes given instead of the localizer's: ``float [N, 4]`` ``x0, y0, x1, y1`` per
+                image in continuous original pixels, the box of the face's landmarks (``geometry.face_boxes`` of
+                the points, the localizer's quantity), not the crop (``face_scale`` times its longer side, on its
+                centre). A boxed image is not passed to the localizer; its box places the first face crop, and
+                refinements and TTA follow as with the localizer's box; its ``faces`` is 1 and its score 1. A row
+                of four NaN: no box, the localizer places that image. ``None``: the localizer places all.
         Returns:
             ``Prediction``: points ``float32 [N, K, 2]`` in original pixels, continuous convention. An unreadable
             file gets NaN points, confidence 0 and its message in ``Prediction.errors``; the others are predicted.
         Raises:
             ValueError: an item that is neither a path nor a non-empty ``uint8`` image array (float, 16-bit, bool,
-                RGBA, empty: the message names its index, dtype and shape, and what to pass); nothing is
-                predicted then.
+                RGBA, empty: the message names its index, dtype and shape, and what to pass); boxes of another
+                shape or count, a row not finite (nor all NaN) or with ``x1 <= x0`` or ``y1 <= y0`` (the message
+                names the row: ``check_boxes``), boxes for a model without face crops. Nothing is predicted then.
         """
-        return self._predict(list(_one_or_many(images)), 0)
+        items = list(_one_or_many(images))
+        return self._predict(items, 0, self._boxes(boxes, len(items)))
 
-    def _predict(self, items: list, start: int) -> Prediction:
-        """``predict`` of a list; ``start``: the index of ``items[0]`` among all the images (named in messages)."""
+    def _predict(self, items: list, start: int, given=None) -> Prediction:
+        """``predict`` of a list; ``start``: the index of ``items[0]`` among all the images (named in messages);
+        ``given``: ``float64 [len(items), 4]`` boxes (``_boxes``) or ``None``."""
         arrays, errors = [], {}
         for i, im in enumerate(items):
             if isinstance(im, (str, os.PathLike)):
@@ -375,9 +490,9 @@ class Predictor:
             arrays.append(im)
         good = [i for i, a in enumerate(arrays) if a is not None]
         k = self.num_points
-        sub = self._predict_checked([arrays[i] for i in good]) if good else Prediction(
-            np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-            faces=np.zeros(0, np.int32))
+        sub = self._predict_checked([arrays[i] for i in good], None if given is None else given[good]) if good \
+            else Prediction(np.zeros((0, k, 2), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                            faces=np.zeros(0, np.int32))
         n = len(items)
         out = Prediction(np.full((n, k, 2), np.nan, np.float32), np.full((n, 4), np.nan, np.float32),
                          np.zeros(n, np.float32), errors, np.zeros(n, np.int32))
@@ -385,26 +500,48 @@ class Predictor:
         out.faces[good] = sub.faces
         return out
 
-    def predict_iter(self, images, chunk: int = 256):
+    def predict_iter(self, images, chunk: int = 256, boxes=None):
         """``predict`` over ``chunk`` images at a time (``Prediction`` per chunk, indices of ``errors`` within the
         chunk), so a folder of any size is predicted in bounded memory. ``images`` as for ``predict`` (one path or
         array is one image); an array that ``check_image`` refuses raises ``ValueError`` naming its index among all
-        the images when its chunk is reached. (Decoding the next chunk in a thread while one is predicted was slower
+        the images when its chunk is reached. ``boxes``: as for ``predict`` (``float [N, 4]``, one row per image,
+        cut into chunks alongside the images). (Decoding the next chunk in a thread while one is predicted was slower
         on 2 cores: the decoder and torch's threads wait on each other.)
 
         Raises:
-            ValueError: ``chunk`` below 1 (at once), or a refused image array.
+            ValueError: ``chunk`` below 1 or boxes refused by ``check_boxes`` (at once; with images of no length,
+                such as a generator, a count that differs from the boxes' when the images run out), or a refused
+                image array.
         """
         chunk = _at_least_one(chunk, "chunk (images read and predicted at a time)")
-        return self._iter(_one_or_many(images), chunk)
+        images = _one_or_many(images)
+        given = self._boxes(boxes, len(images) if hasattr(images, "__len__") else None)
+        return self._iter(images, chunk, given)
 
-    def _iter(self, images, chunk: int):
+    def _iter(self, images, chunk: int, given=None):
         batch, start = [], 0
         for im in images:
             batch.append(im)
             if len(batch) == chunk:
-                yield self._predict(batch, start)
+                yield self._predict(batch, start, self._rows(given, start, len(batch)))
                 start += len(batch)
                 batch = []
         if batch:
-            yield self._predict(batch, start)
+            yield self._predict(batch, start, self._rows(given, start, len(batch)))
+            start += len(batch)
+        if given is not None and start != len(given):
+            raise ValueError(f"boxes has {len(given)} rows for {start} images: pass one row per image")
+
+    @staticmethod
+    def _rows(given, start: int, n: int):
+        """Rows ``start .. start + n`` of ``given`` (``None`` stays ``None``).
+
+        Raises:
+            ValueError: fewer rows than that (more images than boxes).
+        """
+        if given is None:
+            return None
+        if start + n > len(given):
+            raise ValueError(f"boxes has {len(given)} rows for more images (at least {start + n}): pass one row per "
+                             f"image")
+        return given[start:start + n]

@@ -30,23 +30,99 @@ def _max_pool3(a: np.ndarray) -> np.ndarray:
     return np.max([p[:, i: i + g1, j: j + g2] for i in range(3) for j in range(3)], axis=0)
 
 
-def choose(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The face the contest's labels mark in each image: the largest among the detections scoring at least
-    ``RELATIVE_SCORE`` of the best (and ``MIN_SCORE``); the best one when none passes. One detection is chosen; two
-    faces are never averaged. (The labelled face is the dominant one; a pasted or background face often scores as
-    high or higher, so the score alone is not the rule: docs/evidence.md.)
+def rule_features(boxes: np.ndarray, scores: np.ndarray, size: int) -> np.ndarray:
+    """``float64 [B, T, 4]`` features of each detection for a learned face rule: ``log`` of its score, its extent
+    over the input side ``size``, its centre's distance from the input's centre over ``size``, and its extent over
+    the largest extent among the image's detections of at least ``MIN_SCORE``.
 
     Args:
-        boxes: ``float [B, T, 3]``; scores: ``float [B, T]`` (``decode_faceboxes``).
+        boxes: ``float [B, T, 3]`` ``(cx, cy, extent)`` input pixels; scores: ``float [B, T]``.
+    """
+    b = np.asarray(boxes, np.float64)
+    sc = np.asarray(scores, np.float64)
+    ok = sc >= MIN_SCORE
+    largest = np.maximum(np.where(ok, b[..., 2], 0).max(axis=1, keepdims=True), 1e-9)
+    dist = np.sqrt(((b[..., :2] - size / 2.0) ** 2).sum(-1)) / size
+    return np.stack([np.log(sc + 1e-3), b[..., 2] / size, dist, b[..., 2] / largest], -1)
+
+
+def choose(boxes: np.ndarray, scores: np.ndarray, rule: dict | None = None, size: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The face the labels mark in each image; one detection is chosen, two faces are never averaged.
+
+    Without ``rule`` (the contest's fixed rule): the largest among the detections scoring at least
+    ``RELATIVE_SCORE`` of the best (and ``MIN_SCORE``); the best one when none passes. (The contest's labelled face
+    is the dominant one; a pasted or background face often scores as high or higher, so the score alone is not the
+    rule: docs/evidence.md.) With ``rule`` (``{"weights": [4 floats], ...}`` learned from the training data by
+    ``fit_rule``): the detection of at least ``MIN_SCORE`` with the highest ``weights . rule_features`` (the best
+    scoring one when none has ``MIN_SCORE``).
+
+    Args:
+        boxes: ``float [B, T, 3]``; scores: ``float [B, T]`` (``FaceBoxCodec.decode``); ``size``: the input side,
+            needed with ``rule``.
     Returns:
-        ``(box float64 [B, 3], score float64 [B], faces int64 [B]`` the number of detections that passed).
+        ``(box float64 [B, 3], score float64 [B], faces int64 [B]`` the number of detections that passed the fixed
+        rule's score test).
     """
     best = scores.max(axis=1, keepdims=True)
     ok = (scores >= np.maximum(RELATIVE_SCORE * best, MIN_SCORE))
-    size = np.where(ok, boxes[..., 2], -np.inf)
-    pick = np.where(ok.any(axis=1), size.argmax(axis=1), scores.argmax(axis=1))
+    if rule is None:
+        size_ = np.where(ok, boxes[..., 2], -np.inf)
+        pick = np.where(ok.any(axis=1), size_.argmax(axis=1), scores.argmax(axis=1))
+    else:
+        value = rule_features(boxes, scores, int(size)) @ np.asarray(rule["weights"], np.float64)
+        value = np.where(scores >= MIN_SCORE, value, -np.inf)
+        pick = np.where((scores >= MIN_SCORE).any(axis=1), value.argmax(axis=1), scores.argmax(axis=1))
     r = np.arange(len(boxes))
     return boxes[r, pick].astype(np.float64), scores[r, pick].astype(np.float64), ok.sum(1)
+
+
+def matches(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``bool [B, T]``: detections that are the labelled face: centre within 0.3 of its extent and extent within a
+    factor 1.5 of the labelled face box ``truth`` (``float [B, 3]``, same units)."""
+    t = np.asarray(truth, np.float64)[:, None]
+    d = np.sqrt(((boxes[..., :2] - t[..., :2]) ** 2).sum(-1))
+    ratio = boxes[..., 2] / np.maximum(t[..., 2], 1e-9)
+    return (d <= 0.3 * t[..., 2]) & (ratio <= 1.5) & (ratio >= 1 / 1.5)
+
+
+def fit_rule(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, size: int, steps: int = 500) -> dict | None:
+    """A face rule learned from training images: a conditional logit over each image's detections of at least
+    ``MIN_SCORE`` (``rule_features``), fitted by gradient ascent on the images with two or more of them and one
+    matching the labelled face (``matches``), L2-regularised. It is kept only when it picks the labelled face on more
+    of those training images than the fixed rule (``choose`` without ``rule``).
+
+    Args:
+        boxes: ``float [B, T, 3]``, scores ``float [B, T]`` (the localizer's detections on training images, input
+            pixels); truth: ``float [B, 3]`` the labelled faces' boxes, same units; size: the input side.
+    Returns:
+        ``{"weights": [4 floats], "hits": int, "fixed_hits": int, "images": int}`` (``images``: those that
+        decide, ``hits``: picked right by the rule, ``fixed_hits``: by the fixed rule), or ``None`` when fewer than
+        10 images decide or the fixed rule is as good.
+    """
+    eligible = scores >= MIN_SCORE
+    good = matches(boxes, truth) & eligible
+    use = (eligible.sum(1) >= 2) & good.any(1)
+    if use.sum() < 10:
+        return None
+    f = rule_features(boxes[use], scores[use], size)
+    mask, pos = eligible[use], good[use]
+    w = np.array([1.0, 0.0, 0.0, 1.0])
+    for _ in range(steps):
+        z = np.where(mask, f @ w, -np.inf)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        q = pos / pos.sum(1, keepdims=True)
+        grad = ((q - p)[..., None] * f).sum((0, 1)) / len(f) - 1e-3 * w
+        w = w + 0.5 * grad
+    rule = {"weights": [float(v) for v in w]}
+
+    def hits(r):
+        b, _, _ = choose(boxes[use], scores[use], r, size)
+        return int(matches(b[:, None], truth[use])[:, 0].sum())
+
+    rule.update(hits=hits(rule), fixed_hits=hits(None), images=int(use.sum()))
+    return rule if rule["hits"] > rule["fixed_hits"] else None
 
 
 class FaceBoxCodec:

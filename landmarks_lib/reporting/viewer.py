@@ -252,7 +252,7 @@ def report(images, names, preds, truths, mean_shape, errors=None, test=None, max
             ``max_images // 2`` worst and as many around the median (``viz.select_by_error``).
         mean_shape: ``[K, 2]`` for the regions and the point viewer.
         test: optional ``(images, names, preds)`` of test images (no truth): a third viewer of the first
-            ``max_images``.
+            ``max_images`` (none for zero test images).
     Returns:
         ``(html, region_table(...))``.
     """
@@ -267,7 +267,7 @@ def report(images, names, preds, truths, mean_shape, errors=None, test=None, max
     figs = [image_viewer(val, f"validation: the {len(sel['worst'])} worst and {len(idx) - len(sel['worst'])} "
                               f"around the median of {len(names)} (menus: by NME %, by name)"),
             point_viewer(mean_shape, preds, truths, names, regions, region_names)]
-    if test is not None:
+    if test is not None and len(test[1]):  # a data folder without test images: no test viewer
         t_images, t_names, t_preds = test
         items = viewer_data(t_images, t_names, t_preds, None, regions, region_names, None, max_images)
         figs.append(image_viewer(items, f"test: the first {len(items)} of {len(t_names)} (no labels)"))

@@ -363,13 +363,14 @@ def run_pipeline(params: dict, notebooks=None, resume: bool = False, force: bool
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m landmarks_lib.pipeline",
+        prog="landmarks run",
         description="Run the notebooks 01_eda, 02_train, 03_finetune and 04_visualize in order on one run folder "
                     "(papermill); executed notebooks, HTML reports, checkpoints, metrics and the submission land in "
                     "the run folder.",
         epilog="Example: python -m landmarks_lib.pipeline --run-dir runs/demo --params params/demo.yaml --force")
     ap.add_argument("--data-dir", default=None,
-                    help="contest-format data folder (parameter data_dir; default: the embedded synthetic data)")
+                    help="data folder, any format of docs/data.md (parameter data_dir; default: the embedded "
+                         "synthetic data)")
     ap.add_argument("--run-dir", default=None, help="run folder (parameter run_dir)")
     ap.add_argument("--params", default=None, metavar="FILE.yaml",
                     help="parameter profile for a new run, e.g. params/cpu.yaml (a run's own params.yaml wins)")

@@ -450,8 +450,8 @@ class RunFolder:
         return np.load(self.file(f"{split}_predictions.npy"))
 
     def read_test_faces(self) -> pd.DataFrame:
-        """``test_faces.csv``: ``file_name, x0, y0, x1, y1, confidence, faces`` per test image, in
-        ``test_points.csv`` order (original pixels).
+        """``test_faces.csv``: ``file_name, crop_x0, crop_y0, crop_x1, crop_y1, confidence, faces`` per test image,
+        in ``test_points.csv`` order (original pixels).
 
         Raises:
             FileNotFoundError: the finetune notebook has not written it yet.

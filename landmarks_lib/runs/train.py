@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Train the landmark models (localizer stage for face crops, then the "
                                              "train stage); one process, or several under torchrun.",
                                  epilog="Multi-GPU: torchrun --nproc_per_node N -m landmarks_lib.train ...")
-    ap.add_argument("--data-dir", default=None, help="contest-format data folder (parameter data_dir; empty = the "
-                                                     "embedded synthetic default in RUN_DIR/data)")
+    ap.add_argument("--data-dir", default=None, help="data folder, any format of docs/data.md (parameter data_dir; "
+                                                     "empty = the embedded synthetic default in RUN_DIR/data)")
     ap.add_argument("--run-dir", required=True, help="run folder (parameter run_dir)")
     ap.add_argument("--params", default=None, help="YAML profile for a new run, e.g. params/gpu.yaml")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

@@ -21,8 +21,8 @@ from ..core.files import atomic_open, atomic_save_npy, atomic_write_json, file_i
 from ..core.geometry import frames_to_crop, frames_to_original, letterbox_frame
 from ..core.images import image_size, load_image
 from ..core.params import SPEC, dump, resolve, scoped, split_list
-from ..data import synthetic
-from ..data.tables import DataFormatError, link_outside, read_test_points
+from ..data import formats, synthetic
+from ..data.tables import DataFormatError, TestPoints, link_outside, read_test_points
 from ..evaluation import metrics, robustness
 from ..evaluation.eda import sample_rows
 from ..evaluation.submission import SubmissionError, write_submission
@@ -117,8 +117,20 @@ def resolve_data_dir(params: dict) -> str:
 
 
 def data_fingerprint(data_dir) -> str:
-    """``files.fingerprint`` of the tables' and every image's identity (name, size, mtime)."""
+    """``files.fingerprint`` of the tables' and every image's identity (name, size, mtime); for a data folder in
+    another format than the contest's (``formats.detect_format``), of every file below it (links followed)."""
     parts = []
+    try:
+        other = formats.detect_format(data_dir) != "contest"
+    except DataFormatError:
+        other = False
+    if other:
+        for folder, dirs, files in os.walk(data_dir, followlinks=True):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(folder, f))
+                parts.append(f"{os.path.relpath(os.path.join(folder, f), data_dir)}|{st.st_size}|{st.st_mtime_ns}")
+        return fingerprint(parts)
     for sub in ("train", "test"):
         for table in ("landmarks.csv", "test_points.csv", "groups.csv"):
             p = os.path.join(data_dir, sub, table)
@@ -334,7 +346,9 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
 
     Returns:
         ``(pred float32 [n_val, K, 2] original pixels, metrics dict)``; metrics has ``val_mse``, ``val_nme``,
-        ``val_auc``, ``val_failure_rate`` (NME threshold 10 %), ``n_val`` and, with ``exclude_flagged``,
+        ``val_auc``, ``val_failure_rate`` (NME threshold 10 %), ``n_val``, for layouts with known outer eye corners
+        the field's figures (``metrics.field_summary``: ``val_nme_io``, ``val_auc_08``, ``val_fr_08``,
+        ``val_auc_10``, ``val_fr_10``) and, with ``exclude_flagged``,
         ``val_mse_clean`` / ``val_nme_clean`` / ``n_val_flagged``: the same without the validation images whose
         error the robust rule of ``noise.flag_outliers`` flags (``noise_threshold``), i.e. likely wrong labels.
     """
@@ -345,6 +359,7 @@ def evaluate_validation(params: dict, data: engine.TrainData, models, exclude_fl
     pred = predict_images(models, images, dev, inference_settings(params), backend=inference_backend(params, dev))
     truth = data.points(data.val_idx)
     out = _val_metrics(metrics.summary(pred, truth))
+    out.update({f"val_{k}": v for k, v in metrics.field_summary(pred, truth).items() if not k.startswith("n_")})
     if exclude_flagged:
         err = metrics.per_image_nme(pred, truth)
         keep = ~noise.flag_outliers(err, params["noise_threshold"])
@@ -382,14 +397,25 @@ def _val_metrics(s: dict) -> dict:
             "n_val": s["n_images"]}
 
 
+def has_test_set(data_dir) -> bool:
+    """Whether ``data_dir`` has test images to predict (the contest's ``test/test_points.csv``)."""
+    return os.path.isfile(os.path.join(data_dir, "test", "test_points.csv"))
+
+
 def predict_test(params: dict, data_dir, models, progress: bool = True, with_faces: bool = False):
-    """Predict every test image listed in ``test/test_points.csv`` (all points, original pixels).
+    """Predict every test image listed in ``test/test_points.csv`` (all points, original pixels). A data folder
+    without that file (``has_test_set``) has no test images: zero rows are returned.
 
     Returns:
         ``(TestPoints, pred float32 [N, K, 2])``; ``max_test_images`` > 0 predicts only the first ones (the
         ``TestPoints`` then hold only those rows, and ``write_results`` writes ``submission_partial.csv``); with
         ``with_faces`` a third item, the face crops and confidences (``predict.predict_images``).
     """
+    if not has_test_set(data_dir):
+        k = checkpoint.num_points(models[0])
+        empty = (TestPoints([], np.zeros((0, 0), np.int64)), np.zeros((0, k, 2), np.float32))
+        return (*empty, {"boxes": np.zeros((0, 4)), "confidence": np.zeros(0), "faces": np.zeros(0, np.int32)}) \
+            if with_faces else empty
     tp = read_test_points(os.path.join(data_dir, "test", "test_points.csv"),
                           num_points=checkpoint.num_points(models[0]),
                           allow_links_outside=params.get("allow_links_outside", False))
@@ -421,10 +447,16 @@ def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metr
     predicted; not a contest submission), and no ``submission.csv`` is written. Either removes the other name from
     the run folder, so a folder never holds a submission from an earlier run beside this run's.
 
+    A data folder without a test set (``has_test_set``) gets no submission (it says so in the log); the other files
+    are written, the test ones with zero rows.
+
     Raises:
         SubmissionError: ``test_points`` are not the first rows of ``test_points.csv``, or the submission fails its
             check (nothing is written then).
     """
+    if not has_test_set(params["data_dir"]):
+        LOG.info(f"{params['data_dir']}: no test set (test/test_points.csv): no submission to write")
+        return _write_files(run, test_points, test_pred, val_metrics, val_pred, test_faces)
     tp_path = os.path.join(params["data_dir"], "test", "test_points.csv")
     full = read_test_points(tp_path, allow_links_outside=params.get("allow_links_outside", False))
     n = len(test_points)
@@ -435,6 +467,12 @@ def write_results(params: dict, run: RunFolder, test_points, test_pred, val_metr
     write_submission(run.file(name), test_points, test_pred, decimals=params["submission_decimals"])
     if os.path.exists(run.file(stale)):
         os.remove(run.file(stale))
+    return _write_files(run, test_points, test_pred, val_metrics, val_pred, test_faces)
+
+
+def _write_files(run: RunFolder, test_points, test_pred, val_metrics: dict, val_pred, test_faces) -> dict:
+    """``write_results``' files beside the submission; returns the metrics written."""
+    n = len(test_points)
     atomic_save_npy(run.file("test_predictions.npy"), np.asarray(test_pred, np.float32))
     if val_pred is not None:
         atomic_save_npy(run.file("val_predictions.npy"), np.asarray(val_pred, np.float32))
@@ -475,10 +513,20 @@ def image_loader(image_dir, names):
 
 def test_images(params: dict, n: int | None = None):
     """The first ``n`` test images of ``test_points.csv`` (all by default): ``(loader i -> uint8 [H, W, 3], names)``
-    for ``viz.gallery``."""
+    for ``viz.gallery``; no names for a data folder without a test set (``has_test_set``)."""
+    if not has_test_set(params["data_dir"]):
+        return image_loader(params["data_dir"], []), []
     names = read_test_points(os.path.join(params["data_dir"], "test", "test_points.csv"),
                              allow_links_outside=params.get("allow_links_outside", False)).names[:n]
     return image_loader(os.path.join(params["data_dir"], "test", "images"), names), names
+
+
+def results_summary(run: RunFolder, test_points) -> str:
+    """One sentence on what ``write_results`` wrote: the submission and its shape, or that there is none."""
+    if not len(test_points) and run.submission() is None:
+        return "no test set in this data folder: no submission written (metrics.json holds the validation figures)"
+    return (f"{run.submission()}: {len(test_points)} rows, {2 * test_points.indices.shape[1]} value columns, validated "
+            f"against test_points.csv (a submission_partial.csv holds only its first rows: not for upload)")
 
 
 def mean_shape_baseline(data: engine.TrainData, threshold: float = 10.0) -> tuple[np.ndarray, dict]:

@@ -40,10 +40,10 @@ from ..core.coords import POINT_CHUNK, PointsView, labels_to_points
 from ..core.devices import select_device
 from ..core.files import atomic_open, derived_seed, fingerprint
 from ..core.params import SPEC, default_cache_dir, names_in, scoped
-from ..data import augment, reframing, symmetry
+from ..data import augment, formats, reframing, symmetry
 from ..data import cache as cache_mod
 from ..data.loading import BatchSampler, make_loader
-from ..data.tables import DataFormatError, LandmarksTable, read_landmarks
+from ..data.tables import DataFormatError, LandmarksTable
 from ..evaluation import metrics
 from ..inference import passes
 from ..inference.passes import predict_cache
@@ -75,7 +75,8 @@ class TrainData:
     """Training landmarks with their split.
 
     Attributes:
-        data_dir: the dataset folder; ``image_dir``: ``data_dir/train/images``.
+        data_dir: the dataset folder; ``image_dir``: the folder the table's names are relative to (the reader's,
+            ``formats.Dataset.root``: ``data_dir/train/images`` for the contest's format).
         table: ``tables.LandmarksTable`` (original pixels).
         train_idx, val_idx: ``int64`` positions in ``table``.
         split: how the split was made (``groups`` or ``random``).
@@ -131,11 +132,14 @@ class TrainData:
         return self._unmatched
 
 
-def split_indices(names, data_dir, val_fraction: float, seed: int, mode: str = "auto"):
+def split_indices(names, data_dir, val_fraction: float, seed: int, mode: str = "auto", groups=None,
+                  groups_path=None):
     """Seeded train/validation split.
 
-    ``groups`` keeps every group of ``train/groups.csv`` (same person) on one side, so validation faces are unseen,
-    as in the hidden test; ``random`` splits images; ``auto`` uses groups when the file exists.
+    ``groups`` keeps every group of ``groups_path`` (default ``train/groups.csv``: same person) on one side, so
+    validation faces are unseen, as in the hidden test; ``random`` splits images; ``auto`` uses groups when the file
+    exists or when ``groups`` (one label per name, e.g. ``formats.photo_groups``) is given. The file wins over
+    ``groups``.
 
     Returns:
         ``(train_idx, val_idx, mode_used)``; ``int64`` positions into ``names``, sorted.
@@ -144,18 +148,13 @@ def split_indices(names, data_dir, val_fraction: float, seed: int, mode: str = "
     """
     n = len(names)
     rng = np.random.default_rng([int(seed), 7])
-    gpath = os.path.join(data_dir, "train", "groups.csv")
+    gpath = groups_path or os.path.join(data_dir, "train", "groups.csv")
     if mode == "auto":
-        mode = "groups" if os.path.exists(gpath) else "random"
+        mode = "groups" if os.path.exists(gpath) or groups is not None else "random"
     if val_fraction <= 0:
         return np.arange(n), np.zeros(0, np.int64), mode
     if mode == "groups":
-        g = pd.read_csv(gpath, sep="\t", dtype={"file_name": str})
-        m = dict(zip(g["file_name"], g["group"]))
-        missing = [x for x in names if x not in m]
-        if missing:
-            raise ValueError(f"{gpath}: {len(missing)} training images have no group, e.g. {missing[0]!r}")
-        groups = np.array([m[x] for x in names])
+        groups = _file_groups(gpath, names) if os.path.exists(gpath) or groups is None else np.asarray(groups)
         uniq = np.unique(groups)
         rng.shuffle(uniq)
         val, count = set(), 0
@@ -173,25 +172,52 @@ def split_indices(names, data_dir, val_fraction: float, seed: int, mode: str = "
     return np.flatnonzero(~is_val), np.flatnonzero(is_val), mode
 
 
-def load_train_data(params: dict, progress: bool = True) -> TrainData:
-    """Read ``train/landmarks.csv`` (parsed once into the cache folder) and split it (``split_indices``).
 
-    ``max_train_images`` > 0 keeps a seeded random subset before splitting.
+
+def _file_groups(gpath, names) -> np.ndarray:
+    """The group of each name from a ``groups.csv`` (tab-separated ``file_name``, ``group``).
+
+    Raises:
+        FileNotFoundError: no file. ValueError: names missing from it.
+    """
+    g = pd.read_csv(gpath, sep="\t", dtype={"file_name": str})
+    m = dict(zip(g["file_name"], g["group"]))
+    missing = [x for x in names if x not in m]
+    if missing:
+        raise ValueError(f"{gpath}: {len(missing)} training images have no group, e.g. {missing[0]!r}")
+    return np.array([m[x] for x in names])
+
+
+def load_train_data(params: dict, progress: bool = True) -> TrainData:
+    """Read the labelled faces of ``data_dir`` in its format (``data_format``; ``formats.read_dataset``: the
+    contest's ``train/landmarks.csv`` is parsed once into the cache folder) and split them (``split_indices``).
+
+    Faces of one photo stay on one side of the split: the contest's ``train/groups.csv``; in the other formats a
+    ``groups.csv`` in the data folder when present, else ``formats.photo_groups`` (names that differ only in a final
+    ``_k``). ``max_train_images`` > 0 keeps a seeded random subset before splitting.
+
+    Raises:
+        DataFormatError: the reader's (file and line), or no image left to train on.
     """
     data_dir = params["data_dir"]
-    table = read_landmarks(os.path.join(data_dir, "train", "landmarks.csv"), bad_rows=params["bad_rows"],
-                           cache_dir=default_cache_dir(params),
-                           allow_links_outside=params.get("allow_links_outside", False))
+    allow = params.get("allow_links_outside", False)
+    ds = formats.read_dataset(data_dir, params.get("data_format", "auto"), allow_links_outside=allow,
+                              bad_rows=params["bad_rows"], cache_dir=default_cache_dir(params))
+    table = ds.table
     if params["max_train_images"] and params["max_train_images"] < len(table):
         keep = np.sort(np.random.default_rng([params["seed"], 3]).choice(len(table), params["max_train_images"],
                                                                            replace=False))
         table = LandmarksTable([table.names[i] for i in keep], np.asarray(table.points[keep]), table.skipped)
-    tr, va, mode = split_indices(table.names, data_dir, params["val_fraction"], params["seed"], params["val_split"])
+    groups, gpath = None, None
+    if ds.format != "contest":
+        gpath = os.path.join(data_dir, "groups.csv")
+        groups = formats.photo_groups(table.names)
+    tr, va, mode = split_indices(table.names, data_dir, params["val_fraction"], params["seed"], params["val_split"],
+                                 groups=groups, groups_path=gpath)
     if not len(tr):
-        raise DataFormatError(f"{os.path.join(data_dir, 'train', 'landmarks.csv')}: {len(table)} usable row(s) leave "
-                              f"no image to train on after a validation split of {params['val_fraction']}")
-    return TrainData(data_dir, os.path.join(data_dir, "train", "images"), table, tr, va, mode)
-
+        raise DataFormatError(f"{ds.source}: {len(table)} usable row(s) leave no image to train on after a "
+                              f"validation split of {params['val_fraction']}")
+    return TrainData(data_dir, ds.root, table, tr, va, mode)
 
 
 def stage_params(params: dict, stage: str) -> dict:
@@ -725,11 +751,39 @@ def finish(st: Stage) -> dict:
     if st.dist.is_main:
         ck = checkpoint.load(best, "stage")
         ck.update(finished=True, stopped_early=st.stopped)
+        if st.recipe["head"] == codecs.HEAD:
+            ck["meta"] = dict(ck["meta"], face_rule=learn_face_rule(st, ck["state_dict"]))
         checkpoint.save(best, ck)
         if os.path.exists(last):
             os.remove(last)
     st.dist.barrier()
     return {"best": best, "best_val_mse": st.best, "history": st.history, "stopped_early": st.stopped}
+
+
+#: Training images a face rule is learned from (a seeded sample at larger sizes).
+FACE_RULE_IMAGES = 20000
+
+
+def learn_face_rule(st: Stage, state_dict) -> dict | None:
+    """The face rule of a ``facebox`` localizer (``codecs.fit_rule``), learned from its detections on (up to
+    ``FACE_RULE_IMAGES``) training images of the stage's letterbox cache with the weights ``state_dict``; ``None``
+    keeps the fixed rule (``codecs.choose``). Logged either way."""
+    st.model.load_state_dict(state_dict)
+    st.model.eval()
+    idx = st.data.train_idx
+    if len(idx) > FACE_RULE_IMAGES:
+        idx = np.sort(np.random.default_rng([st.recipe["seed"], 11]).choice(idx, FACE_RULE_IMAGES, replace=False))
+    boxes, scores = passes.detections_cache(st.model, st.meta, st.cache, idx, st.device)
+    frames = st.cache.frames[idx]  # original -> letterbox crop: x_crop = (x - x0) * scale
+    truth = geometry.face_boxes(st.data.points(idx)).astype(np.float64)
+    truth = geometry.boxes_to_crop(truth, frames)
+    rule = codecs.fit_rule(boxes, scores, truth, st.size)
+    if rule is None:
+        LOG.info("face rule: the fixed rule (largest confident face) kept")
+    else:
+        LOG.info(f"face rule learned on {rule['images']} training images with several faces: the labelled face "
+                 f"picked on {rule['hits']} (the fixed rule: {rule['fixed_hits']})")
+    return rule
 
 
 def finished_result(params: dict, data: TrainData, run, stage: str, sample_weights=None,
