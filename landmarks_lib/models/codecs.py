@@ -14,6 +14,8 @@ neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # The face-box localizer's output grid and the contest's face rule (``localizer`` re-exports these).
@@ -21,6 +23,9 @@ STRIDE = 16
 HEAD = "facebox"
 MIN_SCORE = 0.1  # a local maximum below this is not a face (unless it is the image's best)
 RELATIVE_SCORE = 0.5  # ``choose`` considers the detections scoring at least this share of the best one
+#: ``fit_rule`` keeps a learned rule only when it picks the labelled face on at least this share of the deciding
+#: training images more than the fixed rule.
+RULE_MARGIN = 0.01
 
 
 def _max_pool3(a: np.ndarray) -> np.ndarray:
@@ -89,8 +94,9 @@ def matches(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def fit_rule(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, size: int, steps: int = 500) -> dict | None:
     """A face rule learned from training images: a conditional logit over each image's detections of at least
     ``MIN_SCORE`` (``rule_features``), fitted by gradient ascent on the images with two or more of them and one
-    matching the labelled face (``matches``), L2-regularised. It is kept only when it picks the labelled face on more
-    of those training images than the fixed rule (``choose`` without ``rule``).
+    matching the labelled face (``matches``), L2-regularised. It is kept only when it picks the labelled face on at
+    least ``RULE_MARGIN`` of those training images more than the fixed rule (``choose`` without ``rule``) and on at
+    least two more: a rule that wins a handful of images among hundreds is noise, and the fixed rule stays.
 
     Args:
         boxes: ``float [B, T, 3]``, scores ``float [B, T]`` (the localizer's detections on training images, input
@@ -98,7 +104,7 @@ def fit_rule(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, size: int
     Returns:
         ``{"weights": [4 floats], "hits": int, "fixed_hits": int, "images": int}`` (``images``: those that
         decide, ``hits``: picked right by the rule, ``fixed_hits``: by the fixed rule), or ``None`` when fewer than
-        10 images decide or the fixed rule is as good.
+        10 images decide or the rule does not beat the fixed one by the margin.
     """
     eligible = scores >= MIN_SCORE
     good = matches(boxes, truth) & eligible
@@ -122,7 +128,8 @@ def fit_rule(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, size: int
         return int(matches(b[:, None], truth[use])[:, 0].sum())
 
     rule.update(hits=hits(rule), fixed_hits=hits(None), images=int(use.sum()))
-    return rule if rule["hits"] > rule["fixed_hits"] else None
+    margin = max(2, math.ceil(RULE_MARGIN * rule["images"]))
+    return rule if rule["hits"] - rule["fixed_hits"] >= margin else None
 
 
 class FaceBoxCodec:

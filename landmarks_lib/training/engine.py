@@ -779,7 +779,8 @@ def learn_face_rule(st: Stage, state_dict) -> dict | None:
     truth = geometry.boxes_to_crop(truth, frames)
     rule = codecs.fit_rule(boxes, scores, truth, st.size)
     if rule is None:
-        LOG.info("face rule: the fixed rule (largest confident face) kept")
+        LOG.info("face rule: the fixed rule (the largest confident face) kept: no learned rule beat it on the "
+                 "training images by the margin (codecs.RULE_MARGIN)")
     else:
         LOG.info(f"face rule learned on {rule['images']} training images with several faces: the labelled face "
                  f"picked on {rule['hits']} (the fixed rule: {rule['fixed_hits']})")
