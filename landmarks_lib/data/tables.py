@@ -488,7 +488,7 @@ def _coordinates(row, header):
     try:
         vals = np.array(row[1:], dtype=np.float64)
     except ValueError:
-        j = next((j for j, v in enumerate(row[1:]) if not _is_number(v)), 0)
+        j = next((j for j, v in enumerate(row[1:]) if not is_number(v)), 0)
         what = "empty" if not row[1 + j].strip() else f"non-numeric {row[1 + j][:20]!r}"
         return "bad_coordinates", f"{what} coordinate in column {header[1 + j]}", None
     bad = ~np.isfinite(vals)
@@ -740,7 +740,8 @@ def _read_landmarks_fast(path, bad_rows, chunksize, sink: _Collector | None = No
     return names, points, sink.skipped()
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether ``float(text)`` parses."""
     try:
         float(text)
         return True

@@ -98,3 +98,16 @@ def labels_from(values, offset: float) -> np.ndarray:
     if np.all(lab == np.round(lab)) and np.all(np.abs(lab) < 32767):
         return lab.astype(np.int16)
     return lab.astype(np.float32)
+
+
+def read_found(data_dir, find, read, images_root, what: str, allow_links_outside: bool = False) -> Dataset:
+    """``read(find(data_dir), images_root(data_dir), allow_links_outside)``: a format whose labels are one file found
+    in the data folder.
+
+    Raises:
+        DataFormatError: ``find`` finds nothing (the message says ``what`` was looked for), or ``read``'s errors.
+    """
+    path = find(data_dir)
+    if path is None:
+        raise DataFormatError(f"{data_dir}: no {what}")
+    return read(path, images_root(data_dir), allow_links_outside)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...core.files import atomic_open
 from ..tables import DataFormatError, LandmarksTable
-from .base import Dataset, check_inside, labels_from, relative_name_problem
+from .base import Dataset, check_inside, labels_from, read_found, relative_name_problem
 
 #: Points of ``face_kpts`` in COCO-WholeBody.
 WHOLEBODY_FACE_POINTS = 68
@@ -270,11 +270,8 @@ def read_dataset(data_dir, allow_links_outside: bool = False) -> Dataset:
     Raises:
         DataFormatError: no annotation JSON (``find_annotation``), or ``read``'s errors.
     """
-    path = find_annotation(data_dir)
-    if path is None:
-        raise DataFormatError(f"{data_dir}: no COCO annotation .json (with 'images' and 'annotations') in the folder "
-                              f"or in {ANNOTATION_SUBDIR}/")
-    return read(path, images_root(data_dir), allow_links_outside)
+    return read_found(data_dir, find_annotation, read, images_root, f"COCO annotation .json (with 'images' and "
+                      f"'annotations') in the folder or in {ANNOTATION_SUBDIR}/", allow_links_outside)
 
 
 def _triples(points) -> list:

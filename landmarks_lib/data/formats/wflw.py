@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from ...core.files import atomic_open
-from ..tables import DataFormatError, LandmarksTable
-from .base import Dataset, check_inside, labels_from, relative_name_problem
+from ..tables import DataFormatError, LandmarksTable, is_number
+from .base import Dataset, check_inside, labels_from, read_found, relative_name_problem
 
 #: Points per face.
 NUM_POINTS = 98
@@ -58,21 +58,13 @@ def _first_line(path, max_lines: int = 100) -> str | None:
     return None
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def looks_like_annotation(path) -> bool:
     """Whether ``path``'s first non-blank line has ``NUM_FIELDS`` fields: numbers, then a path (not a number)."""
     line = _first_line(path)
     if line is None:
         return False
     parts = line.split()
-    return len(parts) == NUM_FIELDS and not _is_number(parts[-1]) and all(_is_number(p) for p in parts[:-1])
+    return len(parts) == NUM_FIELDS and not is_number(parts[-1]) and all(is_number(p) for p in parts[:-1])
 
 
 def find_annotation(data_dir) -> str | None:
@@ -117,7 +109,7 @@ def _parse_line(parts, where: str):
     try:
         nums = np.array([float(p) for p in parts[:-1]], dtype=np.float64)
     except ValueError:
-        bad = next(j for j, p in enumerate(parts[:-1]) if not _is_number(p))
+        bad = next(j for j, p in enumerate(parts[:-1]) if not is_number(p))
         raise DataFormatError(f"{where}: field {bad + 1} is not a number: {parts[bad]!r}") from None
     if np.isinf(nums[:_BOX.start]).any():
         raise DataFormatError(f"{where}: an infinite coordinate")
@@ -186,11 +178,8 @@ def read_dataset(data_dir, allow_links_outside: bool = False) -> Dataset:
     Raises:
         DataFormatError: no annotation file (``find_annotation``), or ``read``'s errors.
     """
-    path = find_annotation(data_dir)
-    if path is None:
-        raise DataFormatError(f"{data_dir}: no WFLW annotation file (a .txt whose lines hold {NUM_FIELDS} fields) "
-                              f"in the folder or in {ANNOTATION_SUBDIR}")
-    return read(path, images_root(data_dir), allow_links_outside)
+    return read_found(data_dir, find_annotation, read, images_root, f"WFLW annotation file (a .txt whose lines hold "
+                      f"{NUM_FIELDS} fields) in the folder or in {ANNOTATION_SUBDIR}", allow_links_outside)
 
 
 def _box_ints(boxes, points, n: int) -> np.ndarray:
