@@ -27,13 +27,8 @@ sys.path.insert(0, REPO)
 from landmarks_lib.core import params as P  # noqa: E402
 from landmarks_lib.runs import evaluate, workflow  # noqa: E402
 from landmarks_lib.runs import train as train_cli  # noqa: E402
+from landmarks_lib.runs.compare import train_minutes  # noqa: E402
 from landmarks_lib.runs.run_folder import RunFolder  # noqa: E402
-
-
-def _minutes(run: RunFolder) -> dict:
-    """Training minutes per stage: the last ``time_s`` of each stage in ``history.csv``."""
-    h = run.read_history()
-    return {str(s): round(float(g["time_s"].max()) / 60.0, 2) for s, g in h.groupby("stage", sort=False)}
 
 
 def _row(res: dict) -> dict:
@@ -60,7 +55,7 @@ def main(argv=None) -> int:
     run = RunFolder(args.run_dir)
     workflow.write_model(params, run)
     out = {"data_dir": os.path.abspath(args.data_dir), "params": os.path.relpath(args.params, REPO),
-           "training_minutes": _minutes(run), "wall_minutes": None}
+           "training_minutes": train_minutes(run), "wall_minutes": None}
     for key, boxes in (("localizer", None), ("label_boxes", "labels")):
         out[key] = _row(evaluate.evaluate(args.run_dir, args.data_dir, "val", boxes))
     out["wall_minutes"] = round((time.time() - t0) / 60.0, 2)

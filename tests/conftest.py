@@ -78,3 +78,24 @@ def tiny_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny-synthetic")
     return synthetic.write_dataset(out / "data", n_train=24, n_test=6, num_points=68, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A tiny contest-format dataset (3 training and 2 test images, 15 points), written once per test module: the
+    template ``ds`` copies."""
+    from landmarks_lib.data import synthetic
+
+    d = tmp_path_factory.mktemp("pristine") / "data"
+    synthetic.write_dataset(d, n_train=3, n_test=2, num_points=15, seed=0, min_size=32, max_size=40)
+    return d
+
+
+@pytest.fixture
+def ds(pristine, tmp_path):
+    """A fresh copy of ``pristine`` (links kept as links) for a test to damage."""
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(pristine, d, symlinks=True)
+    return d

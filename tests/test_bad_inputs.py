@@ -15,27 +15,12 @@ import pytest
 
 from landmarks_lib.core import params as lp
 from landmarks_lib.core.files import MARKER
-from landmarks_lib.data import synthetic
 from landmarks_lib.data.tables import DataFormatError, read_groups, read_landmarks, read_test_points
 from landmarks_lib.data.validate import validate_dataset
 from landmarks_lib.runs import pipeline
 from landmarks_lib.runs.run_folder import RunFolder, RunFolderError
 
 LM, TP, GR = "train/landmarks.csv", "test/test_points.csv", "train/groups.csv"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad_inputs") / "data"
-    synthetic.write_dataset(d, n_train=3, n_test=2, num_points=15, seed=0, min_size=32, max_size=40)
-    return d
-
-
-@pytest.fixture
-def ds(pristine, tmp_path):
-    d = tmp_path / "data"
-    shutil.copytree(pristine, d, symlinks=True)
-    return d
 
 
 def edit_line(path, line, edit):

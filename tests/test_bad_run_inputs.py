@@ -376,22 +376,6 @@ def test_cache_key_costs_one_stat_per_image_and_reads_nothing(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------------------------- 5. data links
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad_run_inputs") / "data"
-    synthetic.write_dataset(d, n_train=3, n_test=2, num_points=15, seed=0, min_size=32, max_size=40)
-    return d
-
-
-@pytest.fixture
-def ds(pristine, tmp_path):
-    import shutil
-
-    d = tmp_path / "data"
-    shutil.copytree(pristine, d, symlinks=True)
-    return d
-
-
 def _move_out(path, store):
     """Move ``path`` to ``store`` and leave a symbolic link to it in its place."""
     store.mkdir(exist_ok=True)

@@ -52,7 +52,7 @@ def _run_info(run: RunFolder) -> dict:
     return out
 
 
-def _train_minutes(run: RunFolder) -> dict:
+def train_minutes(run: RunFolder) -> dict:
     """Minutes of training per stage (``history.csv``'s last ``time_s`` of each) and their total."""
     if not os.path.exists(run.file("history.csv")):
         return {}
@@ -93,7 +93,7 @@ def compare_runs(run_a, run_b, all_params: bool = False) -> pd.DataFrame:
     ma, mb = a.read_metrics(), b.read_metrics()
     for k in sorted(set(ma) | set(mb)):
         rows.append(("metric", k, ma.get(k), mb.get(k), ma.get(k) == mb.get(k)))
-    ta, tb = _train_minutes(a), _train_minutes(b)
+    ta, tb = train_minutes(a), train_minutes(b)
     for k in list(dict.fromkeys([*ta, *tb])):
         rows.append(("train_min", k, ta.get(k), tb.get(k), ta.get(k) == tb.get(k)))
     df = pd.DataFrame(rows, columns=["kind", "name", "a", "b", "same"])

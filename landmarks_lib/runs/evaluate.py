@@ -12,14 +12,14 @@ validation split, recomputed from its parameters) and prints:
 - the faces of photos with several labelled faces (``formats.photo_groups``), each with its NME, and the worst faces.
 
 ``--boxes labels`` gives the model each face's box from its labels (the landmarks' extent: the benchmarks'
-"ground-truth box" protocol); ``--boxes FILE.csv`` reads ``file_name,x0,y0,x1,y1`` (continuous original pixels);
+"ground-truth box" protocol); ``--boxes FILE.csv`` reads ``file_name,x0,y0,x1,y1`` (continuous original pixels;
+``inference.predict.read_boxes_csv``, the predict command's reader);
 without it, the model's own face localizer. ``--json`` prints the figures as one JSON object instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -46,40 +46,19 @@ def label_boxes(points) -> np.ndarray:
     return np.concatenate([np.nanmin(p, axis=1), np.nanmax(p, axis=1)], axis=1).astype(np.float32)
 
 
-def read_boxes_csv(path, names) -> np.ndarray:
-    """``float32 [N, 4]`` boxes of ``names`` from ``file_name,x0,y0,x1,y1`` (NaN rows for names not listed).
+def predict_faces(predictor: Predictor, root, names, boxes=None):
+    """``(points float32 [N, K, 2], faces int32 [N])`` of the images ``root/name``, ``CHUNK`` at a time
+    (``Predictor.predict_iter``).
 
     Raises:
-        ValueError: a missing column, a non-number, or x1 <= x0 / y1 <= y0, naming the file and line.
+        OSError: an image that cannot be read (named).
     """
-    out = np.full((len(names), 4), np.nan, np.float32)
-    where = {n: i for i, n in enumerate(names)}
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f)
-        missing = {"file_name", "x0", "y0", "x1", "y1"} - set(rows.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}:1: missing column(s) {sorted(missing)}; expected file_name,x0,y0,x1,y1")
-        for line, r in enumerate(rows, start=2):
-            try:
-                b = [float(r[k]) for k in ("x0", "y0", "x1", "y1")]
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line}: not a number in {r}") from None
-            if not (b[2] > b[0] and b[3] > b[1]):
-                raise ValueError(f"{path}:{line}: x1 must exceed x0 and y1 exceed y0, got {b}")
-            if r["file_name"] in where:
-                out[where[r["file_name"]]] = b
-    return out
-
-
-def predict_faces(predictor: Predictor, root, names, boxes=None):
-    """``(points float32 [N, K, 2], faces int32 [N])`` of the images ``root/name``, ``CHUNK`` at a time."""
+    paths = [os.path.join(root, *n.split("/")) for n in names]
     pts, faces = [], []
-    for s in range(0, len(names), CHUNK):
-        paths = [os.path.join(root, *n.split("/")) for n in names[s:s + CHUNK]]
-        pr = predictor.predict(paths, boxes=None if boxes is None else boxes[s:s + CHUNK])
+    for s, pr in zip(range(0, len(paths), CHUNK), predictor.predict_iter(paths, CHUNK, boxes)):
         if pr.errors:
             i, msg = next(iter(pr.errors.items()))
-            raise OSError(f"{paths[i]}: {msg}")
+            raise OSError(f"{paths[s + i]}: {msg}")
         pts.append(pr.points)
         faces.append(pr.faces)
     return np.concatenate(pts), np.concatenate(faces)
@@ -153,7 +132,8 @@ def evaluate(checkpoint, data_dir, split: str = "auto", boxes=None, inference: s
     Args:
         split: ``val`` (the run's validation split of ``data_dir``), ``all``, or ``auto`` (``val`` when
             ``data_dir`` is the run's own data folder).
-        boxes: ``None`` (the localizer), ``"labels"`` (``label_boxes``) or a CSV path (``read_boxes_csv``).
+        boxes: ``None`` (the localizer), ``"labels"`` (``label_boxes``) or a CSV path
+            (``inference.predict.read_boxes_csv``).
         backend: ``auto`` (as the predict CLI: onnx through a current export when onnxruntime imports), ``torch``
             or ``onnx``. data_format: the format of ``data_dir`` (default the run's ``data_format``).
     Returns:
@@ -176,7 +156,7 @@ def evaluate(checkpoint, data_dir, split: str = "auto", boxes=None, inference: s
     if boxes == "labels":
         given = label_boxes(truth)
     else:
-        given = None if boxes is None else read_boxes_csv(boxes, names)
+        given = None if boxes is None else predict_cli.read_boxes_csv(boxes, names, data.image_dir)
     backend = predict_cli.resolve_cli_backend(backend, [checkpoint], params["device"])
     predictor = Predictor.load(checkpoint, device=params["device"], backend=backend, inference=inference)
     pred, _ = predict_faces(predictor, data.image_dir, names, given)
